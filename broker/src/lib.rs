@@ -1,3 +1,10 @@
+//! Tributary's data plane: a Kafka-style segmented log, replication, the cluster controller
+//! core, the gRPC server, and the Rust client.
+
+pub mod record;
+
+/// The gRPC API, generated from `proto/`.
 pub mod proto {
+    #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("tributary.v1");
 }
