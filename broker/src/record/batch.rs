@@ -191,6 +191,11 @@ impl<'a> BatchHeader<'a> {
         i32_at(self.buf, RECORDS_COUNT)
     }
 
+    /// A copy of the header bytes.
+    pub fn header_bytes(&self) -> [u8; HEADER_LEN] {
+        array_at(self.buf, 0)
+    }
+
     /// The whole batch, if all of it is in the buffer.
     pub fn bytes(&self) -> Result<&'a [u8], BatchError> {
         let total = self.total_len();
