@@ -13,3 +13,14 @@ pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("tributary.v1");
 }
+
+pub mod controller;
+pub mod replication;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp in the record format.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+pub mod server;

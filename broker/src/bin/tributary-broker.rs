@@ -1,1 +1,172 @@
-fn main() {}
+//! `tributary-broker`: one Tributary broker process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tributary_broker::config::TopicConfig;
+use tributary_broker::server::{self, BrokerConfig};
+
+/// A Tributary broker: stores partitioned, replicated logs and serves producers and
+/// consumers over gRPC. Without a controller address it runs standalone, as its own
+/// single-broker cluster.
+#[derive(Debug, Parser)]
+#[command(name = "tributary-broker", version, about)]
+struct Args {
+    /// This broker's id, unique in the cluster.
+    #[arg(long, env = "TRIBUTARY_BROKER_ID", default_value_t = 0)]
+    id: i32,
+    /// Where the logs live. Created if missing; one broker per directory.
+    #[arg(long, env = "TRIBUTARY_DATA_DIR", default_value = "./tributary-data")]
+    data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:9095")]
+    listen: String,
+    /// host:port clients use to reach this broker [default: the listen address, with
+    /// 127.0.0.1 for all interfaces].
+    #[arg(long, env = "TRIBUTARY_ADVERTISE")]
+    advertise: Option<String>,
+    /// Listen address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "TRIBUTARY_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: String,
+    /// Rack (or zone) of this broker, for rack-aware replica placement.
+    #[arg(long, env = "TRIBUTARY_RACK")]
+    rack: Option<String>,
+    /// Default for a topic configuration key, as KEY=VALUE (repeat it, or separate with
+    /// commas in the environment variable). Topics override these.
+    #[arg(
+        long = "config",
+        value_name = "KEY=VALUE",
+        env = "TRIBUTARY_TOPIC_DEFAULTS",
+        value_delimiter = ','
+    )]
+    config: Vec<String>,
+    /// Replication factor of topics created without one.
+    #[arg(
+        long,
+        env = "TRIBUTARY_DEFAULT_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
+    default_replication_factor: u32,
+    /// How often retention looks for segments to delete.
+    #[arg(
+        long,
+        env = "TRIBUTARY_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    retention_check_interval_ms: u64,
+    /// How often recovery points and log start offsets are checkpointed.
+    #[arg(
+        long,
+        env = "TRIBUTARY_CHECKPOINT_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    checkpoint_interval_ms: u64,
+    /// How long a shutdown waits for requests in flight.
+    #[arg(long, env = "TRIBUTARY_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    shutdown_timeout_ms: u64,
+}
+
+async fn bind(what: &str, address: &str, flag: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(address).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => " (another broker may be running there)",
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+            _ => "",
+        };
+        format!(
+            "cannot listen for {what} on {address}: {e}{hint}; choose another address with {flag}"
+        )
+    })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+async fn start(args: Args) -> Result<(), String> {
+    let topic_config =
+        TopicConfig::parse_pairs(&args.config).map_err(|e| format!("--config: {e}"))?;
+    let grpc = bind("gRPC", &args.listen, "--listen").await?;
+    let http = bind("health and metrics", &args.http_listen, "--http-listen").await?;
+    let (grpc_addr, http_addr) = (
+        grpc.local_addr().map_err(|e| e.to_string())?,
+        http.local_addr().map_err(|e| e.to_string())?,
+    );
+    // One line on stdout for scripts and tests that bind port 0; logs go to stderr.
+    println!(
+        "listening: broker={} grpc={grpc_addr} http={http_addr}",
+        args.id
+    );
+    let config = BrokerConfig {
+        broker_id: args.id,
+        data_dir: args.data_dir,
+        advertised_address: args.advertise,
+        rack: args.rack,
+        topic_config,
+        default_replication_factor: args.default_replication_factor,
+        retention_check_interval: Duration::from_millis(args.retention_check_interval_ms.max(1)),
+        flush_check_interval: Duration::from_secs(1),
+        checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms.max(1)),
+        shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+    };
+    let shutdown = async {
+        stop_signal().await;
+        tracing::info!("stop signal received; shutting down (send it again to exit at once)");
+        tokio::spawn(async {
+            stop_signal().await;
+            eprintln!("second stop signal: exiting without a clean shutdown");
+            std::process::exit(130);
+        });
+    };
+    server::run(config, grpc, http, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    server::raise_open_file_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tributary-broker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(start(args)) {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("tributary-broker: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The `Admin` gRPC service: topic creation, deletion, listing and description. Changes go
+//! through the controller; the answer comes once this broker has applied them, so a topic
+//! is ready to use when `create` returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::data_plane::partition_metadata;
+use super::metrics::Metrics;
+use super::status::status;
+use crate::controller::{Controller, FileStore, NewTopic, TopicRecord};
+use crate::proto::{self, ErrorCode};
+use crate::replication::ReplicaManager;
+
+/// How long an admin change may take to reach this broker before the request fails.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+pub struct AdminService {
+    pub(super) controller: Arc<Controller<FileStore>>,
+    pub(super) replicas: Arc<ReplicaManager>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl AdminService {
+    async fn applied(&self, version: u64) -> Result<(), Status> {
+        if self.replicas.wait_for_metadata(version, APPLY_WAIT).await {
+            Ok(())
+        } else {
+            Err(status(
+                ErrorCode::RequestTimedOut,
+                "the change was made but this broker has not applied it yet; check again shortly",
+            ))
+        }
+    }
+}
+
+fn describe(topic: &TopicRecord) -> proto::TopicDescription {
+    proto::TopicDescription {
+        name: topic.name.clone(),
+        topic_id: topic.id.to_string(),
+        partitions: partition_metadata(topic),
+        config: topic.config.clone().into_iter().collect(),
+        internal: topic.is_internal(),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let mut timer = self.metrics.timer("create_topic");
+        let request = request.into_inner();
+        let topic = NewTopic {
+            name: request.name,
+            partitions: request.partitions,
+            replication_factor: (request.replication_factor > 0)
+                .then_some(request.replication_factor),
+            config: request.config.into_iter().collect(),
+        };
+        let (record, version) = self
+            .controller
+            .create_topic(topic, request.validate_only)
+            .await?;
+        if !request.validate_only {
+            self.applied(version).await?;
+        }
+        timer.success();
+        Ok(Response::new(describe(&record)))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        let mut timer = self.metrics.timer("delete_topic");
+        let version = self
+            .controller
+            .delete_topic(&request.into_inner().name)
+            .await?;
+        self.applied(version).await?;
+        timer.success();
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        let mut timer = self.metrics.timer("list_topics");
+        let include_internal = request.into_inner().include_internal;
+        let topics = self
+            .replicas
+            .metadata()
+            .topics
+            .values()
+            .filter(|t| include_internal || !t.is_internal())
+            .map(|t| proto::TopicSummary {
+                name: t.name.clone(),
+                partitions: t.partitions.len() as u32,
+                replication_factor: t.replication_factor() as u32,
+                internal: t.is_internal(),
+            })
+            .collect();
+        timer.success();
+        Ok(Response::new(proto::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<proto::DescribeTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let mut timer = self.metrics.timer("describe_topic");
+        let name = request.into_inner().name;
+        let snapshot = self.replicas.metadata();
+        let topic = snapshot.topics.get(&name).ok_or_else(|| {
+            status(
+                ErrorCode::UnknownTopicOrPartition,
+                format!(
+                    "unknown topic '{name}'; `tributary topic list` shows the topics that exist"
+                ),
+            )
+        })?;
+        timer.success();
+        Ok(Response::new(describe(topic)))
+    }
+}

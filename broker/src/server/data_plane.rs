@@ -1,0 +1,248 @@
+//! The `Broker` gRPC service: produce, fetch, list offsets and metadata, as thin
+//! conversions between protobuf and the replica manager.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use super::metrics::Metrics;
+use super::status::{replica_error_code, status};
+use crate::TopicPartition;
+use crate::controller::{MetadataSnapshot, TopicRecord};
+use crate::proto::{self, ErrorCode};
+use crate::replication::{Acks, FetchParams, OffsetQuery, ReplicaManager};
+
+/// How long acks=all waits when the request does not say.
+pub const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a fetch may wait, whatever it asks.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+/// A fetch that leaves its limits at zero gets these (Kafka's defaults).
+pub const DEFAULT_FETCH_MAX_BYTES: usize = 50 * 1024 * 1024;
+pub const DEFAULT_PARTITION_MAX_BYTES: usize = 1024 * 1024;
+
+pub struct BrokerService {
+    pub(super) replicas: Arc<ReplicaManager>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+#[tonic::async_trait]
+impl proto::broker_server::Broker for BrokerService {
+    async fn produce(
+        &self,
+        request: Request<proto::ProduceRequest>,
+    ) -> Result<Response<proto::ProduceResponse>, Status> {
+        let mut timer = self.metrics.timer("produce");
+        let request = request.into_inner();
+        let acks =
+            Acks::try_from(request.acks).map_err(|why| status(ErrorCode::InvalidRequest, why))?;
+        let timeout = match request.timeout_ms {
+            0 => DEFAULT_PRODUCE_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let tp = TopicPartition::new(request.topic, request.partition);
+        let info = self
+            .replicas
+            .produce(&tp, &request.records, acks, timeout)
+            .await?;
+        self.metrics.produced(&tp.topic, info.bytes, info.records);
+        let log_start_offset = self
+            .replicas
+            .leader_partition(&tp)
+            .map_or(-1, |p| p.log().log_start_offset());
+        timer.success();
+        let (base_offset, last_offset) = match acks {
+            Acks::None => (-1, -1),
+            _ => (info.first_offset, info.last_offset),
+        };
+        Ok(Response::new(proto::ProduceResponse {
+            base_offset,
+            last_offset,
+            log_append_time_ms: info.log_append_time.unwrap_or(-1),
+            log_start_offset,
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<proto::FetchRequest>,
+    ) -> Result<Response<proto::FetchResponse>, Status> {
+        let mut timer = self.metrics.timer("fetch");
+        let request = request.into_inner();
+        let limit = |requested: u32, default: usize| {
+            if requested == 0 {
+                default
+            } else {
+                requested as usize
+            }
+        };
+        let params = FetchParams {
+            max_wait: Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_FETCH_WAIT),
+            min_bytes: request.min_bytes as usize,
+            max_bytes: limit(request.max_bytes, DEFAULT_FETCH_MAX_BYTES),
+            partitions: request
+                .partitions
+                .into_iter()
+                .map(|p| crate::replication::FetchPartition {
+                    tp: TopicPartition::new(p.topic, p.partition),
+                    offset: p.fetch_offset,
+                    max_bytes: limit(p.max_bytes, DEFAULT_PARTITION_MAX_BYTES),
+                })
+                .collect(),
+        };
+        if params.partitions.is_empty() {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                "a fetch must name at least one partition",
+            ));
+        }
+        let results = self.replicas.fetch(&params).await;
+        let partitions = results
+            .into_iter()
+            .map(|(tp, result)| match result {
+                Ok(read) => {
+                    self.metrics
+                        .fetched(&tp.topic, read.data.records.len() as u64);
+                    proto::FetchedPartition {
+                        topic: tp.topic,
+                        partition: tp.partition,
+                        error_code: ErrorCode::None.into(),
+                        error_message: String::new(),
+                        high_watermark: read.high_watermark,
+                        log_start_offset: read.data.log_start_offset,
+                        records: read.data.records,
+                    }
+                }
+                Err(error) => proto::FetchedPartition {
+                    error_code: replica_error_code(&error).into(),
+                    error_message: error.to_string(),
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    records: Bytes::new(),
+                    topic: tp.topic,
+                    partition: tp.partition,
+                },
+            })
+            .collect();
+        timer.success();
+        Ok(Response::new(proto::FetchResponse { partitions }))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<proto::ListOffsetsRequest>,
+    ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
+        let mut timer = self.metrics.timer("list_offsets");
+        let offsets = request
+            .into_inner()
+            .queries
+            .into_iter()
+            .map(|q| {
+                let tp = TopicPartition::new(q.topic, q.partition);
+                let query = match proto::OffsetSpec::try_from(q.spec) {
+                    Ok(proto::OffsetSpec::Earliest) => Ok(OffsetQuery::Earliest),
+                    Ok(proto::OffsetSpec::Latest) => Ok(OffsetQuery::Latest),
+                    Ok(proto::OffsetSpec::Timestamp) => Ok(OffsetQuery::Timestamp(q.timestamp_ms)),
+                    Err(_) => Err((
+                        ErrorCode::InvalidRequest,
+                        format!("unknown offset spec {}", q.spec),
+                    )),
+                };
+                let answer = query.and_then(|query| {
+                    self.replicas
+                        .list_offset(&tp, query)
+                        .map_err(|e| (replica_error_code(&e), e.to_string()))
+                });
+                match answer {
+                    Ok((offset, timestamp)) => proto::PartitionOffset {
+                        topic: tp.topic,
+                        partition: tp.partition,
+                        error_code: ErrorCode::None.into(),
+                        error_message: String::new(),
+                        offset,
+                        timestamp_ms: timestamp.unwrap_or(-1),
+                    },
+                    Err((code, message)) => proto::PartitionOffset {
+                        topic: tp.topic,
+                        partition: tp.partition,
+                        error_code: code.into(),
+                        error_message: message,
+                        offset: -1,
+                        timestamp_ms: -1,
+                    },
+                }
+            })
+            .collect();
+        timer.success();
+        Ok(Response::new(proto::ListOffsetsResponse { offsets }))
+    }
+
+    async fn metadata(
+        &self,
+        request: Request<proto::MetadataRequest>,
+    ) -> Result<Response<proto::MetadataResponse>, Status> {
+        let mut timer = self.metrics.timer("metadata");
+        let snapshot = self.replicas.metadata();
+        let response = metadata_response(&snapshot, &request.into_inner().topics);
+        timer.success();
+        Ok(Response::new(response))
+    }
+}
+
+pub(super) fn partition_metadata(topic: &TopicRecord) -> Vec<proto::PartitionMetadata> {
+    topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| proto::PartitionMetadata {
+            partition: i as u32,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            replicas: p.replicas.clone(),
+            isr: p.isr.clone(),
+            offline_replicas: Vec::new(),
+        })
+        .collect()
+}
+
+fn metadata_response(snapshot: &MetadataSnapshot, wanted: &[String]) -> proto::MetadataResponse {
+    let describe = |topic: &TopicRecord| proto::TopicMetadata {
+        name: topic.name.clone(),
+        error_code: ErrorCode::None.into(),
+        error_message: String::new(),
+        topic_id: topic.id.to_string(),
+        partitions: partition_metadata(topic),
+        internal: topic.is_internal(),
+    };
+    let topics = if wanted.is_empty() {
+        snapshot.topics.values().map(describe).collect()
+    } else {
+        wanted
+            .iter()
+            .map(|name| match snapshot.topics.get(name) {
+                Some(topic) => describe(topic),
+                None => proto::TopicMetadata {
+                    name: name.clone(),
+                    error_code: ErrorCode::UnknownTopicOrPartition.into(),
+                    error_message: format!("unknown topic '{name}'; create it with `tributary topic create {name} --partitions N`"),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    };
+    proto::MetadataResponse {
+        brokers: snapshot
+            .brokers
+            .values()
+            .map(|b| proto::BrokerInfo {
+                id: b.id,
+                host: b.host.clone(),
+                port: u32::from(b.port),
+                rack: b.rack.clone().unwrap_or_default(),
+            })
+            .collect(),
+        controller_id: snapshot.controller_id,
+        topics,
+    }
+}

@@ -1,0 +1,92 @@
+//! The one place where engine errors become wire errors: a protobuf [`ErrorCode`] with a
+//! message, and for whole-request failures a gRPC status carrying both (the code's name in
+//! the `tributary-error` metadata key).
+
+use tonic::{Code, Status};
+
+use crate::controller::ControllerError;
+use crate::log::LogError;
+use crate::proto::ErrorCode;
+use crate::replication::ReplicaError;
+
+/// Metadata key naming the [`ErrorCode`] of a failed request.
+pub const ERROR_CODE_KEY: &str = "tributary-error";
+
+/// A gRPC status for `code` with `message`.
+pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let grpc = match code {
+        ErrorCode::UnknownTopicOrPartition => Code::NotFound,
+        ErrorCode::OffsetOutOfRange => Code::OutOfRange,
+        ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
+        ErrorCode::NotLeaderOrFollower
+        | ErrorCode::LeaderNotAvailable
+        | ErrorCode::NotEnoughReplicas
+        | ErrorCode::NotEnoughReplicasAfterAppend
+        | ErrorCode::BrokerNotAvailable
+        | ErrorCode::BrokerShuttingDown => Code::Unavailable,
+        ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
+        ErrorCode::StorageError | ErrorCode::Unknown => Code::Internal,
+        ErrorCode::FencedLeaderEpoch
+        | ErrorCode::UnknownLeaderEpoch
+        | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,
+        _ => Code::InvalidArgument,
+    };
+    let mut status = Status::new(grpc, message);
+    if let Ok(value) = code.as_str_name().parse() {
+        status.metadata_mut().insert(ERROR_CODE_KEY, value);
+    }
+    status
+}
+
+pub fn log_error_code(error: &LogError) -> ErrorCode {
+    match error {
+        LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        LogError::InvalidBatch(e) if e.is_corruption() => ErrorCode::CorruptRecord,
+        LogError::InvalidBatch(crate::record::BatchError::TooLarge { .. }) => {
+            ErrorCode::RecordTooLarge
+        }
+        LogError::InvalidBatch(_) => ErrorCode::InvalidRecord,
+        LogError::Io { .. } | LogError::Offline { .. } => ErrorCode::StorageError,
+    }
+}
+
+pub fn replica_error_code(error: &ReplicaError) -> ErrorCode {
+    match error {
+        ReplicaError::UnknownTopicOrPartition(_) => ErrorCode::UnknownTopicOrPartition,
+        ReplicaError::NotLeader { .. } => ErrorCode::NotLeaderOrFollower,
+        ReplicaError::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
+        ReplicaError::Log(e) => log_error_code(e),
+        ReplicaError::Timeout { .. } => ErrorCode::RequestTimedOut,
+        ReplicaError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+    }
+}
+
+impl From<ReplicaError> for Status {
+    fn from(error: ReplicaError) -> Self {
+        status(replica_error_code(&error), error.to_string())
+    }
+}
+
+impl From<ControllerError> for Status {
+    fn from(error: ControllerError) -> Self {
+        let code = match &error {
+            ControllerError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+            ControllerError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
+            ControllerError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+            ControllerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
+            ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            ControllerError::Store(_) => ErrorCode::StorageError,
+        };
+        status(code, error.to_string())
+    }
+}
+
+/// The [`ErrorCode`] a status carries, if it came from a Tributary broker.
+pub fn error_code_of(status: &Status) -> Option<ErrorCode> {
+    status
+        .metadata()
+        .get(ERROR_CODE_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::from_str_name)
+}
