@@ -23,4 +23,6 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+pub mod client;
+pub mod manifest;
 pub mod server;

@@ -44,7 +44,7 @@ pub enum TimestampType {
 }
 
 /// Why a batch was refused. The messages are what the producer sees.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BatchError {
     #[error("record batch is truncated: {needed} bytes needed but only {available} remain")]
     Truncated { needed: usize, available: usize },

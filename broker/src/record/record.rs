@@ -13,7 +13,7 @@ use super::varint::{
     read_varint, read_varlong, varint_len, varlong_len, write_varint, write_varlong,
 };
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
     #[error("a length or delta field is truncated or malformed")]
     Varint,

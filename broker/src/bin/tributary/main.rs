@@ -1,0 +1,91 @@
+//! `tributary`: the command-line tool for Tributary clusters.
+
+mod consume;
+mod local;
+mod output;
+mod perf;
+mod produce;
+mod topic;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use output::Output;
+
+/// Work with a Tributary cluster: topics, producing, consuming, benchmarks, and a local
+/// cluster for development.
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, about, propagate_version = true)]
+struct Cli {
+    /// A broker to start from, as HOST:PORT (several may be given, comma-separated).
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_BOOTSTRAP",
+        default_value = "127.0.0.1:9095"
+    )]
+    bootstrap: String,
+    /// Output format of list and describe commands.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Send one record per line of standard input.
+    Produce(produce::ProduceArgs),
+    /// Print records from a topic.
+    Consume(consume::ConsumeArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Perf(perf::PerfCommand),
+    /// Run a cluster on this machine.
+    #[command(subcommand)]
+    Local(local::LocalCommand),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Topic(command) => topic::run(&cli.bootstrap, cli.output, command).await,
+        Command::Produce(args) => produce::run(&cli.bootstrap, args).await,
+        Command::Consume(args) => consume::run(&cli.bootstrap, args).await,
+        Command::Perf(command) => perf::run(&cli.bootstrap, command).await,
+        Command::Local(command) => local::run(command).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if output::is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! `tributary perf produce|consume`: throughput and latency, reported like Kafka's
+//! producer and consumer performance tools.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Subcommand;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tributary_broker::client::{
+    Acks, Compression, Consumer, ConsumerConfig, DeliveryFuture, Offset, OffsetReset, Producer,
+    ProducerConfig, ProducerRecord,
+};
+
+use crate::produce::parse_acks;
+
+const MB: f64 = 1024.0 * 1024.0;
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Subcommand)]
+pub enum PerfCommand {
+    /// Send records as fast as allowed and report throughput and latency percentiles.
+    Produce {
+        topic: String,
+        #[arg(long)]
+        num_records: u64,
+        #[arg(long)]
+        record_size: usize,
+        #[arg(long, default_value = "1", value_parser = parse_acks)]
+        acks: Acks,
+        /// Records per second to aim for; -1 for no limit.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        throughput: i64,
+        #[arg(long, default_value_t = 16 * 1024)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
+        #[arg(long, default_value = "none")]
+        compression: Compression,
+        /// Largest request; raise it with large batches.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        max_request_size: usize,
+        /// Memory for records waiting to be sent.
+        #[arg(long, default_value_t = 32 * 1024 * 1024)]
+        buffer_memory: usize,
+    },
+    /// Read records from the beginning of every partition and report throughput.
+    Consume {
+        topic: String,
+        #[arg(long)]
+        num_records: u64,
+        /// Give up when no record has arrived for this long.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 50 * 1024 * 1024)]
+        fetch_max_bytes: usize,
+        #[arg(long, default_value_t = 1024 * 1024)]
+        max_partition_fetch_bytes: usize,
+    },
+}
+
+pub async fn run(bootstrap: &str, command: PerfCommand) -> anyhow::Result<()> {
+    match command {
+        PerfCommand::Produce {
+            topic,
+            num_records,
+            record_size,
+            acks,
+            throughput,
+            batch_size,
+            linger_ms,
+            compression,
+            max_request_size,
+            buffer_memory,
+        } => {
+            let mut config = ProducerConfig::new(bootstrap);
+            config.acks = acks;
+            config.batch_size = batch_size;
+            config.linger = Duration::from_millis(linger_ms);
+            config.compression = compression;
+            config.max_request_size = max_request_size;
+            config.buffer_memory = buffer_memory;
+            produce(config, &topic, num_records, record_size, throughput).await
+        }
+        PerfCommand::Consume {
+            topic,
+            num_records,
+            timeout_ms,
+            fetch_max_bytes,
+            max_partition_fetch_bytes,
+        } => {
+            let mut config = ConsumerConfig::new(bootstrap);
+            config.auto_offset_reset = OffsetReset::Earliest;
+            config.fetch_max_bytes = fetch_max_bytes;
+            config.max_partition_fetch_bytes = max_partition_fetch_bytes;
+            config.max_poll_records = 10_000;
+            consume(
+                config,
+                &topic,
+                num_records,
+                Duration::from_millis(timeout_ms),
+            )
+            .await
+        }
+    }
+}
+
+/// Latency statistics over a window or the whole run, in microseconds.
+struct Window {
+    histogram: Histogram<u64>,
+    started: Instant,
+    records: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            histogram: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            started: Instant::now(),
+            records: 0,
+        }
+    }
+
+    fn record(&mut self, latency: Duration) {
+        self.histogram
+            .saturating_record(latency.as_micros().max(1) as u64);
+        self.records += 1;
+    }
+
+    fn rate(&self, record_size: usize) -> (f64, f64) {
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        let per_second = self.records as f64 / seconds;
+        (per_second, per_second * record_size as f64 / MB)
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        self.histogram.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+async fn produce(
+    config: ProducerConfig,
+    topic: &str,
+    num_records: u64,
+    record_size: usize,
+    throughput: i64,
+) -> anyhow::Result<()> {
+    let producer = Producer::connect(config).await?;
+    // One payload of random capital letters, shared by every record, as Kafka's tool does.
+    let payload = Bytes::from(
+        (0..record_size)
+            .map(|_| rand::random_range(b'A'..=b'Z'))
+            .collect::<Vec<u8>>(),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, DeliveryFuture)>();
+    let collector = tokio::spawn(async move {
+        let mut total = Window::new();
+        let mut window = Window::new();
+        let mut pending = FuturesUnordered::new();
+        let mut failures = 0u64;
+        let mut first_error = None;
+        let mut sending = true;
+        while sending || !pending.is_empty() {
+            tokio::select! {
+                next = rx.recv(), if sending => match next {
+                    Some((sent, delivery)) => pending.push(async move { (sent, delivery.await) }),
+                    None => sending = false,
+                },
+                Some((sent, result)) = pending.next(), if !pending.is_empty() => {
+                    match result {
+                        Ok(_) => {
+                            let latency = sent.elapsed();
+                            total.record(latency);
+                            window.record(latency);
+                        }
+                        Err(error) => {
+                            failures += 1;
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                    if window.started.elapsed() >= REPORT_EVERY {
+                        let (rate, mb) = window.rate(record_size);
+                        println!(
+                            "{} records sent, {rate:.1} records/sec ({mb:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
+                            window.records,
+                            window.histogram.mean() / 1000.0,
+                            window.histogram.max() as f64 / 1000.0
+                        );
+                        window = Window::new();
+                    }
+                }
+            }
+        }
+        (total, failures, first_error)
+    });
+
+    let started = Instant::now();
+    for i in 0..num_records {
+        if throughput > 0 {
+            // Stay on schedule: sleep only when ahead by more than a millisecond.
+            let due = started + Duration::from_secs_f64(i as f64 / throughput as f64);
+            let now = Instant::now();
+            if due > now + Duration::from_millis(1) {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        let record = ProducerRecord {
+            topic: topic.to_string(),
+            value: Some(payload.clone()),
+            ..Default::default()
+        };
+        let sent = Instant::now();
+        let delivery = producer.send(record).await.context("sending a record")?;
+        let _ = tx.send((sent, delivery));
+    }
+    drop(tx);
+    producer.close().await;
+    let (total, failures, first_error) = collector.await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = total.records as f64 / seconds;
+    println!(
+        "{} records sent, {rate:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, {:.2} ms 50th, {:.2} ms 95th, {:.2} ms 99th, {:.2} ms 99.9th.",
+        total.records,
+        rate * record_size as f64 / MB,
+        total.histogram.mean() / 1000.0,
+        total.histogram.max() as f64 / 1000.0,
+        total.ms(0.50),
+        total.ms(0.95),
+        total.ms(0.99),
+        total.ms(0.999),
+    );
+    if let Some(error) = first_error {
+        bail!("{failures} of {num_records} records failed; the first error: {error}");
+    }
+    Ok(())
+}
+
+async fn consume(
+    config: ConsumerConfig,
+    topic: &str,
+    num_records: u64,
+    idle_limit: Duration,
+) -> anyhow::Result<()> {
+    let mut consumer = Consumer::connect(config).await?;
+    let partitions = consumer.partitions_of(topic).await?;
+    consumer.assign(partitions.clone()).await?;
+    for tp in &partitions {
+        consumer.seek(tp, Offset::Beginning).await?;
+    }
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut last = Instant::now();
+    while records < num_records {
+        let batch = consumer.poll(Duration::from_millis(200)).await?;
+        if batch.is_empty() {
+            if last.elapsed() >= idle_limit {
+                bail!(
+                    "only {records} of {num_records} records arrived; none for {} ms",
+                    idle_limit.as_millis()
+                );
+            }
+            continue;
+        }
+        last = Instant::now();
+        for record in &batch {
+            records += 1;
+            bytes += (record.key.as_ref().map_or(0, |k| k.len())
+                + record.value.as_ref().map_or(0, |v| v.len())) as u64;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{records} records consumed ({:.2} MB) in {seconds:.2} s: {:.1} records/sec, {:.2} MB/sec.",
+        bytes as f64 / MB,
+        records as f64 / seconds,
+        bytes as f64 / MB / seconds
+    );
+    Ok(())
+}

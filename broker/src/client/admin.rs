@@ -1,0 +1,224 @@
+//! Topic administration and cluster inspection.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::cluster::{Cluster, ClusterView};
+use super::error::{Error, Result};
+use super::offsets::{Found, OffsetQuery, list_offsets};
+use crate::TopicPartition;
+use crate::proto;
+
+/// A topic to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    /// None takes the cluster's default.
+    pub replication_factor: Option<u32>,
+    pub config: BTreeMap<String, String>,
+}
+
+/// One partition of a described topic. Field names are the JSON keys of
+/// `tributary topic describe --output json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionDescription {
+    pub partition: u32,
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub leader_epoch: i32,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicDescription {
+    pub name: String,
+    pub id: String,
+    pub internal: bool,
+    pub config: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionDescription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub internal: bool,
+}
+
+/// Creates, deletes, lists and describes topics.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    cluster: Cluster,
+}
+
+impl Admin {
+    pub async fn connect(bootstrap: &str) -> Result<Self> {
+        let cluster = Cluster::new(bootstrap, Duration::from_secs(30))?;
+        cluster.refresh().await?;
+        Ok(Self { cluster })
+    }
+
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(proto::admin_client::AdminClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.cluster
+            .with_any_broker(|address| {
+                let client = self.cluster.admin_client(&address);
+                let call = client.map(&call);
+                async move {
+                    match call {
+                        Ok(call) => call
+                            .await
+                            .map(tonic::Response::into_inner)
+                            .map_err(|s| Error::from_status(s, &address)),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Creates a topic; it is ready to use when this returns.
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<TopicDescription> {
+        self.create(topic, false).await
+    }
+
+    /// Checks a topic could be created, without creating it.
+    pub async fn validate_topic(&self, topic: NewTopic) -> Result<TopicDescription> {
+        self.create(topic, true).await
+    }
+
+    async fn create(&self, topic: NewTopic, validate_only: bool) -> Result<TopicDescription> {
+        let request = proto::CreateTopicRequest {
+            name: topic.name,
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor.unwrap_or(0),
+            config: topic.config.into_iter().collect(),
+            validate_only,
+        };
+        let created = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.create_topic(request).await }
+            })
+            .await?;
+        let _ = self.cluster.refresh().await;
+        Ok(describe(created, &BTreeMap::new(), &BTreeMap::new()))
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let request = proto::DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.delete_topic(request).await }
+        })
+        .await?;
+        let _ = self.cluster.refresh().await;
+        Ok(())
+    }
+
+    pub async fn list_topics(&self, include_internal: bool) -> Result<Vec<TopicSummary>> {
+        let response = self
+            .call(|mut c| async move {
+                c.list_topics(proto::ListTopicsRequest { include_internal })
+                    .await
+            })
+            .await?;
+        Ok(response
+            .topics
+            .into_iter()
+            .map(|t| TopicSummary {
+                name: t.name,
+                partitions: t.partitions,
+                replication_factor: t.replication_factor,
+                internal: t.internal,
+            })
+            .collect())
+    }
+
+    /// The topic's partitions with their replicas, leaders and offsets.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let request = proto::DescribeTopicRequest {
+            name: name.to_string(),
+        };
+        let description = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.describe_topic(request).await }
+            })
+            .await?;
+        self.cluster.refresh().await?;
+        let partitions: Vec<TopicPartition> = description
+            .partitions
+            .iter()
+            .map(|p| TopicPartition::new(name, p.partition))
+            .collect();
+        // Offsets come from each leader; a partition without one reports -1.
+        let starts = list_offsets(&self.cluster, &partitions, OffsetQuery::Earliest)
+            .await
+            .unwrap_or_default();
+        let ends = list_offsets(&self.cluster, &partitions, OffsetQuery::Latest)
+            .await
+            .unwrap_or_default();
+        Ok(describe(description, &starts, &ends))
+    }
+
+    /// Offsets per partition (earliest, latest, or by timestamp) from their leaders.
+    pub async fn list_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        query: OffsetQuery,
+    ) -> Result<BTreeMap<TopicPartition, Found>> {
+        list_offsets(&self.cluster, partitions, query).await
+    }
+
+    /// The brokers and topics as the cluster reports them now.
+    pub async fn cluster(&self) -> Result<std::sync::Arc<ClusterView>> {
+        self.cluster.refresh().await
+    }
+}
+
+fn describe(
+    topic: proto::TopicDescription,
+    starts: &BTreeMap<TopicPartition, Found>,
+    ends: &BTreeMap<TopicPartition, Found>,
+) -> TopicDescription {
+    let offset = |found: &BTreeMap<TopicPartition, Found>, partition: u32| {
+        found
+            .get(&TopicPartition::new(&topic.name, partition))
+            .copied()
+            .flatten()
+            .map_or(-1, |(o, _)| o)
+    };
+    let mut partitions: Vec<PartitionDescription> = topic
+        .partitions
+        .iter()
+        .map(|p| PartitionDescription {
+            partition: p.partition,
+            leader: p.leader,
+            replicas: p.replicas.clone(),
+            isr: p.isr.clone(),
+            leader_epoch: p.leader_epoch,
+            log_start_offset: offset(starts, p.partition),
+            high_watermark: offset(ends, p.partition),
+        })
+        .collect();
+    partitions.sort_by_key(|p| p.partition);
+    TopicDescription {
+        id: topic.topic_id,
+        internal: topic.internal,
+        config: topic.config.into_iter().collect(),
+        partitions,
+        name: topic.name,
+    }
+}

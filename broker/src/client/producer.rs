@@ -1,0 +1,674 @@
+//! The producer: records are appended to per-partition batches (RecordBatch v2, built
+//! and compressed here), which a background sender ships when they are full or have
+//! lingered long enough. At most one request per partition is in flight, so retries never
+//! reorder a partition.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::future::Shared;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::cluster::Cluster;
+use super::error::{Error, Result};
+use super::partitioner::partition_for_key;
+use crate::TopicPartition;
+use crate::proto;
+use crate::record::{BatchBuilder, Compression, HEADER_LEN};
+pub use crate::replication::Acks;
+
+/// How a producer batches, compresses and retries.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// `host:port[,host:port]` of brokers to ask for metadata.
+    pub bootstrap: String,
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent.
+    pub linger: Duration,
+    /// A batch is sent once it holds this many bytes (before compression).
+    pub batch_size: usize,
+    pub compression: Compression,
+    /// Largest request (all batches for one partition) sent at once; no record may be larger.
+    pub max_request_size: usize,
+    /// Memory for records waiting to be sent; `send` waits when it is used up.
+    pub buffer_memory: usize,
+    pub retry_backoff: Duration,
+    /// How long a record may take, retries included, before its delivery fails.
+    pub delivery_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl ProducerConfig {
+    /// Kafka's defaults (acks=all, 5 ms linger, 16 KiB batches, no compression).
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_size: 16 * 1024,
+            compression: Compression::None,
+            max_request_size: 1024 * 1024,
+            buffer_memory: 32 * 1024 * 1024,
+            retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0
+            || self.max_request_size < HEADER_LEN * 2
+            || self.buffer_memory < self.max_request_size
+        {
+            return Err(Error::Invalid(format!(
+                "producer settings do not fit together: batch_size {} must be positive, max_request_size {} at least {} bytes, and buffer_memory {} at least max_request_size",
+                self.batch_size,
+                self.max_request_size,
+                HEADER_LEN * 2,
+                self.buffer_memory
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// None lets the partitioner choose: by key hash, or sticky when there is no key.
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Milliseconds since the epoch; None takes the current time.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            ..Default::default()
+        }
+    }
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    pub fn value(mut self, value: impl Into<Bytes>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((key.into(), Some(value.into())));
+        self
+    }
+    pub fn timestamp(mut self, timestamp: i64) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    /// -1 with acks=0, which reports no offsets.
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchAck {
+    base_offset: i64,
+    log_append_time: Option<i64>,
+}
+
+type Outcome = Result<BatchAck>;
+type SharedOutcome = Shared<oneshot::Receiver<Outcome>>;
+
+/// Resolves when the record is acknowledged (or has failed for good).
+#[must_use = "a delivery future reports whether the record was written; await it or drop it deliberately"]
+pub struct DeliveryFuture {
+    outcome: SharedOutcome,
+    partition: u32,
+    offset_delta: i32,
+    timestamp: i64,
+}
+
+impl DeliveryFuture {
+    /// The partition the record was assigned to.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        this.outcome.poll_unpin(cx).map(|outcome| match outcome {
+            Ok(Ok(ack)) => Ok(RecordMetadata {
+                partition: this.partition,
+                offset: if ack.base_offset < 0 {
+                    -1
+                } else {
+                    ack.base_offset + i64::from(this.offset_delta)
+                },
+                timestamp: ack.log_append_time.unwrap_or(this.timestamp),
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Closed),
+        })
+    }
+}
+
+struct OpenBatch {
+    builder: BatchBuilder,
+    created: Instant,
+    done: oneshot::Sender<Outcome>,
+    outcome: SharedOutcome,
+    memory: usize,
+}
+
+struct ReadyBatch {
+    bytes: Bytes,
+    records: i32,
+    created: Instant,
+    done: oneshot::Sender<Outcome>,
+    outcome: SharedOutcome,
+    memory: usize,
+}
+
+#[derive(Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    ready: VecDeque<ReadyBatch>,
+    /// Outcomes of the batches in the request now in flight.
+    in_flight: Vec<SharedOutcome>,
+    sending: bool,
+    retry_at: Option<Instant>,
+}
+
+impl PartitionQueue {
+    fn close_open(&mut self, compression: Compression) -> Result<()> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let records = open.builder.record_count();
+        let bytes = match open.builder.build() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let error = Error::Invalid(format!(
+                    "compressing a batch with {compression} failed: {e}"
+                ));
+                let _ = open.done.send(Err(error.clone()));
+                return Err(error);
+            }
+        };
+        self.ready.push_back(ReadyBatch {
+            bytes,
+            records,
+            created: open.created,
+            done: open.done,
+            outcome: open.outcome,
+            memory: open.memory,
+        });
+        Ok(())
+    }
+
+    fn is_idle(&self) -> bool {
+        self.open.is_none() && self.ready.is_empty() && !self.sending
+    }
+}
+
+#[derive(Default)]
+struct TopicQueues {
+    partitions: Vec<PartitionQueue>,
+    /// The partition keyless records go to, and whether a record has gone there yet.
+    sticky: Option<(u32, bool)>,
+}
+
+#[derive(Default)]
+struct Accumulator {
+    topics: HashMap<String, TopicQueues>,
+    /// While positive, open batches are sent at once instead of lingering.
+    flushing: usize,
+}
+
+struct Inner {
+    config: ProducerConfig,
+    cluster: Cluster,
+    accumulator: Mutex<Accumulator>,
+    wake: Notify,
+    memory: Semaphore,
+    closed: AtomicBool,
+}
+
+/// Sends records to a Tributary cluster. Cheap to share behind an `Arc`; `send` takes `&self`.
+pub struct Producer {
+    inner: Arc<Inner>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("bootstrap", &self.inner.config.bootstrap)
+            .finish()
+    }
+}
+
+struct Job {
+    tp: TopicPartition,
+    batches: Vec<ReadyBatch>,
+}
+
+impl Producer {
+    /// Creates a producer and checks that the cluster answers.
+    pub async fn connect(config: ProducerConfig) -> Result<Self> {
+        config.validate()?;
+        let cluster = Cluster::new(&config.bootstrap, config.request_timeout)?;
+        cluster.refresh().await?;
+        let memory = Semaphore::new(config.buffer_memory);
+        let inner = Arc::new(Inner {
+            config,
+            cluster,
+            accumulator: Mutex::new(Accumulator::default()),
+            wake: Notify::new(),
+            memory,
+            closed: AtomicBool::new(false),
+        });
+        let sender = tokio::spawn(run_sender(inner.clone()));
+        Ok(Self {
+            inner,
+            sender: Mutex::new(Some(sender)),
+        })
+    }
+
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+
+    /// Queues a record and returns a future for its acknowledgement. Waits only when the
+    /// buffer memory is full (until batches are acknowledged) or for the topic's metadata.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let partitions = inner.cluster.partition_count(&record.topic).await?;
+        if let Some(p) = record.partition.filter(|&p| p >= partitions) {
+            return Err(Error::Invalid(format!(
+                "topic '{}' has no partition {p}: it has partitions 0 to {}",
+                record.topic,
+                partitions - 1
+            )));
+        }
+        let timestamp = record.timestamp.unwrap_or_else(crate::now_ms);
+        let headers: Vec<(&str, Option<&[u8]>)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        let (key, value) = (record.key.as_deref(), record.value.as_deref());
+        // The size of the record in a batch of its own: the most it can take.
+        let size = BatchBuilder::new(Compression::None, 0)
+            .record_size(timestamp, key, value, &headers)
+            + 16;
+        if size + HEADER_LEN > inner.config.max_request_size {
+            return Err(Error::Invalid(format!(
+                "record of {} bytes is larger than max_request_size ({} bytes)",
+                size + HEADER_LEN,
+                inner.config.max_request_size
+            )));
+        }
+        match inner.memory.try_acquire_many(size as u32) {
+            Ok(permit) => permit.forget(),
+            Err(_) => inner
+                .memory
+                .acquire_many(size as u32)
+                .await
+                .map_err(|_| Error::Closed)?
+                .forget(),
+        }
+
+        let mut accumulator = inner.accumulator.lock();
+        let topic = match accumulator.topics.get_mut(&record.topic) {
+            Some(topic) => topic,
+            None => accumulator.topics.entry(record.topic.clone()).or_default(),
+        };
+        if topic.partitions.len() < partitions as usize {
+            topic
+                .partitions
+                .resize_with(partitions as usize, PartitionQueue::default);
+        }
+        let partition = match (record.partition, key) {
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => sticky_partition(topic, partitions),
+        };
+        let queue = &mut topic.partitions[partition as usize];
+        let config = &inner.config;
+        if let Some(open) = &queue.open
+            && open.builder.uncompressed_size() + size > config.batch_size
+        {
+            queue.close_open(config.compression)?;
+            inner.wake.notify_one();
+        }
+        let open = queue.open.get_or_insert_with(|| {
+            let (done, outcome) = oneshot::channel();
+            inner.wake.notify_one();
+            OpenBatch {
+                builder: BatchBuilder::new(
+                    config.compression,
+                    config.batch_size.min(config.max_request_size) + HEADER_LEN,
+                ),
+                created: Instant::now(),
+                done,
+                outcome: outcome.shared(),
+                memory: 0,
+            }
+        });
+        let offset_delta = open.builder.append(timestamp, key, value, &headers);
+        open.memory += size;
+        let future = DeliveryFuture {
+            outcome: open.outcome.clone(),
+            partition,
+            offset_delta,
+            timestamp,
+        };
+        if open.builder.uncompressed_size() >= config.batch_size {
+            queue.close_open(config.compression)?;
+            inner.wake.notify_one();
+        }
+        Ok(future)
+    }
+
+    /// Sends everything queued now and waits until it is acknowledged or has failed.
+    pub async fn flush(&self) {
+        let pending: Vec<SharedOutcome> = {
+            let mut accumulator = self.inner.accumulator.lock();
+            accumulator.flushing += 1;
+            accumulator
+                .topics
+                .values()
+                .flat_map(|t| t.partitions.iter())
+                .flat_map(|q| {
+                    q.open
+                        .iter()
+                        .map(|b| b.outcome.clone())
+                        .chain(q.ready.iter().map(|b| b.outcome.clone()))
+                        .chain(q.in_flight.iter().cloned())
+                })
+                .collect()
+        };
+        self.inner.wake.notify_one();
+        for outcome in pending {
+            let _ = outcome.await;
+        }
+        self.inner.accumulator.lock().flushing -= 1;
+    }
+
+    /// Flushes, then stops the sender. Later sends fail with [`Error::Closed`].
+    pub async fn close(&self) {
+        self.flush().await;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        let sender = self.sender.lock().take();
+        if let Some(sender) = sender {
+            let _ = sender.await;
+        }
+    }
+}
+
+impl Drop for Producer {
+    /// Records already queued are still sent; call `close` to wait for them.
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+}
+
+/// KIP-480: keyless records stay on one partition until its batch is closed, then move.
+fn sticky_partition(topic: &mut TopicQueues, partitions: u32) -> u32 {
+    match topic.sticky {
+        Some((p, fresh))
+            if p < partitions && (fresh || topic.partitions[p as usize].open.is_some()) =>
+        {
+            topic.sticky = Some((p, false));
+            p
+        }
+        previous => {
+            let mut next = rand::random_range(0..partitions);
+            if let Some((old, _)) = previous
+                && partitions > 1
+                && next == old
+            {
+                next = (next + 1) % partitions;
+            }
+            topic.sticky = Some((next, false));
+            next
+        }
+    }
+}
+
+impl Inner {
+    /// Closes batches that have lingered long enough and takes the requests that can go now;
+    /// returns them with the next time something will be due.
+    fn take_due(&self, now: Instant) -> (Vec<Job>, Option<Instant>) {
+        let mut accumulator = self.accumulator.lock();
+        let force = accumulator.flushing > 0 || self.closed.load(Ordering::Acquire);
+        let mut jobs = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        for (topic, queues) in &mut accumulator.topics {
+            for (partition, queue) in queues.partitions.iter_mut().enumerate() {
+                if let Some(open) = &queue.open {
+                    let expires = open.created + self.config.linger;
+                    if force || now >= expires {
+                        // A compression failure has already failed the batch's records.
+                        let _ = queue.close_open(self.config.compression);
+                    } else {
+                        due(expires);
+                    }
+                }
+                if queue.sending || queue.ready.is_empty() {
+                    continue;
+                }
+                if let Some(at) = queue.retry_at.filter(|&at| at > now) {
+                    due(at);
+                    continue;
+                }
+                let mut size = 0;
+                let mut batches = Vec::new();
+                while let Some(batch) = queue.ready.front() {
+                    if !batches.is_empty()
+                        && size + batch.bytes.len() > self.config.max_request_size
+                    {
+                        break;
+                    }
+                    size += batch.bytes.len();
+                    batches.push(queue.ready.pop_front().expect("front exists"));
+                }
+                queue.sending = true;
+                queue.retry_at = None;
+                queue.in_flight = batches.iter().map(|b| b.outcome.clone()).collect();
+                jobs.push(Job {
+                    tp: TopicPartition::new(topic.clone(), partition as u32),
+                    batches,
+                });
+            }
+        }
+        (jobs, next)
+    }
+
+    fn is_drained(&self) -> bool {
+        self.accumulator
+            .lock()
+            .topics
+            .values()
+            .all(|t| t.partitions.iter().all(PartitionQueue::is_idle))
+    }
+
+    /// Ends a request: completed batches give back their memory; batches to retry go back to
+    /// the front of their queue, in order.
+    fn finish(&self, tp: &TopicPartition, retry: Vec<ReadyBatch>, released: usize) {
+        self.memory.add_permits(released);
+        let mut accumulator = self.accumulator.lock();
+        if let Some(queue) = accumulator
+            .topics
+            .get_mut(&tp.topic)
+            .and_then(|t| t.partitions.get_mut(tp.partition as usize))
+        {
+            queue.sending = false;
+            queue.in_flight.clear();
+            if !retry.is_empty() {
+                queue.retry_at = Some(Instant::now() + self.config.retry_backoff);
+                for batch in retry.into_iter().rev() {
+                    queue.ready.push_front(batch);
+                }
+            }
+        }
+        drop(accumulator);
+        self.wake.notify_one();
+    }
+}
+
+async fn run_sender(inner: Arc<Inner>) {
+    loop {
+        let (jobs, next) = inner.take_due(Instant::now());
+        for job in jobs {
+            tokio::spawn(send(inner.clone(), job));
+        }
+        if inner.closed.load(Ordering::Acquire) && inner.is_drained() {
+            return;
+        }
+        let woken = inner.wake.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => woken.await,
+        }
+    }
+}
+
+async fn produce_once(
+    inner: &Inner,
+    tp: &TopicPartition,
+    records: Bytes,
+) -> Result<proto::ProduceResponse> {
+    let leader = inner.cluster.leader(tp).await?;
+    let mut client = inner.cluster.broker_client(&leader)?;
+    let request = proto::ProduceRequest {
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+        acks: match inner.config.acks {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        },
+        timeout_ms: inner
+            .config
+            .request_timeout
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32,
+        records,
+    };
+    let call = client.produce(request);
+    match tokio::time::timeout(inner.config.request_timeout + Duration::from_secs(1), call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => {
+            let error = Error::from_status(status, &leader);
+            if matches!(error, Error::Connection { .. }) {
+                inner.cluster.reset(&leader);
+            }
+            Err(error)
+        }
+        Err(_) => Err(Error::Timeout {
+            what: format!("produce to {tp} at {leader}"),
+            waited_ms: inner.config.request_timeout.as_millis() as u64,
+        }),
+    }
+}
+
+async fn send(inner: Arc<Inner>, job: Job) {
+    let Job { tp, batches } = job;
+    let records = match batches.as_slice() {
+        [one] => one.bytes.clone(),
+        many => {
+            let mut joined = BytesMut::with_capacity(many.iter().map(|b| b.bytes.len()).sum());
+            for batch in many {
+                joined.extend_from_slice(&batch.bytes);
+            }
+            joined.freeze()
+        }
+    };
+    let result = produce_once(&inner, &tp, records).await;
+    let mut released = 0;
+    let mut retry = Vec::new();
+    match result {
+        Ok(response) => {
+            let mut base = response.base_offset;
+            let log_append_time =
+                (response.log_append_time_ms >= 0).then_some(response.log_append_time_ms);
+            for batch in batches {
+                released += batch.memory;
+                let _ = batch.done.send(Ok(BatchAck {
+                    base_offset: base,
+                    log_append_time,
+                }));
+                if base >= 0 {
+                    base += i64::from(batch.records);
+                }
+            }
+        }
+        Err(error) => {
+            if error.needs_metadata_refresh() {
+                let _ = inner.cluster.refresh().await;
+            }
+            let now = Instant::now();
+            for batch in batches {
+                let expired = now.duration_since(batch.created) >= inner.config.delivery_timeout;
+                if error.is_retriable() && !expired && !inner.closed.load(Ordering::Acquire) {
+                    retry.push(batch);
+                } else {
+                    released += batch.memory;
+                    let error = if expired {
+                        Error::Timeout {
+                            what: format!("delivering records to {tp} (last error: {error})"),
+                            waited_ms: inner.config.delivery_timeout.as_millis() as u64,
+                        }
+                    } else {
+                        error.clone()
+                    };
+                    let _ = batch.done.send(Err(error));
+                }
+            }
+            if !retry.is_empty() {
+                tracing::debug!(partition = %tp, %error, "produce failed; will retry");
+            }
+        }
+    }
+    inner.finish(&tp, retry, released);
+}
