@@ -151,6 +151,15 @@ pub struct DeliveryFuture {
     timestamp: i64,
 }
 
+impl std::fmt::Debug for DeliveryFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryFuture")
+            .field("partition", &self.partition)
+            .field("offset_delta", &self.offset_delta)
+            .finish()
+    }
+}
+
 impl DeliveryFuture {
     /// The partition the record was assigned to.
     pub fn partition(&self) -> u32 {
