@@ -25,7 +25,7 @@ pub struct ConsumeArgs {
     #[arg(long, conflicts_with = "offset")]
     from_beginning: bool,
     /// Start at this offset (of --partition, or of the topic's only partition).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     offset: Option<i64>,
     /// Read only this partition.
     #[arg(long)]
