@@ -263,6 +263,15 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_key_with_its_default() {
+        let readme = include_str!("../../README.md");
+        for key in KEYS {
+            let row = format!("| `{}` | {} |", key.name, key.default);
+            assert!(readme.contains(&row), "README.md has no row starting {row}");
+        }
+    }
+
+    #[test]
     fn pairs_parse_and_malformed_ones_are_named() {
         assert_eq!(
             TopicConfig::parse_pairs(&["a=1", " b = x=y "]).unwrap(),
