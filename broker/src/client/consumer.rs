@@ -1,6 +1,7 @@
 //! The consumer: reads assigned partitions from their leaders. One fetch per leader is in
-//! flight at a time and runs ahead of the application: while `poll` hands out records, the
-//! next batches are already being fetched and decoded.
+//! flight at a time and runs ahead of the application: a response's batches are queued as
+//! they arrived and the next fetch is sent at once; `poll` decodes queued batches while
+//! that fetch is on its way.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -86,7 +87,7 @@ pub enum Offset {
 struct PartitionState {
     /// Next offset to fetch; None until a reset policy or seek gives one.
     fetch_position: Option<i64>,
-    /// Bytes of this partition's records waiting in the buffer.
+    /// Bytes of this partition's batches fetched but not decoded yet.
     buffered_bytes: usize,
     in_flight: bool,
     /// Bumped by seek, so answers to fetches sent before it are dropped.
@@ -95,8 +96,9 @@ struct PartitionState {
     high_watermark: i64,
 }
 
+/// What one partition of a fetch brought back: whole batches, still encoded.
 struct Fetched {
-    records: Vec<ConsumerRecord>,
+    batches: Bytes,
     next_offset: Option<i64>,
     high_watermark: i64,
 }
@@ -106,12 +108,24 @@ struct FetchOutcome {
     results: Vec<(TopicPartition, u64, Result<Fetched>)>,
 }
 
+/// Fetched batches of one partition, waiting to be decoded.
+struct Chunk {
+    tp: TopicPartition,
+    topic: Arc<str>,
+    /// Records before this offset are skipped: the first batch may start earlier.
+    from: i64,
+    batches: Bytes,
+}
+
 /// Reads records from assigned partitions.
 pub struct Consumer {
     cluster: Cluster,
     config: ConsumerConfig,
     partitions: BTreeMap<TopicPartition, PartitionState>,
-    buffer: VecDeque<ConsumerRecord>,
+    /// Fetched batches in the order they arrived.
+    chunks: VecDeque<Chunk>,
+    /// Decoded records ready to hand out.
+    records: VecDeque<ConsumerRecord>,
     fetches: JoinSet<FetchOutcome>,
     topic_names: HashMap<String, Arc<str>>,
 }
@@ -124,8 +138,8 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-fn record_bytes(record: &ConsumerRecord) -> usize {
-    record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len) + 32
+fn is_of(record: &ConsumerRecord, tp: &TopicPartition) -> bool {
+    record.partition == tp.partition && *record.topic == *tp.topic
 }
 
 impl Consumer {
@@ -137,7 +151,8 @@ impl Consumer {
             cluster,
             config,
             partitions: BTreeMap::new(),
-            buffer: VecDeque::new(),
+            chunks: VecDeque::new(),
+            records: VecDeque::new(),
             fetches: JoinSet::new(),
             topic_names: HashMap::new(),
         })
@@ -164,11 +179,9 @@ impl Consumer {
             }
         }
         self.partitions.retain(|tp, _| partitions.contains(tp));
-        self.buffer.retain(|r| {
-            partitions
-                .iter()
-                .any(|tp| tp.partition == r.partition && *tp.topic == *r.topic)
-        });
+        self.chunks.retain(|c| partitions.contains(&c.tp));
+        self.records
+            .retain(|r| partitions.iter().any(|tp| is_of(r, tp)));
         for tp in partitions {
             self.topic_names
                 .entry(tp.topic.clone())
@@ -184,12 +197,10 @@ impl Consumer {
 
     /// The offset of the next record `poll` will return for `tp`.
     pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
-        let buffered = self
-            .buffer
-            .iter()
-            .find(|r| r.partition == tp.partition && *r.topic == *tp.topic);
-        buffered
-            .map(|r| r.offset)
+        let decoded = self.records.iter().find(|r| is_of(r, tp)).map(|r| r.offset);
+        let queued = || self.chunks.iter().find(|c| c.tp == *tp).map(|c| c.from);
+        decoded
+            .or_else(queued)
             .or_else(|| self.partitions.get(tp)?.fetch_position)
     }
 
@@ -227,8 +238,8 @@ impl Consumer {
                 None => self.lookup(tp, OffsetQuery::Latest).await?,
             },
         };
-        self.buffer
-            .retain(|r| !(r.partition == tp.partition && *r.topic == *tp.topic));
+        self.chunks.retain(|c| c.tp != *tp);
+        self.records.retain(|r| !is_of(r, tp));
         let state = self.partitions.get_mut(tp).expect("checked above");
         state.fetch_position = Some(position);
         state.buffered_bytes = 0;
@@ -258,8 +269,15 @@ impl Consumer {
         loop {
             self.reset_positions().await?;
             self.start_fetches().await?;
-            if !self.buffer.is_empty() {
-                return Ok(self.take_buffered());
+            if self.records.is_empty() {
+                self.decode_next_chunk()?;
+            }
+            if !self.records.is_empty() {
+                let n = self.records.len().min(self.config.max_poll_records.max(1));
+                return Ok(self.records.drain(..n).collect());
+            }
+            if !self.chunks.is_empty() {
+                continue;
             }
             if self.fetches.is_empty() {
                 // Every partition is backing off after an error.
@@ -287,16 +305,35 @@ impl Consumer {
         }
     }
 
-    fn take_buffered(&mut self) -> Vec<ConsumerRecord> {
-        let n = self.buffer.len().min(self.config.max_poll_records.max(1));
-        let records: Vec<ConsumerRecord> = self.buffer.drain(..n).collect();
-        for record in &records {
-            let tp = TopicPartition::new(&*record.topic, record.partition);
-            if let Some(state) = self.partitions.get_mut(&tp) {
-                state.buffered_bytes = state.buffered_bytes.saturating_sub(record_bytes(record));
-            }
+    /// Decodes the oldest queued chunk into records.
+    fn decode_next_chunk(&mut self) -> Result<()> {
+        let Some(chunk) = self.chunks.pop_front() else {
+            return Ok(());
+        };
+        if let Some(state) = self.partitions.get_mut(&chunk.tp) {
+            state.buffered_bytes = state.buffered_bytes.saturating_sub(chunk.batches.len());
         }
-        records
+        let mut decoded = Vec::new();
+        for (at, header) in record::batches(&chunk.batches) {
+            let batch = chunk.batches.slice(at..at + header.total_len());
+            record::decode_batch(&batch, chunk.from, &mut decoded).map_err(|source| {
+                Error::Corrupt {
+                    partition: chunk.tp.to_string(),
+                    source,
+                }
+            })?;
+        }
+        self.records
+            .extend(decoded.into_iter().map(|r| ConsumerRecord {
+                topic: chunk.topic.clone(),
+                partition: chunk.tp.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+            }));
+        Ok(())
     }
 
     async fn reset_positions(&mut self) -> Result<()> {
@@ -336,9 +373,11 @@ impl Consumer {
         let now = Instant::now();
         let mut by_leader: HashMap<String, Vec<(TopicPartition, i64, u64)>> = HashMap::new();
         for (tp, state) in &self.partitions {
+            // Fetch ahead while the application works through what is buffered, up to
+            // about two fetches' worth per partition.
             let ready = !state.in_flight
                 && state.retry_at.is_none_or(|at| at <= now)
-                && state.buffered_bytes < self.config.max_partition_fetch_bytes;
+                && state.buffered_bytes < 2 * self.config.max_partition_fetch_bytes;
             if let (true, Some(position)) = (ready, state.fetch_position) {
                 match self.cluster.leader(tp).await {
                     Ok(leader) => by_leader.entry(leader).or_default().push((
@@ -374,14 +413,10 @@ impl Consumer {
                     })
                     .collect(),
             };
-            let names: HashMap<String, Arc<str>> = partitions
-                .iter()
-                .map(|(tp, _, _)| (tp.topic.clone(), self.topic_names[&tp.topic].clone()))
-                .collect();
             let client = self.cluster.broker_client(&leader)?;
             let wait = self.config.fetch_max_wait + self.config.request_timeout;
             self.fetches
-                .spawn(fetch(client, leader, request, partitions, names, wait));
+                .spawn(fetch(client, leader, request, partitions, wait));
         }
         Ok(())
     }
@@ -399,11 +434,17 @@ impl Consumer {
             match result {
                 Ok(fetched) => {
                     state.high_watermark = fetched.high_watermark;
-                    if let Some(next) = fetched.next_offset {
+                    if let (Some(next), Some(from)) = (fetched.next_offset, state.fetch_position) {
                         state.fetch_position = Some(next);
+                        state.buffered_bytes += fetched.batches.len();
+                        let topic = self.topic_names[&tp.topic].clone();
+                        self.chunks.push_back(Chunk {
+                            tp,
+                            topic,
+                            from,
+                            batches: fetched.batches,
+                        });
                     }
-                    state.buffered_bytes += fetched.records.iter().map(record_bytes).sum::<usize>();
-                    self.buffer.extend(fetched.records);
                 }
                 Err(error) if error.code() == Some(ErrorCode::OffsetOutOfRange) => {
                     match self.config.auto_offset_reset {
@@ -437,7 +478,6 @@ async fn fetch(
     leader: String,
     request: proto::FetchRequest,
     partitions: Vec<(TopicPartition, i64, u64)>,
-    names: HashMap<String, Arc<str>>,
     wait: Duration,
 ) -> FetchOutcome {
     let response = match tokio::time::timeout(wait, client.fetch(request)).await {
@@ -467,7 +507,7 @@ async fn fetch(
                             ErrorCode::Unknown,
                             format!("the broker did not answer for {tp}"),
                         )),
-                        Some(answer) => decode(&tp, position, answer, names[&tp.topic].clone()),
+                        Some(answer) => unpack(position, answer),
                     };
                     (tp, epoch, result)
                 })
@@ -477,38 +517,17 @@ async fn fetch(
     FetchOutcome { leader, results }
 }
 
-fn decode(
-    tp: &TopicPartition,
-    position: i64,
-    answer: proto::FetchedPartition,
-    topic: Arc<str>,
-) -> Result<Fetched> {
+/// The batches of one partition's answer and where the next fetch starts; decoding waits.
+fn unpack(position: i64, answer: proto::FetchedPartition) -> Result<Fetched> {
     if answer.error_code != i32::from(ErrorCode::None) {
         let code = ErrorCode::try_from(answer.error_code).unwrap_or(ErrorCode::Unknown);
         return Err(Error::broker(code, answer.error_message));
     }
-    let mut records = Vec::new();
-    let mut next_offset = None;
-    let mut decoded = Vec::new();
-    for (at, header) in record::batches(&answer.records) {
-        let batch = answer.records.slice(at..at + header.total_len());
-        record::decode_batch(&batch, position, &mut decoded).map_err(|source| Error::Corrupt {
-            partition: tp.to_string(),
-            source,
-        })?;
-        next_offset = Some(header.next_offset().max(position));
-    }
-    records.extend(decoded.into_iter().map(|r| ConsumerRecord {
-        topic: topic.clone(),
-        partition: tp.partition,
-        offset: r.offset,
-        timestamp: r.timestamp,
-        key: r.key,
-        value: r.value,
-        headers: r.headers,
-    }));
+    let next_offset = record::batches(&answer.records)
+        .last()
+        .map(|(_, header)| header.next_offset().max(position));
     Ok(Fetched {
-        records,
+        batches: answer.records,
         next_offset,
         high_watermark: answer.high_watermark,
     })

@@ -337,10 +337,7 @@ impl Producer {
             .map(|(k, v)| (k.as_str(), v.as_deref()))
             .collect();
         let (key, value) = (record.key.as_deref(), record.value.as_deref());
-        // The size of the record in a batch of its own: the most it can take.
-        let size = BatchBuilder::new(Compression::None, 0)
-            .record_size(timestamp, key, value, &headers)
-            + 16;
+        let size = BatchBuilder::max_record_size(key, value, &headers);
         if size + HEADER_LEN > inner.config.max_request_size {
             return Err(Error::Invalid(format!(
                 "record of {} bytes is larger than max_request_size ({} bytes)",

@@ -67,6 +67,15 @@ impl BatchBuilder {
         record::encoded_len(timestamp_delta, offset_delta, key, value, headers)
     }
 
+    /// The most a record can add to any batch, whatever its timestamp and position.
+    pub fn max_record_size(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> usize {
+        record::encoded_len(i64::MAX, i32::MAX, key, value, headers)
+    }
+
     fn deltas(&self, timestamp: i64) -> (i64, i32) {
         if self.count == 0 {
             (0, 0)

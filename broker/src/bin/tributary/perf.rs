@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Subcommand;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tributary_broker::client::{
@@ -155,43 +153,35 @@ async fn produce(
             .map(|_| rand::random_range(b'A'..=b'Z'))
             .collect::<Vec<u8>>(),
     );
+    // Deliveries are awaited in send order: the records of a batch are acknowledged
+    // together, so only the first of each batch waits and the rest are already done.
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, DeliveryFuture)>();
     let collector = tokio::spawn(async move {
         let mut total = Window::new();
         let mut window = Window::new();
-        let mut pending = FuturesUnordered::new();
         let mut failures = 0u64;
         let mut first_error = None;
-        let mut sending = true;
-        while sending || !pending.is_empty() {
-            tokio::select! {
-                next = rx.recv(), if sending => match next {
-                    Some((sent, delivery)) => pending.push(async move { (sent, delivery.await) }),
-                    None => sending = false,
-                },
-                Some((sent, result)) = pending.next(), if !pending.is_empty() => {
-                    match result {
-                        Ok(_) => {
-                            let latency = sent.elapsed();
-                            total.record(latency);
-                            window.record(latency);
-                        }
-                        Err(error) => {
-                            failures += 1;
-                            first_error.get_or_insert(error);
-                        }
-                    }
-                    if window.started.elapsed() >= REPORT_EVERY {
-                        let (rate, mb) = window.rate(record_size);
-                        println!(
-                            "{} records sent, {rate:.1} records/sec ({mb:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
-                            window.records,
-                            window.histogram.mean() / 1000.0,
-                            window.histogram.max() as f64 / 1000.0
-                        );
-                        window = Window::new();
-                    }
+        while let Some((sent, delivery)) = rx.recv().await {
+            match delivery.await {
+                Ok(_) => {
+                    let latency = sent.elapsed();
+                    total.record(latency);
+                    window.record(latency);
                 }
+                Err(error) => {
+                    failures += 1;
+                    first_error.get_or_insert(error);
+                }
+            }
+            if window.started.elapsed() >= REPORT_EVERY {
+                let (rate, mb) = window.rate(record_size);
+                println!(
+                    "{} records sent, {rate:.1} records/sec ({mb:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
+                    window.records,
+                    window.histogram.mean() / 1000.0,
+                    window.histogram.max() as f64 / 1000.0
+                );
+                window = Window::new();
             }
         }
         (total, failures, first_error)
