@@ -8,18 +8,35 @@ use std::path::{Path, PathBuf};
 
 use crate::TopicPartition;
 
-/// Replaces `path` with `contents` so that a crash leaves either the old or the new file.
+/// Replaces `path` with `contents` so that a crash, even of the machine, leaves either the
+/// old or the new file: written to a temporary file, fsynced, renamed, directory fsynced.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace(path, contents, true)
+}
+
+/// Replaces `path` with `contents` so that a crash of the process leaves either the old or
+/// the new file, without waiting for the disk: for files that can be rebuilt if a power
+/// loss takes them.
+pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace(path, contents, false)
+}
+
+fn replace(path: &Path, contents: &[u8], durable: bool) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     {
         let mut file = File::create(&tmp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
     }
     fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    if durable {
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
 }
 
 /// Makes a directory's entries (created, renamed or removed files) durable.

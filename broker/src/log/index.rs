@@ -6,7 +6,7 @@
 //!   including the batch at that offset, added when it grows.
 //!
 //! The active segment's index files are preallocated and mapped writable; on roll they are
-//! sealed: flushed, truncated to their real length and mapped read-only. Neither index ever
+//! sealed: truncated to their real length and mapped read-only. Neither index ever
 //! holds an entry for the first batch of a segment (position 0), so an entry that is all
 //! zeros marks the end of the written entries, which is how a preallocated file left by a
 //! crash is read back.
@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
 
 enum Map {
     /// A sealed file with no entries (an empty file cannot be mapped).
@@ -48,13 +48,21 @@ fn map(file: &File, len: usize, writable: bool) -> io::Result<Map> {
     // SAFETY: index files belong to this broker process: it holds the data directory lock,
     // so no other process modifies them, and this module never shrinks a file while it is
     // mapped (sealing unmaps first). The mapping is private to the owning index value.
-    unsafe {
+    let map = unsafe {
         if writable {
-            options.map_mut(file).map(Map::Writable)
+            Map::Writable(options.map_mut(file)?)
         } else {
-            options.map(file).map(Map::ReadOnly)
+            Map::ReadOnly(options.map(file)?)
         }
+    };
+    // Lookups touch a few scattered entries: readahead would only zero-fill and read pages
+    // of the (mostly sparse) file that nobody looks at.
+    match &map {
+        Map::Writable(m) => m.advise(Advice::Random)?,
+        Map::ReadOnly(m) => m.advise(Advice::Random)?,
+        Map::Empty => {}
     }
+    Ok(map)
 }
 
 /// A file of fixed-size entries, `E` bytes each.
@@ -86,7 +94,13 @@ impl<const E: usize> IndexFile<E> {
             map,
             entries: 0,
         };
-        index.entries = index.count_filled(filled);
+        // A file shorter than its preallocation was sealed (trimmed to its entries) or is
+        // new; only a preallocated file left by a crash needs its end searched for.
+        index.entries = if existing < capacity {
+            existing / E
+        } else {
+            index.count_filled(filled)
+        };
         Ok(index)
     }
 
@@ -160,15 +174,13 @@ impl<const E: usize> IndexFile<E> {
         Ok(())
     }
 
-    /// Flushes the entries, truncates the file to them and maps it read-only.
+    /// Truncates the file to its entries and maps it read-only. Nothing is forced to disk:
+    /// an index is rebuilt from its log if a crash leaves it wrong, and a clean shutdown
+    /// syncs the whole file system once.
     fn seal(&mut self) -> io::Result<()> {
-        if let Map::Writable(map) = &self.map {
-            map.flush()?;
-        }
         self.map = Map::Empty;
         let len = self.entries * E;
         self.file.set_len(len as u64)?;
-        self.file.sync_all()?;
         self.map = map(&self.file, len, false)?;
         Ok(())
     }

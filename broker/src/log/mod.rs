@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-pub use checkpoint::{OffsetCheckpoint, sync_dir, write_atomically};
+pub use checkpoint::{OffsetCheckpoint, replace_file, sync_dir, write_atomically};
 pub use config::{DAY_MS, LogConfig};
 pub use manager::{LogManager, LogManagerError};
 
@@ -777,14 +777,22 @@ impl Log {
         Ok(())
     }
 
-    /// Flushes and seals the active segment's indexes, for a clean shutdown.
+    /// Seals the active segment's indexes (trims them), for a clean shutdown. The caller
+    /// makes the data durable and then calls [`Log::mark_flushed`].
     pub fn close(&self) -> Result<(), LogError> {
-        self.flush()?;
         let state = self.state.read();
         state
             .active()
             .seal()
             .map_err(self.io_error("seal the active segment"))
+    }
+
+    /// Records that everything written so far has reached the disk (the caller synced it).
+    pub(crate) fn mark_flushed(&self) {
+        let mut state = self.state.write();
+        state.recovery_point = state.next_offset;
+        state.unflushed_messages = 0;
+        state.first_unflushed_ms = None;
     }
 }
 

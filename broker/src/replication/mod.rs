@@ -201,20 +201,21 @@ impl ReplicaManager {
         config: TopicConfig,
     ) -> Result<Arc<Partition>, LogError> {
         let mut log = self.logs.get_or_create(tp, config.log.clone())?;
-        match Partition::recorded_topic_id(log.dir()) {
-            Some(recorded) if recorded != topic_id => {
-                tracing::info!(partition = %tp, "replacing the log of an earlier topic with the same name");
-                self.logs.delete(tp)?;
-                log = self.logs.get_or_create(tp, config.log.clone())?;
-            }
-            _ => {}
+        let recorded = Partition::recorded_topic_id(log.dir());
+        if recorded.is_some_and(|recorded| recorded != topic_id) {
+            tracing::info!(partition = %tp, "replacing the log of an earlier topic with the same name");
+            self.logs.delete(tp)?;
+            log = self.logs.get_or_create(tp, config.log.clone())?;
         }
         log.set_config(config.log);
-        Partition::record_topic_id(log.dir(), topic_id).map_err(|source| LogError::Io {
-            partition: tp.clone(),
-            op: "record the topic id",
-            source,
-        })?;
+        // Written once per replica (with an fsync), not at every start.
+        if recorded != Some(topic_id) {
+            Partition::record_topic_id(log.dir(), topic_id).map_err(|source| LogError::Io {
+                partition: tp.clone(),
+                op: "record the topic id",
+                source,
+            })?;
+        }
         let partition = Arc::new(Partition::new(tp.clone(), topic_id, log));
         self.partitions
             .write()

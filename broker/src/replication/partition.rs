@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::ReplicaError;
 use crate::TopicPartition;
-use crate::log::{AppendInfo, Log, ReadResult, write_atomically};
+use crate::log::{AppendInfo, Log, ReadResult, replace_file};
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
@@ -61,7 +61,7 @@ impl Partition {
     /// Records which topic (by id) this log belongs to, so that a topic deleted and created
     /// again under the same name never picks up the old data.
     pub(super) fn record_topic_id(dir: &Path, topic_id: Uuid) -> std::io::Result<()> {
-        write_atomically(
+        replace_file(
             &dir.join(PARTITION_METADATA_FILE),
             format!("version: 0\ntopic_id: {topic_id}\n").as_bytes(),
         )
