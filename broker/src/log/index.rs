@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
 
@@ -65,11 +65,21 @@ fn map(file: &File, len: usize, writable: bool) -> io::Result<Map> {
     Ok(map)
 }
 
-/// A file of fixed-size entries, `E` bytes each.
+/// A file of fixed-size entries, `E` bytes each. No descriptor is kept open: a mapping
+/// needs none, and the few operations that change the file's length reopen it.
 struct IndexFile<const E: usize> {
-    file: File,
+    path: PathBuf,
     map: Map,
     entries: usize,
+}
+
+fn open_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 impl<const E: usize> IndexFile<E> {
@@ -79,18 +89,13 @@ impl<const E: usize> IndexFile<E> {
         max_bytes: usize,
         filled: impl Fn(&[u8]) -> bool,
     ) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = open_file(path)?;
         let existing = file.metadata()?.len() as usize / E * E;
         let capacity = (max_bytes / E * E).max(existing).max(E);
         file.set_len(capacity as u64)?;
         let map = map(&file, capacity, true)?;
         let mut index = Self {
-            file,
+            path: path.to_path_buf(),
             map,
             entries: 0,
         };
@@ -106,11 +111,11 @@ impl<const E: usize> IndexFile<E> {
 
     /// Opens a sealed index read-only.
     fn open_read_only(path: &Path, filled: impl Fn(&[u8]) -> bool) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = File::open(path)?;
         let len = file.metadata()?.len() as usize / E * E;
         let map = map(&file, len, false)?;
         let mut index = Self {
-            file,
+            path: path.to_path_buf(),
             map,
             entries: 0,
         };
@@ -154,22 +159,26 @@ impl<const E: usize> IndexFile<E> {
         }
     }
 
+    /// Maps the file at `len` bytes, resizing it first (the map is dropped before).
+    fn remap(&mut self, len: usize, writable: bool) -> io::Result<()> {
+        self.map = Map::Empty;
+        let file = open_file(&self.path)?;
+        file.set_len(len as u64)?;
+        self.map = map(&file, len, writable)?;
+        Ok(())
+    }
+
     /// Keeps the first `n` entries; the rest are zeroed so a crash cannot revive them.
     fn truncate_entries(&mut self, n: usize) -> io::Result<()> {
         if n >= self.entries {
             return Ok(());
         }
-        if matches!(self.map, Map::Writable(_)) {
-            if let Map::Writable(map) = &mut self.map {
-                map[n * E..self.entries * E].fill(0);
-            }
-            self.entries = n;
-            return Ok(());
+        if let Map::Writable(map) = &mut self.map {
+            map[n * E..self.entries * E].fill(0);
+        } else {
+            // A sealed file: cut it and map what is left.
+            self.remap(n * E, false)?;
         }
-        // A sealed file: cut it and map what is left.
-        self.map = Map::Empty;
-        self.file.set_len((n * E) as u64)?;
-        self.map = map(&self.file, n * E, false)?;
         self.entries = n;
         Ok(())
     }
@@ -178,11 +187,7 @@ impl<const E: usize> IndexFile<E> {
     /// an index is rebuilt from its log if a crash leaves it wrong, and a clean shutdown
     /// syncs the whole file system once.
     fn seal(&mut self) -> io::Result<()> {
-        self.map = Map::Empty;
-        let len = self.entries * E;
-        self.file.set_len(len as u64)?;
-        self.map = map(&self.file, len, false)?;
-        Ok(())
+        self.remap(self.entries * E, false)
     }
 
     /// Maps the file writable again at `max_bytes` (a sealed segment becoming active again
@@ -191,11 +196,7 @@ impl<const E: usize> IndexFile<E> {
         if matches!(self.map, Map::Writable(_)) {
             return Ok(());
         }
-        self.map = Map::Empty;
-        let capacity = (max_bytes / E * E).max((self.entries + 1) * E);
-        self.file.set_len(capacity as u64)?;
-        self.map = map(&self.file, capacity, true)?;
-        Ok(())
+        self.remap((max_bytes / E * E).max((self.entries + 1) * E), true)
     }
 }
 

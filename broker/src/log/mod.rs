@@ -470,10 +470,7 @@ impl Log {
         config: &LogConfig,
         base_offset: i64,
     ) -> Result<(), LogError> {
-        state
-            .active()
-            .seal()
-            .map_err(self.io_error("seal a segment"))?;
+        // The new segment first: if it cannot be created the log stays as it was.
         let segment = Segment::create(
             &self.dir,
             base_offset,
@@ -481,6 +478,10 @@ impl Log {
             config.index_interval_bytes,
         )
         .map_err(self.io_error("create a segment"))?;
+        if let Err(error) = state.active().seal() {
+            let _ = segment.delete();
+            return Err(self.io_error("seal a segment")(error));
+        }
         state.segments.insert(base_offset, Arc::new(segment));
         tracing::debug!(partition = %self.partition, base_offset, "rolled to a new segment");
         Ok(())

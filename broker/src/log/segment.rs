@@ -553,6 +553,9 @@ impl Segment {
             indexes.offset.seal()?;
             indexes.time.seal()?;
         }
+        // The maps are reloaded when a read needs them; until then a sealed segment costs
+        // one file descriptor and no mappings. The largest timestamp stays known.
+        *guard = None;
         Ok(())
     }
 
