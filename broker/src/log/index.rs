@@ -46,8 +46,9 @@ fn map(file: &File, len: usize, writable: bool) -> io::Result<Map> {
         options
     };
     // SAFETY: index files belong to this broker process: it holds the data directory lock,
-    // so no other process modifies them, and this module never shrinks a file while it is
-    // mapped (sealing unmaps first). The mapping is private to the owning index value.
+    // so no other process modifies them. This module shrinks a file only below entries it
+    // has already forgotten, so no read through a mapping reaches past the end of its file.
+    // The mapping is private to the owning index value.
     let map = unsafe {
         if writable {
             Map::Writable(options.map_mut(file)?)
@@ -99,13 +100,9 @@ impl<const E: usize> IndexFile<E> {
             map,
             entries: 0,
         };
-        // A file shorter than its preallocation was sealed (trimmed to its entries) or is
-        // new; only a preallocated file left by a crash needs its end searched for.
-        index.entries = if existing < capacity {
-            existing / E
-        } else {
-            index.count_filled(filled)
-        };
+        // Searched even when the length looks trimmed: the file may have been preallocated
+        // at a smaller size. The search touches a few pages (no readahead, see `map`).
+        index.entries = index.count_filled(filled);
         Ok(index)
     }
 
@@ -159,9 +156,10 @@ impl<const E: usize> IndexFile<E> {
         }
     }
 
-    /// Maps the file at `len` bytes, resizing it first (the map is dropped before).
+    /// Resizes the file to `len` bytes and maps it again. The old map is replaced only once
+    /// the new one exists, so a failure leaves a usable index; a shrink never cuts below
+    /// `entries`, so what the old map may still be asked for stays inside the file.
     fn remap(&mut self, len: usize, writable: bool) -> io::Result<()> {
-        self.map = Map::Empty;
         let file = open_file(&self.path)?;
         file.set_len(len as u64)?;
         self.map = map(&file, len, writable)?;
@@ -175,12 +173,13 @@ impl<const E: usize> IndexFile<E> {
         }
         if let Map::Writable(map) = &mut self.map {
             map[n * E..self.entries * E].fill(0);
+            self.entries = n;
+            Ok(())
         } else {
-            // A sealed file: cut it and map what is left.
-            self.remap(n * E, false)?;
+            // A sealed file: forget the entries first, then cut the file and map what is left.
+            self.entries = n;
+            self.remap(n * E, false)
         }
-        self.entries = n;
-        Ok(())
     }
 
     /// Truncates the file to its entries and maps it read-only. Nothing is forced to disk:

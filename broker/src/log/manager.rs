@@ -251,7 +251,8 @@ impl LogManager {
     }
 
     /// Deletes the log of `tp`: its directory is renamed out of the way at once (so a new log
-    /// of the same name can start) and then removed.
+    /// of the same name can start) and then removed. Call [`LogManager::checkpoint`] before
+    /// creating a log of the same name again, so it cannot inherit this one's offsets.
     pub fn delete(&self, tp: &TopicPartition) -> Result<(), LogError> {
         let Some(log) = self.logs.write().remove(tp) else {
             return Ok(());

@@ -110,6 +110,38 @@ impl LogState {
             .next_back()
             .expect("a log always has an active segment")
     }
+
+    /// Segments that may hold data written since the recovery point: the one holding it
+    /// and every later one.
+    fn unflushed_segments(&self) -> Vec<Arc<Segment>> {
+        let from = self
+            .segments
+            .range(..=self.recovery_point)
+            .next_back()
+            .map_or(0, |(base, _)| *base);
+        self.segments
+            .range(from..)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+}
+
+/// Batches waiting to be written to the active segment with one vectored write.
+#[derive(Default)]
+struct Run<'a> {
+    batches: Vec<(&'a [u8; HEADER_LEN], &'a [u8])>,
+    bytes: u64,
+    records: u64,
+    /// The log end once the run is written.
+    end: i64,
+}
+
+impl<'a> Run<'a> {
+    fn push(&mut self, header: &'a [u8; HEADER_LEN], rest: &'a [u8], records: i32) {
+        self.batches.push((header, rest));
+        self.bytes += (HEADER_LEN + rest.len()) as u64;
+        self.records += records as u64;
+    }
 }
 
 pub struct Log {
@@ -173,6 +205,16 @@ impl Log {
             }
         }
         bases.sort_unstable();
+        // A log start is always a segment base at or below the active segment's. One beyond
+        // it belongs to an earlier log of the same name (deleted and created again before
+        // the checkpoint was rewritten) and must not delete anything.
+        let start_checkpoint = start_checkpoint.filter(|&start| {
+            let plausible = bases.last().is_none_or(|&last| start <= last);
+            if !plausible {
+                tracing::warn!(partition = %partition, start, "ignoring a log start checkpoint beyond the log");
+            }
+            plausible
+        });
         // Segments wholly below the checkpointed log start were deleted by retention just
         // before a crash: finish the job.
         if let Some(start) = start_checkpoint {
@@ -365,38 +407,40 @@ impl Log {
             headers.push(header);
         }
         // Write in runs, rolling before any batch that does not belong in the active segment.
-        let mut run: Vec<(&[u8; HEADER_LEN], &[u8])> = Vec::new();
+        // The log end moves after each run that reached the file, so a failure part way
+        // (a roll or a write) leaves the log end where the data on disk ends.
+        let mut run = Run::default();
         for (i, (_, info)) in batches.iter().enumerate() {
             let header = BatchHeader::parse(&headers[i]).map_err(LogError::InvalidBatch)?;
-            let run_bytes: u64 = run
-                .iter()
-                .map(|(_, rest)| (HEADER_LEN + rest.len()) as u64)
-                .sum();
             if self.should_roll(
                 &state,
                 &config,
-                run_bytes,
+                run.bytes,
                 info.len as u64,
                 header.max_timestamp(),
                 header.last_offset(),
             ) {
-                self.write_run(&state, &mut run)?;
+                self.write_run(&mut state, &mut run, now_ms)?;
                 self.roll(&mut state, &config, header.base_offset())?;
             }
-            run.push((&headers[i], &batch_bytes(i)[HEADER_LEN..]));
+            run.push(
+                &headers[i],
+                &batch_bytes(i)[HEADER_LEN..],
+                info.records_count,
+            );
+            run.end = header.next_offset();
         }
-        self.write_run(&state, &mut run)?;
+        self.write_run(&mut state, &mut run, now_ms)?;
+        debug_assert_eq!(state.next_offset, next);
 
         let record_count: u64 = batches
             .iter()
             .map(|(_, info)| info.records_count as u64)
             .sum();
-        state.next_offset = next;
-        state.unflushed_messages += record_count;
-        state.first_unflushed_ms.get_or_insert(now_ms);
         if state.unflushed_messages >= config.flush_messages {
-            let active = state.active().clone();
-            active.flush().map_err(self.io_error("fsync the log"))?;
+            for segment in state.unflushed_segments() {
+                segment.flush().map_err(self.io_error("fsync the log"))?;
+            }
             state.recovery_point = state.next_offset;
             state.unflushed_messages = 0;
             state.first_unflushed_ms = None;
@@ -433,17 +477,25 @@ impl Log {
         too_big || too_old || offsets_overflow || active.indexes_full()
     }
 
+    /// Writes the run to the active segment and moves the log end past it.
     fn write_run(
         &self,
-        state: &LogState,
-        run: &mut Vec<(&[u8; HEADER_LEN], &[u8])>,
+        state: &mut LogState,
+        run: &mut Run<'_>,
+        now_ms: i64,
     ) -> Result<(), LogError> {
-        if run.is_empty() {
+        if run.batches.is_empty() {
             return Ok(());
         }
-        match state.active().append(run) {
+        match state.active().append(&run.batches) {
             Ok(()) => {
-                run.clear();
+                state.next_offset = run.end;
+                state.unflushed_messages += run.records;
+                state.first_unflushed_ms.get_or_insert(now_ms);
+                *run = Run {
+                    end: run.end,
+                    ..Run::default()
+                };
                 Ok(())
             }
             Err(AppendFailure::RolledBack(source)) => Err(LogError::Io {
@@ -605,14 +657,34 @@ impl Log {
         if offset >= state.next_offset {
             return Ok(());
         }
-        let first_base = *state.segments.keys().next().expect("a segment");
-        if offset <= first_base {
-            // Nothing stays: start again, empty, at `offset`.
-            for segment in std::mem::take(&mut state.segments).into_values() {
-                segment
-                    .delete()
-                    .map_err(self.io_error("delete a segment"))?;
+        let first_base = *state
+            .segments
+            .keys()
+            .next()
+            .expect("a log always has a segment");
+        let everything = offset <= first_base;
+        let doomed: Vec<i64> = if everything {
+            state.segments.keys().copied().collect()
+        } else {
+            state
+                .segments
+                .range(offset + 1..)
+                .map(|(base, _)| *base)
+                .collect()
+        };
+        // Newest first, so a crash part way leaves a prefix of the old log, never a gap. A
+        // segment leaves the map once its files are gone, except the last of a full
+        // truncation, which stays until its replacement exists.
+        for base in doomed.iter().rev() {
+            if let Err(error) = state.segments[base].delete() {
+                self.offline.store(true, Ordering::Release);
+                return Err(self.io_error("delete a segment")(error));
             }
+            if !everything || *base != first_base {
+                state.segments.remove(base);
+            }
+        }
+        if everything {
             let start = offset.max(0);
             let segment = Segment::create(
                 &self.dir,
@@ -620,23 +692,15 @@ impl Log {
                 config.segment_index_bytes,
                 config.index_interval_bytes,
             )
-            .map_err(self.io_error("create a segment"))?;
+            .map_err(|error| {
+                self.offline.store(true, Ordering::Release);
+                self.io_error("create a segment")(error)
+            })?;
+            state.segments.clear();
             state.segments.insert(start, Arc::new(segment));
             state.next_offset = start;
             state.log_start_offset = start;
         } else {
-            let doomed: Vec<i64> = state
-                .segments
-                .range(offset + 1..)
-                .map(|(base, _)| *base)
-                .collect();
-            for base in doomed {
-                if let Some(segment) = state.segments.remove(&base) {
-                    segment
-                        .delete()
-                        .map_err(self.io_error("delete a segment"))?;
-                }
-            }
             let active = state.active().clone();
             state.next_offset = active
                 .truncate_to(offset, config.segment_index_bytes)
@@ -711,17 +775,7 @@ impl Log {
         let _flushing = self.flush_lock.lock();
         let (segments, target) = {
             let state = self.state.read();
-            let from = state
-                .segments
-                .range(..=state.recovery_point)
-                .next_back()
-                .map_or(0, |(b, _)| *b);
-            let segments: Vec<Arc<Segment>> = state
-                .segments
-                .range(from..)
-                .map(|(_, s)| s.clone())
-                .collect();
-            (segments, state.next_offset)
+            (state.unflushed_segments(), state.next_offset)
         };
         for segment in &segments {
             segment.flush().map_err(self.io_error("fsync the log"))?;
@@ -754,18 +808,10 @@ impl Log {
             let _flushing = self.flush_lock.lock();
             let (segments, target) = {
                 let state = self.state.read();
-                let from = state
-                    .segments
-                    .range(..=state.recovery_point)
-                    .next_back()
-                    .map_or(0, |(b, _)| *b);
                 let active_base = state.active().base_offset();
-                let segments: Vec<Arc<Segment>> = state
-                    .segments
-                    .range(from..active_base)
-                    .map(|(_, s)| s.clone())
-                    .collect();
-                (segments, active_base)
+                let mut rolled = state.unflushed_segments();
+                rolled.retain(|s| s.base_offset() < active_base);
+                (rolled, active_base)
             };
             for segment in &segments {
                 segment

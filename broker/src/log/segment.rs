@@ -410,10 +410,11 @@ impl Segment {
             });
         match loaded {
             Ok(indexes) if indexes.offset.is_consistent_with(size) => {
-                let max_timestamp = match indexes.time.last() {
-                    Some((ts, _)) => ts,
-                    None => self.scan_max_timestamp()?,
-                };
+                // The time index may lack its final entry (full, or a crash during a roll):
+                // the batches after the last offset index entry are read to be sure.
+                let (_, tail) = indexes.offset.last().unwrap_or((self.base_offset, 0));
+                let indexed = indexes.time.last().map_or(NO_TIMESTAMP, |(ts, _)| ts);
+                let max_timestamp = indexed.max(self.scan_max_timestamp(u64::from(tail))?);
                 self.max_timestamp.store(max_timestamp, Ordering::Release);
                 Ok(indexes)
             }
@@ -459,17 +460,21 @@ impl Segment {
         Ok(indexes)
     }
 
-    fn scan_max_timestamp(&self) -> io::Result<i64> {
+    /// The largest batch timestamp from `position` to the end.
+    fn scan_max_timestamp(&self, position: u64) -> io::Result<i64> {
         let mut max = NO_TIMESTAMP;
-        self.walk(0, self.size(), false, |_, bytes| {
-            match BatchHeader::parse(bytes) {
+        self.walk(
+            position,
+            self.size(),
+            false,
+            |_, bytes| match BatchHeader::parse(bytes) {
                 Ok(header) => {
                     max = max.max(header.max_timestamp());
                     true
                 }
                 Err(_) => false,
-            }
-        })?;
+            },
+        )?;
         Ok(max)
     }
 
@@ -482,19 +487,23 @@ impl Segment {
     ) -> io::Result<Option<(u64, [u8; HEADER_LEN])>> {
         let (_, start) = self.with_indexes(|i| i.offset.lookup(target))?;
         let mut found = None;
-        self.walk(
-            u64::from(start),
-            limit,
-            false,
-            |position, bytes| match BatchHeader::parse(bytes) {
-                Ok(header) if header.last_offset() >= target => {
-                    found = Some((position, header.header_bytes()));
-                    false
-                }
-                Ok(_) => true,
-                Err(_) => false,
-            },
-        )?;
+        let stopped =
+            self.walk(
+                u64::from(start),
+                limit,
+                false,
+                |position, bytes| match BatchHeader::parse(bytes) {
+                    Ok(header) if header.last_offset() >= target => {
+                        found = Some((position, header.header_bytes()));
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(_) => false,
+                },
+            )?;
+        if found.is_none() && stopped < limit {
+            return Err(self.damaged_at(stopped));
+        }
         Ok(found)
     }
 
@@ -503,20 +512,36 @@ impl Segment {
     pub fn find_by_timestamp(&self, timestamp: i64, limit: u64) -> io::Result<Option<u64>> {
         let (_, start) = self.with_indexes(|i| i.offset.lookup(i.time.lookup(timestamp)))?;
         let mut found = None;
-        self.walk(
-            u64::from(start),
-            limit,
-            false,
-            |position, bytes| match BatchHeader::parse(bytes) {
-                Ok(header) if header.max_timestamp() >= timestamp => {
-                    found = Some(position);
-                    false
-                }
-                Ok(_) => true,
-                Err(_) => false,
-            },
-        )?;
+        let stopped =
+            self.walk(
+                u64::from(start),
+                limit,
+                false,
+                |position, bytes| match BatchHeader::parse(bytes) {
+                    Ok(header) if header.max_timestamp() >= timestamp => {
+                        found = Some(position);
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(_) => false,
+                },
+            )?;
+        if found.is_none() && stopped < limit {
+            return Err(self.damaged_at(stopped));
+        }
         Ok(found)
+    }
+
+    /// The error for bytes at `position` that are not a whole batch although the segment
+    /// says they are.
+    fn damaged_at(&self, position: u64) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is damaged at byte {position}: no whole record batch there",
+                self.path(LOG_SUFFIX).display()
+            ),
+        )
     }
 
     /// Largest record timestamp in the segment, or None when it is empty.

@@ -653,3 +653,123 @@ fn deleted_logs_disappear_and_their_name_can_be_reused() {
     assert!(!dir.path().join("orders-1.abc-delete").exists());
     assert_eq!(manager.all().len(), 1);
 }
+
+#[test]
+fn a_roll_that_fails_midway_leaves_the_log_end_where_the_data_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 2048,
+        ..small_config()
+    };
+    let (log, _) = open(dir.path(), config.clone(), true);
+    log.append_as_leader(&batch(10, T0, "a"), 0, T0).unwrap(); // offsets 0..9, ~600 bytes
+    // The next request holds a batch that fits and one that needs a roll at offset 20,
+    // where a directory now stands in the way of the new segment file.
+    std::fs::create_dir(dir.path().join(format!("{:020}.log", 20))).unwrap();
+    let request = Bytes::from([batch(10, T0, "b").to_vec(), batch(20, T0, "c").to_vec()].concat());
+    let err = log.append_as_leader(&request, 0, T0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::Io {
+                op: "create a segment",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        log.log_end_offset(),
+        20,
+        "the batch that was written counts"
+    );
+    std::fs::remove_dir(dir.path().join(format!("{:020}.log", 20))).unwrap();
+    let info = log.append_as_leader(&batch(20, T0, "d"), 0, T0).unwrap();
+    assert_eq!(info.first_offset, 20);
+    let values: Vec<String> = read_all(&log)
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_ref().unwrap())[..3].to_string())
+        .collect();
+    assert_eq!(values.len(), 40);
+    assert!(
+        values[..10].iter().all(|v| v.starts_with("a-"))
+            && values[10..20].iter().all(|v| v.starts_with("b-"))
+    );
+    assert!(values[20..].iter().all(|v| v.starts_with("d-")));
+    drop(log);
+    let (log, report) = open(dir.path(), config, false);
+    assert_eq!((report.log_end_offset, report.truncated_bytes), (40, 0));
+    assert_eq!(offsets(&read_all(&log)), (0..40).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_log_start_checkpoint_beyond_the_log_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_config(), true);
+    fill(&log, 60);
+    log.close().unwrap();
+    drop(log);
+    // As left by an earlier log of the same name that had reached offset 10,000.
+    let (log, _) = Log::open(dir.path(), tp(), small_config(), true, (None, Some(10_000))).unwrap();
+    assert_eq!(log.log_start_offset(), 0);
+    assert_eq!(offsets(&read_all(&log)), (0..180).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_damaged_batch_inside_a_sealed_segment_is_an_error_not_a_silent_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_config(), true);
+    fill(&log, 60);
+    log.close().unwrap();
+    drop(log);
+    // Overwrite the length of the fourth batch of the first segment.
+    let path = dir.path().join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (at, _) = record::batches(&bytes).nth(3).unwrap();
+    bytes[at + 8..at + 12].copy_from_slice(&(-5i32).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let (log, _) = open(dir.path(), small_config(), true);
+    let err = log.read(10, 1000, i64::MAX).unwrap_err();
+    assert!(err.to_string().contains("damaged at byte"), "{err}");
+    assert!(
+        log.read(0, 100, i64::MAX).is_ok(),
+        "what precedes the damage still reads"
+    );
+}
+
+#[test]
+fn a_sealed_segment_missing_its_last_time_entry_still_knows_its_newest_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention_ms: 1000,
+        ..small_config()
+    };
+    let (log, _) = open(dir.path(), config.clone(), true);
+    fill(&log, 60); // batch i holds timestamps T0+10i .. T0+10i+2
+    log.close().unwrap();
+    drop(log);
+    // Drop the final time index entry of the first segment, as a crash during a roll can.
+    let timeindex = dir.path().join("00000000000000000000.timeindex");
+    let len = std::fs::metadata(&timeindex).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&timeindex)
+        .unwrap()
+        .set_len(len - 12)
+        .unwrap();
+    let (log, _) = open(dir.path(), config, true);
+    let first_end = *log.state.read().segments.keys().nth(1).unwrap();
+    let newest = T0 + ((first_end - 1) / 3) * 10 + 2;
+    // At exactly the retention limit of its newest record, the segment stays.
+    let outcome = log.apply_retention(newest + 1000, i64::MAX).unwrap();
+    assert_eq!(
+        outcome.segments_deleted, 0,
+        "the segment's newest record is {newest}"
+    );
+    assert_eq!(
+        log.apply_retention(newest + 1001, i64::MAX)
+            .unwrap()
+            .segments_deleted,
+        1
+    );
+}

@@ -154,12 +154,14 @@ impl ReplicaManager {
             wanted.insert(tp, (topic.id, config, record.clone()));
         }
         let current: Vec<Arc<Partition>> = self.partitions.read().values().cloned().collect();
+        let mut removed = false;
         for partition in current {
             let keep = wanted
                 .get(partition.topic_partition())
                 .is_some_and(|(id, _, _)| *id == partition.topic_id());
             if !keep {
                 self.remove_partition(partition.topic_partition());
+                removed = true;
             }
         }
         // Logs on disk that no partition claims belong to topics deleted while we were down.
@@ -170,7 +172,12 @@ impl ReplicaManager {
                 if let Err(error) = self.logs.delete(tp) {
                     tracing::error!(partition = %tp, %error, "could not delete a stray log");
                 }
+                removed = true;
             }
+        }
+        if removed {
+            // Before any log is created again under a deleted one's name.
+            self.checkpoint_logs();
         }
         for (tp, (topic_id, config, record)) in wanted {
             let existing = self.partitions.read().get(&tp).cloned();
@@ -205,6 +212,7 @@ impl ReplicaManager {
         if recorded.is_some_and(|recorded| recorded != topic_id) {
             tracing::info!(partition = %tp, "replacing the log of an earlier topic with the same name");
             self.logs.delete(tp)?;
+            self.checkpoint_logs();
             log = self.logs.get_or_create(tp, config.log.clone())?;
         }
         log.set_config(config.log);
@@ -221,6 +229,12 @@ impl ReplicaManager {
             .write()
             .insert(tp.clone(), partition.clone());
         Ok(partition)
+    }
+
+    fn checkpoint_logs(&self) {
+        if let Err(error) = self.logs.checkpoint() {
+            tracing::error!(%error, "could not write the checkpoints");
+        }
     }
 
     fn remove_partition(&self, tp: &TopicPartition) {
