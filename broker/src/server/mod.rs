@@ -4,6 +4,7 @@
 
 mod admin;
 mod data_plane;
+mod grpc_only;
 mod http;
 mod metrics;
 pub mod status;
@@ -229,6 +230,8 @@ pub async fn run(
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .accept_http1(true)
+        .layer(grpc_only::GrpcOnlyLayer)
         .add_service(broker_service)
         .add_service(admin_service)
         .serve_with_incoming_shutdown(
