@@ -12,23 +12,6 @@ use std::time::Duration;
 use common::{Broker, PATIENCE};
 use tributary_broker::client::*;
 
-async fn create(bootstrap: &str, name: &str, partitions: u32, config: &[(&str, &str)]) {
-    let admin = Admin::connect(bootstrap).await.unwrap();
-    let config = config
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    admin
-        .create_topic(NewTopic {
-            name: name.into(),
-            partitions,
-            replication_factor: None,
-            config,
-        })
-        .await
-        .unwrap();
-}
-
 /// Every record of `topic`, by (partition, offset).
 async fn read_all(bootstrap: &str, topic: &str) -> BTreeMap<(u32, i64), String> {
     let admin = Admin::connect(bootstrap).await.unwrap();
@@ -112,8 +95,8 @@ fn produce_until_stopped(
 async fn kill_9_while_producing_loses_no_acknowledged_record() {
     let dir = common::open_tempdir();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
-    create(&broker.grpc, "durable", 2, &[("segment.bytes", "16384")]).await;
-    create(
+    common::create_topic(&broker.grpc, "durable", 2, &[("segment.bytes", "16384")]).await;
+    common::create_topic(
         &broker.grpc,
         "fsynced",
         2,
@@ -221,7 +204,7 @@ async fn sigterm_stops_cleanly_and_the_restart_trusts_the_logs() {
     let dir = common::open_tempdir();
     let data = dir.path().join("data");
     let mut broker = Broker::start(&data, &[]);
-    create(&broker.grpc, "clean", 1, &[]).await;
+    common::create_topic(&broker.grpc, "clean", 1, &[]).await;
     let producer = Producer::connect(ProducerConfig::new(&broker.grpc))
         .await
         .unwrap();
@@ -262,7 +245,7 @@ async fn a_torn_tail_left_by_a_crash_is_cut_off_at_restart() {
     let dir = common::open_tempdir();
     let data = dir.path().join("data");
     let mut broker = Broker::start(&data, &[]);
-    create(&broker.grpc, "torn", 1, &[]).await;
+    common::create_topic(&broker.grpc, "torn", 1, &[]).await;
     let producer = Producer::connect(ProducerConfig::new(&broker.grpc))
         .await
         .unwrap();

@@ -11,23 +11,6 @@ use bytes::Bytes;
 use common::{Broker, PATIENCE};
 use tributary_broker::client::*;
 
-async fn create(bootstrap: &str, name: &str, partitions: u32, config: &[(&str, &str)]) {
-    let admin = Admin::connect(bootstrap).await.unwrap();
-    let config = config
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    admin
-        .create_topic(NewTopic {
-            name: name.into(),
-            partitions,
-            replication_factor: None,
-            config,
-        })
-        .await
-        .unwrap();
-}
-
 /// Reads every partition of `topic` from the beginning until `expected` records arrived.
 async fn read_all(
     bootstrap: &str,
@@ -73,7 +56,7 @@ async fn read_all(
 async fn a_hundred_thousand_records_across_segment_rolls_come_back_in_order_per_partition() {
     let dir = common::open_tempdir();
     let broker = Broker::start(&dir.path().join("data"), &[]);
-    create(&broker.grpc, "events", 3, &[("segment.bytes", "65536")]).await;
+    common::create_topic(&broker.grpc, "events", 3, &[("segment.bytes", "65536")]).await;
 
     let mut config = ProducerConfig::new(&broker.grpc);
     config.acks = Acks::Leader;
@@ -155,7 +138,7 @@ async fn every_compression_codec_round_trips_through_the_broker() {
         Compression::Zstd,
     ] {
         let topic = format!("codec-{codec}");
-        create(&broker.grpc, &topic, 1, &[]).await;
+        common::create_topic(&broker.grpc, &topic, 1, &[]).await;
         let mut config = ProducerConfig::new(&broker.grpc);
         config.compression = codec;
         let producer = Producer::connect(config).await.unwrap();
@@ -188,7 +171,7 @@ async fn every_compression_codec_round_trips_through_the_broker() {
 async fn a_long_poll_wakes_when_a_record_arrives() {
     let dir = common::open_tempdir();
     let broker = Broker::start(&dir.path().join("data"), &[]);
-    create(&broker.grpc, "waiting", 1, &[]).await;
+    common::create_topic(&broker.grpc, "waiting", 1, &[]).await;
     let mut config = ConsumerConfig::new(&broker.grpc);
     config.fetch_max_wait = Duration::from_secs(30);
     let mut consumer = Consumer::connect(config).await.unwrap();
@@ -223,7 +206,7 @@ async fn a_long_poll_wakes_when_a_record_arrives() {
 async fn offsets_can_be_found_by_time_and_seeking_to_them_reads_from_there() {
     let dir = common::open_tempdir();
     let broker = Broker::start(&dir.path().join("data"), &[]);
-    create(&broker.grpc, "timeline", 1, &[]).await;
+    common::create_topic(&broker.grpc, "timeline", 1, &[]).await;
     let producer = Producer::connect(ProducerConfig::new(&broker.grpc))
         .await
         .unwrap();
@@ -266,7 +249,7 @@ async fn retention_deletes_old_segments_and_moves_the_log_start() {
         &dir.path().join("data"),
         &["--retention-check-interval-ms", "100"],
     );
-    create(
+    common::create_topic(
         &broker.grpc,
         "short",
         1,

@@ -82,22 +82,6 @@ async fn bind(what: &str, address: &str, flag: &str) -> Result<TcpListener, Stri
     })
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-}
-
 async fn start(args: Args) -> Result<(), String> {
     let topic_config =
         TopicConfig::parse_pairs(&args.config).map_err(|e| format!("--config: {e}"))?;
@@ -125,10 +109,10 @@ async fn start(args: Args) -> Result<(), String> {
         shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
     };
     let shutdown = async {
-        stop_signal().await;
+        server::stop_signal().await;
         tracing::info!("stop signal received; shutting down (send it again to exit at once)");
         tokio::spawn(async {
-            stop_signal().await;
+            server::stop_signal().await;
             eprintln!("second stop signal: exiting without a clean shutdown");
             std::process::exit(130);
         });

@@ -9,17 +9,8 @@ use super::cluster::{Cluster, ClusterView};
 use super::error::{Error, Result};
 use super::offsets::{Found, OffsetQuery, list_offsets};
 use crate::TopicPartition;
+pub use crate::controller::NewTopic;
 use crate::proto;
-
-/// A topic to create.
-#[derive(Debug, Clone, Default)]
-pub struct NewTopic {
-    pub name: String,
-    pub partitions: u32,
-    /// None takes the cluster's default.
-    pub replication_factor: Option<u32>,
-    pub config: BTreeMap<String, String>,
-}
 
 /// One partition of a described topic. Field names are the JSON keys of
 /// `tributary topic describe --output json`.

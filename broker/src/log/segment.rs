@@ -486,46 +486,39 @@ impl Segment {
         limit: u64,
     ) -> io::Result<Option<(u64, [u8; HEADER_LEN])>> {
         let (_, start) = self.with_indexes(|i| i.offset.lookup(target))?;
-        let mut found = None;
-        let stopped =
-            self.walk(
-                u64::from(start),
-                limit,
-                false,
-                |position, bytes| match BatchHeader::parse(bytes) {
-                    Ok(header) if header.last_offset() >= target => {
-                        found = Some((position, header.header_bytes()));
-                        false
-                    }
-                    Ok(_) => true,
-                    Err(_) => false,
-                },
-            )?;
-        if found.is_none() && stopped < limit {
-            return Err(self.damaged_at(stopped));
-        }
-        Ok(found)
+        self.find_from(u64::from(start), limit, |h| h.last_offset() >= target)
     }
 
     /// The position of the first batch holding a record with a timestamp at or after
     /// `timestamp`, looking no further than `limit` bytes.
     pub fn find_by_timestamp(&self, timestamp: i64, limit: u64) -> io::Result<Option<u64>> {
         let (_, start) = self.with_indexes(|i| i.offset.lookup(i.time.lookup(timestamp)))?;
+        let found = self.find_from(u64::from(start), limit, |h| h.max_timestamp() >= timestamp)?;
+        Ok(found.map(|(position, _)| position))
+    }
+
+    /// The first batch from `start` that `wanted` accepts, with its position and header.
+    /// Bytes that are not a whole batch before `limit` are reported as damage.
+    fn find_from(
+        &self,
+        start: u64,
+        limit: u64,
+        wanted: impl Fn(&BatchHeader<'_>) -> bool,
+    ) -> io::Result<Option<(u64, [u8; HEADER_LEN])>> {
         let mut found = None;
-        let stopped =
-            self.walk(
-                u64::from(start),
-                limit,
-                false,
-                |position, bytes| match BatchHeader::parse(bytes) {
-                    Ok(header) if header.max_timestamp() >= timestamp => {
-                        found = Some(position);
-                        false
-                    }
-                    Ok(_) => true,
-                    Err(_) => false,
-                },
-            )?;
+        let stopped = self.walk(
+            start,
+            limit,
+            false,
+            |position, bytes| match BatchHeader::parse(bytes) {
+                Ok(header) if wanted(&header) => {
+                    found = Some((position, header.header_bytes()));
+                    false
+                }
+                Ok(_) => true,
+                Err(_) => false,
+            },
+        )?;
         if found.is_none() && stopped < limit {
             return Err(self.damaged_at(stopped));
         }

@@ -311,6 +311,22 @@ async fn maintain(replicas: Arc<ReplicaManager>, config: BrokerConfig, stop: Can
     }
 }
 
+/// Completes on SIGTERM or Ctrl-C (SIGINT): what stops a broker or a local cluster.
+pub async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit: a broker keeps a file open per
 /// segment and a socket per client.
 #[allow(unsafe_code)]

@@ -248,6 +248,24 @@ pub fn cli(args: &[&str], stdin: &str) -> (i32, String, String) {
     )
 }
 
+/// Creates a topic through the admin API, with `config` overrides.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: u32, config: &[(&str, &str)]) {
+    let admin = tributary_broker::client::Admin::connect(bootstrap)
+        .await
+        .expect("connect");
+    let config = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let topic = tributary_broker::client::NewTopic {
+        name: name.into(),
+        partitions,
+        replication_factor: None,
+        config,
+    };
+    admin.create_topic(topic).await.expect("create topic");
+}
+
 /// A temporary directory readable by every user (tests may run a broker as another uid).
 pub fn open_tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;

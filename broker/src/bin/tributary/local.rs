@@ -76,7 +76,10 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
     let broker_dir = data_dir.join("broker-0");
     let mut broker_config = BrokerConfig::new(0, &broker_dir);
     broker_config.topic_config = topic_config;
-    let mut broker = tokio::spawn(server::run(broker_config, grpc, http, stop_signal()));
+    let mut broker = tokio::spawn(server::run(broker_config, grpc, http, async {
+        server::stop_signal().await;
+        eprintln!("stopping...");
+    }));
 
     let bootstrap = grpc_addr.to_string();
     let admin = tokio::select! {
@@ -157,21 +160,4 @@ async fn apply_topic(admin: &Admin, topic: &TopicManifest) -> anyhow::Result<()>
         }
     }
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    eprintln!("stopping...");
 }
