@@ -5,11 +5,14 @@
 //! recovers from a crash by checking the tail of the active segment. It knows nothing of
 //! networking or replication: callers say up to which offset reads may go.
 
+mod append;
 mod checkpoint;
 mod config;
+mod epoch_cache;
 mod index;
 mod manager;
 mod names;
+mod producer_state;
 mod segment;
 
 use std::collections::BTreeMap;
@@ -24,11 +27,17 @@ use parking_lot::{Mutex, RwLock};
 
 pub use checkpoint::{OffsetCheckpoint, replace_file, sync_dir, write_atomically};
 pub use config::{DAY_MS, LogConfig};
+pub use epoch_cache::EpochEntry;
 pub use manager::{LogManager, LogManagerError};
 
 use crate::TopicPartition;
-use crate::record::{self, BatchError, BatchHeader, HEADER_LEN, TimestampType};
-use segment::{AppendFailure, Segment};
+use crate::record::{self, BatchError, BatchHeader, HEADER_LEN};
+use epoch_cache::EpochCache;
+use producer_state::{BatchSequence, ProducerState, last_sequence};
+use segment::Segment;
+
+/// Idempotent producer state snapshot, in the partition directory.
+const PRODUCER_SNAPSHOT: &str = "producer-state";
 
 /// Why a log operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,17 +63,49 @@ pub enum LogError {
         "{partition} is offline after a failed write that could not be undone; restart the broker to recover it"
     )]
     Offline { partition: TopicPartition },
+    #[error(
+        "{partition}: producer {producer_id} sent sequence {found} where {expected} comes next; records were lost or reordered on the way"
+    )]
+    OutOfOrderSequence {
+        partition: TopicPartition,
+        producer_id: i64,
+        expected: i32,
+        found: i32,
+    },
+    #[error(
+        "{partition}: producer {producer_id} has epoch {found} but epoch {current} is current; a newer producer with this id took over"
+    )]
+    ProducerFenced {
+        partition: TopicPartition,
+        producer_id: i64,
+        current: i16,
+        found: i16,
+    },
+    #[error(
+        "{partition}: replicated batches start at offset {found} but the log ends at {expected}"
+    )]
+    NotContiguous {
+        partition: TopicPartition,
+        expected: i64,
+        found: i64,
+    },
 }
 
 /// What an append did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendInfo {
+    /// Offset of the first record of the first batch.
     pub first_offset: i64,
+    /// Offset of the last record of the last batch.
     pub last_offset: i64,
     /// The time stamped on the batches, when the topic uses LogAppendTime.
     pub log_append_time: Option<i64>,
+    /// Records and bytes written (batches already in the log are not written again).
     pub records: u64,
     pub bytes: u64,
+    /// First and last offset of each batch of the request, in order; (-1, -1) for a retried
+    /// batch written too long ago to know where.
+    pub batch_offsets: Vec<(i64, i64)>,
 }
 
 /// Bytes read from the log: whole batches, as stored.
@@ -101,6 +142,8 @@ struct LogState {
     recovery_point: i64,
     unflushed_messages: u64,
     first_unflushed_ms: Option<i64>,
+    epochs: EpochCache,
+    producers: ProducerState,
 }
 
 impl LogState {
@@ -123,24 +166,6 @@ impl LogState {
             .range(from..)
             .map(|(_, s)| s.clone())
             .collect()
-    }
-}
-
-/// Batches waiting to be written to the active segment with one vectored write.
-#[derive(Default)]
-struct Run<'a> {
-    batches: Vec<(&'a [u8; HEADER_LEN], &'a [u8])>,
-    bytes: u64,
-    records: u64,
-    /// The log end once the run is written.
-    end: i64,
-}
-
-impl<'a> Run<'a> {
-    fn push(&mut self, header: &'a [u8; HEADER_LEN], rest: &'a [u8], records: i32) {
-        self.batches.push((header, rest));
-        self.bytes += (HEADER_LEN + rest.len()) as u64;
-        self.records += records as u64;
     }
 }
 
@@ -275,6 +300,13 @@ impl Log {
         } else {
             recovery_checkpoint.unwrap_or(0).min(next_offset)
         };
+        let mut epochs = EpochCache::open(dir);
+        // Epochs past the log end belonged to a tail that recovery cut off.
+        epochs
+            .truncate_from_end(next_offset)
+            .map_err(io_err("update the leader epoch checkpoint"))?;
+        let producers = load_producer_state(dir, &segments, next_offset)
+            .map_err(io_err("rebuild the producer state"))?;
         let report = OpenReport {
             segments: segments.len(),
             log_end_offset: next_offset,
@@ -291,6 +323,8 @@ impl Log {
                 recovery_point,
                 unflushed_messages: 0,
                 first_unflushed_ms: None,
+                epochs,
+                producers,
             }),
             flush_lock: Mutex::new(()),
             offline: AtomicBool::new(false),
@@ -342,201 +376,46 @@ impl Log {
         self.offline.load(Ordering::Acquire)
     }
 
+    /// The latest leader epoch in this log and where it starts.
+    pub fn latest_epoch(&self) -> Option<EpochEntry> {
+        self.state.read().epochs.latest()
+    }
+
+    /// The largest epoch at or below `epoch` and the offset it ends at (KIP-279).
+    pub fn epoch_end_offset(&self, epoch: i32) -> Option<(i32, i64)> {
+        let state = self.state.read();
+        state.epochs.end_offset_for(epoch, state.next_offset)
+    }
+
+    /// Records that this replica leads from the log end on in `epoch`.
+    pub fn begin_leader_epoch(&self, epoch: i32) -> Result<(), LogError> {
+        let mut state = self.state.write();
+        let end = state.next_offset;
+        state
+            .epochs
+            .assign(epoch, end)
+            .map_err(self.io_error("write the leader epoch checkpoint"))
+    }
+
+    /// Writes the producer state snapshot (at checkpoints and shutdown).
+    pub fn write_producer_snapshot(&self) {
+        let state = self.state.read();
+        self.save_producer_snapshot(&state);
+    }
+
+    fn save_producer_snapshot(&self, state: &LogState) {
+        let snapshot = state.producers.to_snapshot(state.next_offset);
+        if let Err(error) = replace_file(&self.dir.join(PRODUCER_SNAPSHOT), &snapshot) {
+            tracing::warn!(partition = %self.partition, %error, "could not write the producer state snapshot");
+        }
+    }
+
     fn io_error(&self, op: &'static str) -> impl FnOnce(io::Error) -> LogError + '_ {
         move |source| LogError::Io {
             partition: self.partition.clone(),
             op,
             source,
         }
-    }
-
-    /// Validates the batches in `records` as a leader receives them from a producer, gives
-    /// them offsets and appends them. Nothing is written unless every batch is valid.
-    pub fn append_as_leader(
-        &self,
-        records: &Bytes,
-        leader_epoch: i32,
-        now_ms: i64,
-    ) -> Result<AppendInfo, LogError> {
-        if self.is_offline() {
-            return Err(LogError::Offline {
-                partition: self.partition.clone(),
-            });
-        }
-        let config = self.config();
-        if records.is_empty() {
-            return Err(BatchError::Empty.into());
-        }
-        let mut batches = Vec::new();
-        let mut position = 0;
-        while position < records.len() {
-            let info = record::validate_produced(&records[position..], config.max_message_bytes)?;
-            batches.push((position, info));
-            position += info.len;
-        }
-        let log_append_time =
-            (config.timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
-        // LogAppendTime changes bytes the CRC covers, so those batches are copied once.
-        let restamped: Vec<Vec<u8>> = match log_append_time {
-            Some(time) => batches
-                .iter()
-                .map(|(at, info)| {
-                    let mut copy = records[*at..*at + info.len].to_vec();
-                    record::set_log_append_time(&mut copy, time);
-                    copy
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        let batch_bytes = |i: usize| -> &[u8] {
-            match log_append_time {
-                Some(_) => &restamped[i],
-                None => &records[batches[i].0..batches[i].0 + batches[i].1.len],
-            }
-        };
-
-        let mut state = self.state.write();
-        let first_offset = state.next_offset;
-        let mut headers = Vec::with_capacity(batches.len());
-        let mut next = state.next_offset;
-        for (i, (_, info)) in batches.iter().enumerate() {
-            let mut header = [0u8; HEADER_LEN];
-            header.copy_from_slice(&batch_bytes(i)[..HEADER_LEN]);
-            record::assign_offset(&mut header, next, leader_epoch);
-            next += i64::from(info.last_offset_delta) + 1;
-            headers.push(header);
-        }
-        // Write in runs, rolling before any batch that does not belong in the active segment.
-        // The log end moves after each run that reached the file, so a failure part way
-        // (a roll or a write) leaves the log end where the data on disk ends.
-        let mut run = Run::default();
-        for (i, (_, info)) in batches.iter().enumerate() {
-            let header = BatchHeader::parse(&headers[i]).map_err(LogError::InvalidBatch)?;
-            if self.should_roll(
-                &state,
-                &config,
-                run.bytes,
-                info.len as u64,
-                header.max_timestamp(),
-                header.last_offset(),
-            ) {
-                self.write_run(&mut state, &mut run, now_ms)?;
-                self.roll(&mut state, &config, header.base_offset())?;
-            }
-            run.push(
-                &headers[i],
-                &batch_bytes(i)[HEADER_LEN..],
-                info.records_count,
-            );
-            run.end = header.next_offset();
-        }
-        self.write_run(&mut state, &mut run, now_ms)?;
-        debug_assert_eq!(state.next_offset, next);
-
-        let record_count: u64 = batches
-            .iter()
-            .map(|(_, info)| info.records_count as u64)
-            .sum();
-        if state.unflushed_messages >= config.flush_messages {
-            for segment in state.unflushed_segments() {
-                segment.flush().map_err(self.io_error("fsync the log"))?;
-            }
-            state.recovery_point = state.next_offset;
-            state.unflushed_messages = 0;
-            state.first_unflushed_ms = None;
-        }
-        Ok(AppendInfo {
-            first_offset,
-            last_offset: next - 1,
-            log_append_time,
-            records: record_count,
-            bytes: batches.iter().map(|(_, info)| info.len as u64).sum(),
-        })
-    }
-
-    fn should_roll(
-        &self,
-        state: &LogState,
-        config: &LogConfig,
-        pending: u64,
-        batch_len: u64,
-        batch_max_ts: i64,
-        batch_last_offset: i64,
-    ) -> bool {
-        let active = state.active();
-        let size = active.size() + pending;
-        if size == 0 {
-            return false;
-        }
-        let too_big = size + batch_len > config.segment_bytes;
-        // As Kafka: segment.ms counts in record time, from the first batch's timestamp.
-        let too_old = active
-            .first_batch_timestamp()
-            .is_some_and(|first| batch_max_ts.saturating_sub(first) > config.segment_ms);
-        let offsets_overflow = batch_last_offset - active.base_offset() > i64::from(u32::MAX);
-        too_big || too_old || offsets_overflow || active.indexes_full()
-    }
-
-    /// Writes the run to the active segment and moves the log end past it.
-    fn write_run(
-        &self,
-        state: &mut LogState,
-        run: &mut Run<'_>,
-        now_ms: i64,
-    ) -> Result<(), LogError> {
-        if run.batches.is_empty() {
-            return Ok(());
-        }
-        match state.active().append(&run.batches) {
-            Ok(()) => {
-                state.next_offset = run.end;
-                state.unflushed_messages += run.records;
-                state.first_unflushed_ms.get_or_insert(now_ms);
-                *run = Run {
-                    end: run.end,
-                    ..Run::default()
-                };
-                Ok(())
-            }
-            Err(AppendFailure::RolledBack(source)) => Err(LogError::Io {
-                partition: self.partition.clone(),
-                op: "append",
-                source,
-            }),
-            Err(AppendFailure::Damaged(source)) => {
-                self.offline.store(true, Ordering::Release);
-                tracing::error!(partition = %self.partition, error = %source, "append failed and could not be undone; log is offline");
-                Err(LogError::Io {
-                    partition: self.partition.clone(),
-                    op: "append",
-                    source,
-                })
-            }
-        }
-    }
-
-    /// Seals the active segment and starts a new one at `base_offset`.
-    fn roll(
-        &self,
-        state: &mut LogState,
-        config: &LogConfig,
-        base_offset: i64,
-    ) -> Result<(), LogError> {
-        // The new segment first: if it cannot be created the log stays as it was.
-        let segment = Segment::create(
-            &self.dir,
-            base_offset,
-            config.segment_index_bytes,
-            config.index_interval_bytes,
-        )
-        .map_err(self.io_error("create a segment"))?;
-        if let Err(error) = state.active().seal() {
-            let _ = segment.delete();
-            return Err(self.io_error("seal a segment")(error));
-        }
-        state.segments.insert(base_offset, Arc::new(segment));
-        tracing::debug!(partition = %self.partition, base_offset, "rolled to a new segment");
-        Ok(())
     }
 
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
@@ -698,6 +577,11 @@ impl Log {
             })?;
             state.segments.clear();
             state.segments.insert(start, Arc::new(segment));
+            state.producers.clear();
+            state
+                .epochs
+                .clear()
+                .map_err(self.io_error("update the leader epoch checkpoint"))?;
             state.next_offset = start;
             state.log_start_offset = start;
         } else {
@@ -708,6 +592,13 @@ impl Log {
         }
         state.recovery_point = state.recovery_point.min(state.next_offset);
         state.log_start_offset = state.log_start_offset.min(state.next_offset);
+        let end = state.next_offset;
+        state.producers.truncate(end);
+        state
+            .epochs
+            .truncate_from_end(end)
+            .map_err(self.io_error("update the leader epoch checkpoint"))?;
+        self.save_producer_snapshot(&state);
         Ok(())
     }
 
@@ -841,6 +732,44 @@ impl Log {
         state.unflushed_messages = 0;
         state.first_unflushed_ms = None;
     }
+}
+
+/// The producer state at the log end: the last snapshot, brought up to date by reading the
+/// batches after it. Without a usable snapshot, the active segment is read (a snapshot is
+/// taken at every roll, so that holds everything since).
+fn load_producer_state(
+    dir: &Path,
+    segments: &BTreeMap<i64, Arc<Segment>>,
+    log_end: i64,
+) -> io::Result<ProducerState> {
+    let active_base = segments.keys().next_back().copied().unwrap_or(0);
+    let first_base = segments.keys().next().copied().unwrap_or(0);
+    let snapshot = fs::read(dir.join(PRODUCER_SNAPSHOT))
+        .ok()
+        .and_then(|bytes| ProducerState::from_snapshot(&bytes));
+    let (mut producers, from) = match snapshot {
+        Some((state, offset)) if (first_base..=log_end).contains(&offset) => (state, offset),
+        _ => (ProducerState::default(), active_base),
+    };
+    let start = segments
+        .range(..=from)
+        .next_back()
+        .map_or(from, |(base, _)| *base);
+    for segment in segments.range(start..).map(|(_, s)| s) {
+        segment.visit_headers_from(from, |header| {
+            producers.record(
+                header.producer_id(),
+                header.producer_epoch(),
+                BatchSequence {
+                    first_seq: header.base_sequence(),
+                    last_seq: last_sequence(header.base_sequence(), header.records_count()),
+                    first_offset: header.base_offset(),
+                    last_offset: header.last_offset(),
+                },
+            );
+        })?;
+    }
+    Ok(producers)
 }
 
 #[cfg(test)]

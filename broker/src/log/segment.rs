@@ -525,6 +525,35 @@ impl Segment {
         Ok(found)
     }
 
+    /// Calls `visit` with the header of every batch holding offsets at or after `offset`.
+    pub fn visit_headers_from(
+        &self,
+        offset: i64,
+        mut visit: impl FnMut(&BatchHeader<'_>),
+    ) -> io::Result<()> {
+        let (_, start) = self.with_indexes(|i| i.offset.lookup(offset))?;
+        let limit = self.size();
+        let stopped = self.walk(
+            u64::from(start),
+            limit,
+            false,
+            |_, bytes| match BatchHeader::parse(bytes) {
+                Ok(header) => {
+                    if header.last_offset() >= offset {
+                        visit(&header);
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+        )?;
+        if stopped < limit {
+            Err(self.damaged_at(stopped))
+        } else {
+            Ok(())
+        }
+    }
+
     /// The error for bytes at `position` that are not a whole batch although the segment
     /// says they are.
     fn damaged_at(&self, position: u64) -> io::Error {

@@ -4,7 +4,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::*;
-use crate::record::{BatchBuilder, Compression, Record};
+use crate::record::{BatchBuilder, Compression, Record, TimestampType};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -772,4 +772,210 @@ fn a_sealed_segment_missing_its_last_time_entry_still_knows_its_newest_record() 
             .segments_deleted,
         1
     );
+}
+
+/// A batch of `n` records from idempotent producer `pid` starting at sequence `seq`.
+fn idempotent_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
+    let mut builder = BatchBuilder::new(Compression::None, 256);
+    for i in 0..n {
+        builder.append(
+            T0 + i as i64,
+            None,
+            Some(format!("p{pid}-s{}", seq + i as i32).as_bytes()),
+            &[],
+        );
+    }
+    builder.set_producer(pid, epoch, seq);
+    builder.build().expect("build")
+}
+
+#[test]
+fn a_follower_copies_the_leaders_batches_byte_for_byte_with_their_offsets_and_epochs() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (leader, _) = open(leader_dir.path(), small_config(), true);
+    leader.append_as_leader(&batch(3, T0, "a"), 4, T0).unwrap();
+    leader.append_as_leader(&batch(2, T0, "b"), 6, T0).unwrap();
+    let (follower, _) = open(follower_dir.path(), small_config(), true);
+    let copied = leader.read(0, 1 << 20, i64::MAX).unwrap().records;
+    let info = follower.append_as_follower(&copied, T0).unwrap();
+    assert_eq!(
+        (
+            info.first_offset,
+            info.last_offset,
+            follower.log_end_offset()
+        ),
+        (0, 4, 5)
+    );
+    assert_eq!(follower.read(0, 1 << 20, i64::MAX).unwrap().records, copied);
+    assert_eq!(follower.epoch_end_offset(4), Some((4, 3)));
+    assert_eq!(
+        follower.latest_epoch(),
+        Some(EpochEntry {
+            epoch: 6,
+            start_offset: 3
+        })
+    );
+
+    // Batches must continue the log exactly, and pass their CRC.
+    let err = follower.append_as_follower(&copied, T0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::NotContiguous {
+                expected: 5,
+                found: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    leader.append_as_leader(&batch(1, T0, "c"), 6, T0).unwrap();
+    let mut damaged = leader.read(5, 1 << 20, i64::MAX).unwrap().records.to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let err = follower
+        .append_as_follower(&Bytes::from(damaged), T0)
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::InvalidBatch(BatchError::CrcMismatch { .. })),
+        "{err}"
+    );
+    assert_eq!(follower.log_end_offset(), 5);
+}
+
+#[test]
+fn a_retried_idempotent_batch_is_answered_with_its_offsets_and_not_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), LogConfig::default(), true);
+    let first = idempotent_batch(42, 0, 0, 3);
+    assert_eq!(
+        log.append_as_leader(&first, 0, T0).unwrap().batch_offsets,
+        [(0, 2)]
+    );
+    let second = idempotent_batch(42, 0, 3, 2);
+    log.append_as_leader(&second, 0, T0).unwrap();
+    let size = log.size();
+    let retry = log.append_as_leader(&second, 0, T0).unwrap();
+    assert_eq!(
+        (retry.batch_offsets.clone(), retry.records),
+        (vec![(3, 4)], 0)
+    );
+    assert_eq!(log.size(), size, "nothing written");
+    // A request mixing a retried batch and a new one: each gets its own offsets.
+    let mixed = Bytes::from([second.to_vec(), idempotent_batch(42, 0, 5, 4).to_vec()].concat());
+    assert_eq!(
+        log.append_as_leader(&mixed, 0, T0).unwrap().batch_offsets,
+        [(3, 4), (5, 8)]
+    );
+    assert_eq!(log.log_end_offset(), 9);
+}
+
+#[test]
+fn sequence_gaps_and_old_producer_epochs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), LogConfig::default(), true);
+    log.append_as_leader(&idempotent_batch(7, 2, 0, 3), 0, T0)
+        .unwrap();
+    let err = log
+        .append_as_leader(&idempotent_batch(7, 2, 5, 1), 0, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::OutOfOrderSequence {
+                producer_id: 7,
+                expected: 3,
+                found: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = log
+        .append_as_leader(&idempotent_batch(7, 1, 3, 1), 0, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::ProducerFenced {
+                current: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("a newer producer with this id took over"),
+        "{err}"
+    );
+    assert_eq!(log.log_end_offset(), 3);
+}
+
+#[test]
+fn producer_state_survives_a_clean_restart_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_config(), true);
+    let mut seq = 0;
+    for _ in 0..40 {
+        log.append_as_leader(&idempotent_batch(9, 0, seq, 3), 0, T0)
+            .unwrap();
+        seq += 3;
+    }
+    let last = idempotent_batch(9, 0, seq - 3, 3);
+    log.write_producer_snapshot();
+    log.append_as_leader(&idempotent_batch(9, 0, seq, 3), 0, T0)
+        .unwrap();
+    drop(log); // a crash after the snapshot: the last batch is replayed from the log
+    let (log, _) = open(dir.path(), small_config(), false);
+    let retry = log
+        .append_as_leader(&idempotent_batch(9, 0, seq, 3), 0, T0)
+        .unwrap();
+    assert_eq!(retry.records, 0, "recognised as a retry after the crash");
+    assert_eq!(log.append_as_leader(&last, 0, T0).unwrap().records, 0);
+    log.close().unwrap();
+    log.write_producer_snapshot();
+    drop(log);
+    std::fs::remove_file(dir.path().join(PRODUCER_SNAPSHOT)).ok();
+    // Without a snapshot the active segment is read, which holds the latest batches.
+    let (log, _) = open(dir.path(), small_config(), true);
+    assert_eq!(
+        log.append_as_leader(&idempotent_batch(9, 0, seq, 3), 0, T0)
+            .unwrap()
+            .records,
+        0
+    );
+}
+
+#[test]
+fn the_epoch_cache_follows_appends_truncation_and_leadership() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_config(), true);
+    log.append_as_leader(&batch(3, T0, "a"), 1, T0).unwrap();
+    log.begin_leader_epoch(2).unwrap();
+    log.append_as_leader(&batch(3, T0, "b"), 2, T0).unwrap();
+    log.append_as_leader(&batch(3, T0, "c"), 2, T0).unwrap();
+    assert_eq!(log.epoch_end_offset(1), Some((1, 3)));
+    assert_eq!(log.epoch_end_offset(5), Some((2, 9)));
+    log.truncate_to(3).unwrap();
+    assert_eq!(
+        log.latest_epoch(),
+        Some(EpochEntry {
+            epoch: 1,
+            start_offset: 0
+        })
+    );
+    drop(log);
+    let (log, _) = open(dir.path(), small_config(), false);
+    assert_eq!(
+        log.latest_epoch(),
+        Some(EpochEntry {
+            epoch: 1,
+            start_offset: 0
+        })
+    );
+    log.truncate_to(0).unwrap();
+    assert_eq!(log.latest_epoch(), None);
 }
