@@ -7,6 +7,8 @@ const PROTOS: &[&str] = &[
     "proto/tributary/v1/common.proto",
     "proto/tributary/v1/broker.proto",
     "proto/tributary/v1/admin.proto",
+    "proto/tributary/v1/replication.proto",
+    "proto/tributary/v1/controller.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -112,6 +112,28 @@ pub const KEYS: &[ConfigKey] = &[
         },
     },
     ConfigKey {
+        name: "min.insync.replicas",
+        doc: "With acks=all, the fewest in-sync replicas a write needs; fewer and it fails with NOT_ENOUGH_REPLICAS.",
+        default: "1",
+        apply: |c, v| {
+            c.min_insync_replicas = int_in(v, 1, i32::MAX as i64)? as u32;
+            Ok(())
+        },
+    },
+    ConfigKey {
+        name: "unclean.leader.election.enable",
+        doc: "Let an out-of-sync replica become leader when no in-sync one is left. This can lose acknowledged records.",
+        default: "false",
+        apply: |c, v| {
+            c.unclean_leader_election = match v {
+                "true" => true,
+                "false" => false,
+                _ => return Err("expected true or false".into()),
+            };
+            Ok(())
+        },
+    },
+    ConfigKey {
         name: "cleanup.policy",
         doc: "What happens to old segments: delete (by retention.ms / retention.bytes).",
         default: "delete",
@@ -126,9 +148,21 @@ pub const KEYS: &[ConfigKey] = &[
 ];
 
 /// A topic's effective configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
     pub log: LogConfig,
+    pub min_insync_replicas: u32,
+    pub unclean_leader_election: bool,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        Self {
+            log: LogConfig::default(),
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
+        }
+    }
 }
 
 /// A configuration that could not be accepted, with what to do about it.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tributary_broker::config::TopicConfig;
+use tributary_broker::replication::ReplicationConfig;
 use tributary_broker::server::{self, BrokerConfig};
 
 /// A Tributary broker: stores partitioned, replicated logs and serves producers and
@@ -64,9 +65,36 @@ struct Args {
         default_value_t = 60_000
     )]
     checkpoint_interval_ms: u64,
-    /// How long a shutdown waits for requests in flight.
+    /// How long a shutdown waits for leaderships to move and requests in flight.
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     shutdown_timeout_ms: u64,
+    /// The cluster controller, as HOST:PORT. Without it the broker runs standalone, as its
+    /// own single-broker cluster.
+    #[arg(long, env = "TRIBUTARY_CONTROLLER")]
+    controller: Option<String>,
+    /// How often the broker heartbeats to the controller.
+    #[arg(long, env = "TRIBUTARY_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
+    /// A standalone broker's own controller fences a silent broker after this long.
+    #[arg(long, env = "TRIBUTARY_SESSION_TIMEOUT_MS", default_value_t = 6000)]
+    session_timeout_ms: u64,
+    /// A follower that has not caught up with its leader for this long leaves the ISR.
+    #[arg(
+        long,
+        env = "TRIBUTARY_REPLICA_LAG_TIME_MAX_MS",
+        default_value_t = 30_000
+    )]
+    replica_lag_time_max_ms: u64,
+    /// How long a follower's fetch waits at the leader for new records.
+    #[arg(
+        long,
+        env = "TRIBUTARY_REPLICA_FETCH_WAIT_MAX_MS",
+        default_value_t = 500
+    )]
+    replica_fetch_wait_max_ms: u64,
+    /// Stop (as on SIGTERM) when the parent process exits; for supervisors.
+    #[arg(long, hide = true)]
+    stop_with_parent: bool,
 }
 
 async fn bind(what: &str, address: &str, flag: &str) -> Result<TcpListener, String> {
@@ -107,6 +135,14 @@ async fn start(args: Args) -> Result<(), String> {
         flush_check_interval: Duration::from_secs(1),
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms.max(1)),
         shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+        controller: args.controller,
+        session_timeout: Duration::from_millis(args.session_timeout_ms.max(1)),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(1)),
+        replication: ReplicationConfig {
+            replica_lag_max: Duration::from_millis(args.replica_lag_time_max_ms.max(1)),
+            fetch_max_wait: Duration::from_millis(args.replica_fetch_wait_max_ms),
+            ..ReplicationConfig::default()
+        },
     };
     let shutdown = async {
         server::stop_signal().await;
@@ -133,6 +169,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     server::raise_open_file_limit();
+    if args.stop_with_parent {
+        server::stop_with_parent();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,18 +1,25 @@
-//! The cluster controller: the single writer of cluster metadata. It keeps topics and their
-//! partition assignments in a [`MetadataStore`], places replicas on brokers, and publishes
-//! every change as a new [`MetadataSnapshot`] that brokers apply.
+//! The cluster controller: the single writer of cluster metadata. It keeps topics, their
+//! partition assignments, leaders and in-sync replicas in a [`MetadataStore`]; holds a
+//! session with every broker and fences those that go quiet; elects leaders from the ISR;
+//! commits ISR changes that leaders propose; and publishes every change as a new
+//! [`MetadataSnapshot`] that brokers apply. A change is persisted before it is published.
 //!
-//! The same controller runs inside a single standalone broker, inside `tributary local up`,
-//! and (hosted by the operator) in Kubernetes; only the store differs.
+//! The same controller runs inside a standalone broker, as the `tributary-controller`
+//! process of `tributary local up`, and (hosted by the operator) in Kubernetes; only the store
+//! differs.
 
+mod election;
 mod metadata;
+mod placement;
 mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::{ConfigError, TopicConfig};
@@ -21,7 +28,11 @@ pub use metadata::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
 pub use store::{Expected, FileStore, MetadataStore, StoreError, Versioned};
 
 const TOPIC_PREFIX: &str = "topics/";
+const BROKER_PREFIX: &str = "brokers/";
 const CONTROLLER_KEY: &str = "controller";
+const PRODUCER_IDS_KEY: &str = "producer_ids";
+/// Producer ids handed to a broker at a time.
+pub const PRODUCER_ID_BLOCK: u32 = 1000;
 /// No topic may have more partitions than this.
 pub const MAX_PARTITIONS: u32 = 100_000;
 
@@ -39,6 +50,8 @@ pub enum ControllerError {
     InvalidReplicationFactor(String),
     #[error("invalid topic config: {0}")]
     InvalidConfig(#[from] ConfigError),
+    #[error("broker {0} has no session with this controller; it must register again")]
+    NoSession(i32),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -53,33 +66,101 @@ pub struct NewTopic {
     pub config: BTreeMap<String, String>,
 }
 
-/// Cluster-wide defaults the controller applies.
+/// How the controller runs.
 #[derive(Debug, Clone)]
-pub struct ControllerDefaults {
-    pub replication_factor: u32,
+pub struct ControllerConfig {
+    pub default_replication_factor: u32,
     /// Broker defaults that topic overrides apply on top of (to check them).
     pub topic_config: TopicConfig,
+    /// A broker that has not heartbeated for this long is fenced.
+    pub session_timeout: Duration,
 }
 
-impl Default for ControllerDefaults {
+impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
-            replication_factor: 1,
+            default_replication_factor: 1,
             topic_config: TopicConfig::default(),
+            session_timeout: Duration::from_secs(6),
         }
     }
+}
+
+/// A broker asking for a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub broker: BrokerInfo,
+    /// Identifies the broker's data directory; a new one means the broker lost its data.
+    pub incarnation: String,
+}
+
+/// Why a leader's ISR proposal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IsrRejection {
+    #[error("no such partition")]
+    UnknownPartition,
+    #[error("broker {0} does not lead this partition")]
+    NotLeader(i32),
+    #[error(
+        "the proposal was made at leader epoch {proposed_leader} / partition epoch {proposed_partition}, but the partition is at {leader_epoch} / {partition_epoch}"
+    )]
+    Stale {
+        proposed_leader: i32,
+        proposed_partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A leader's proposed ISR for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrProposal {
+    pub topic: String,
+    pub partition: u32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub new_isr: Vec<i32>,
+}
+
+/// What became of a proposal, with the partition as it is now (when it exists).
+pub type IsrOutcome = (Result<(), IsrRejection>, Option<PartitionRecord>);
+
+struct Session {
+    id: u64,
+    last_seen: Instant,
+    shutting_down: bool,
 }
 
 struct State {
     snapshot: MetadataSnapshot,
     /// Store version of each topic record, for compare-and-set.
     topic_versions: BTreeMap<String, u64>,
+    sessions: BTreeMap<i32, Session>,
+    /// Last known incarnation of every broker, persisted, with its store version.
+    incarnations: BTreeMap<i32, (String, u64)>,
+    /// Next unallocated producer id and the store version of that record.
+    next_producer_id: (i64, Option<u64>),
+    next_session: u64,
+}
+
+impl State {
+    /// Brokers that may lead or join an ISR: in session and not shutting down.
+    fn eligible(&self) -> BTreeSet<i32> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| !s.shutting_down)
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 pub struct Controller<S> {
     id: i32,
     store: S,
-    defaults: ControllerDefaults,
+    config: ControllerConfig,
+    started: Instant,
     state: Mutex<State>,
     updates: watch::Sender<Arc<MetadataSnapshot>>,
 }
@@ -94,13 +175,21 @@ fn topic_key(name: &str) -> String {
     format!("{TOPIC_PREFIX}{name}")
 }
 
+fn corrupt(key: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: key.into(),
+        reason: reason.to_string(),
+    }
+}
+
 impl<S: MetadataStore> Controller<S> {
     /// Loads the cluster metadata from `store` and takes over as controller, bumping the
-    /// controller epoch so that brokers can ignore any older controller.
+    /// controller epoch so that brokers can ignore any older controller. Brokers get one
+    /// session timeout to reconnect before the partitions they lead are moved.
     pub async fn start(
         id: i32,
         store: S,
-        defaults: ControllerDefaults,
+        config: ControllerConfig,
     ) -> Result<Self, ControllerError> {
         let records = store.load_all().await?;
         let mut snapshot = MetadataSnapshot {
@@ -108,19 +197,30 @@ impl<S: MetadataStore> Controller<S> {
             ..Default::default()
         };
         let mut topic_versions = BTreeMap::new();
+        let mut incarnations = BTreeMap::new();
         for (key, record) in &records {
             if let Some(name) = key.strip_prefix(TOPIC_PREFIX) {
-                let topic: TopicRecord =
-                    serde_json::from_value(record.value.clone()).map_err(|e| {
-                        StoreError::Corrupt {
-                            path: key.into(),
-                            reason: format!("topic record does not parse: {e}"),
-                        }
-                    })?;
+                let topic: TopicRecord = serde_json::from_value(record.value.clone())
+                    .map_err(|e| corrupt(key, format!("topic record does not parse: {e}")))?;
                 topic_versions.insert(name.to_string(), record.version);
                 snapshot.topics.insert(name.to_string(), topic);
+            } else if let Some(broker) = key.strip_prefix(BROKER_PREFIX) {
+                let broker: i32 = broker.parse().map_err(|e| corrupt(key, e))?;
+                let incarnation = record
+                    .value
+                    .get("incarnation")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                incarnations.insert(broker, (incarnation.to_string(), record.version));
             }
         }
+        let next_producer_id = match records.get(PRODUCER_IDS_KEY) {
+            Some(r) => (
+                r.value.get("next").and_then(Value::as_i64).unwrap_or(0),
+                Some(r.version),
+            ),
+            None => (0, None),
+        };
         let previous = records.get(CONTROLLER_KEY);
         let epoch = previous
             .and_then(|r| r.value.get("epoch"))
@@ -144,20 +244,30 @@ impl<S: MetadataStore> Controller<S> {
             "controller started"
         );
         let (updates, _) = watch::channel(Arc::new(snapshot.clone()));
+        let state = State {
+            snapshot,
+            topic_versions,
+            sessions: BTreeMap::new(),
+            incarnations,
+            next_producer_id,
+            next_session: 1,
+        };
         Ok(Self {
             id,
             store,
-            defaults,
-            state: Mutex::new(State {
-                snapshot,
-                topic_versions,
-            }),
+            config,
+            started: Instant::now(),
+            state: Mutex::new(state),
             updates,
         })
     }
 
     pub fn id(&self) -> i32 {
         self.id
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        self.config.session_timeout
     }
 
     /// Receives every published snapshot.
@@ -175,20 +285,336 @@ impl<S: MetadataStore> Controller<S> {
         state.snapshot.version
     }
 
-    /// Adds or updates a live broker.
-    pub async fn register_broker(&self, broker: BrokerInfo) -> u64 {
-        let mut state = self.state.lock().await;
-        if state.snapshot.brokers.get(&broker.id) == Some(&broker) {
-            return state.snapshot.version;
-        }
-        tracing::info!(broker = broker.id, address = %broker.address(), "broker registered");
-        state.snapshot.brokers.insert(broker.id, broker);
-        self.publish(&mut state)
+    fn unclean_allowed(&self, topic: &TopicRecord) -> bool {
+        TopicConfig::resolve(&self.config.topic_config, &topic.config)
+            .is_ok_and(|c| c.unclean_leader_election)
     }
 
-    /// Creates a topic, placing its replicas on the registered brokers. With `validate_only`
-    /// nothing is stored, but the answer is the same. Returns the topic and the metadata
-    /// version that holds it.
+    /// Applies `change` to every partition, persists the topics it changed, then swaps them
+    /// into the snapshot. Returns whether anything changed.
+    async fn change_partitions(
+        &self,
+        state: &mut State,
+        mut change: impl FnMut(&TopicRecord, u32, &mut PartitionRecord) -> bool,
+    ) -> Result<bool, ControllerError> {
+        let mut changed = Vec::new();
+        for topic in state.snapshot.topics.values() {
+            let mut copy = topic.clone();
+            let mut any = false;
+            for p in 0..copy.partitions.len() {
+                let mut partition = copy.partitions[p].clone();
+                if change(topic, p as u32, &mut partition) {
+                    copy.partitions[p] = partition;
+                    any = true;
+                }
+            }
+            if any {
+                changed.push(copy);
+            }
+        }
+        for topic in &changed {
+            let version = state.topic_versions.get(&topic.name).copied();
+            let value =
+                serde_json::to_value(topic).map_err(|e| corrupt(&topic_key(&topic.name), e))?;
+            let expected = version.map_or(Expected::Absent, Expected::Version);
+            let new_version = self
+                .store
+                .put(&topic_key(&topic.name), value, expected)
+                .await?;
+            state.topic_versions.insert(topic.name.clone(), new_version);
+        }
+        let any = !changed.is_empty();
+        for topic in changed {
+            state.snapshot.topics.insert(topic.name.clone(), topic);
+        }
+        Ok(any)
+    }
+
+    /// Starts (or restarts) a broker's session. A broker whose incarnation changed lost its
+    /// data: it leaves every ISR. Leaderless partitions it may lead get it as leader.
+    /// Returns the session id, for heartbeats.
+    pub async fn register_broker(
+        &self,
+        registration: Registration,
+    ) -> Result<u64, ControllerError> {
+        let mut state = self.state.lock().await;
+        let id = registration.broker.id;
+        let known = state.incarnations.get(&id).cloned();
+        let lost_data = known
+            .as_ref()
+            .is_some_and(|(incarnation, _)| *incarnation != registration.incarnation);
+        if known
+            .as_ref()
+            .is_none_or(|(incarnation, _)| *incarnation != registration.incarnation)
+        {
+            let expected = known
+                .as_ref()
+                .map_or(Expected::Absent, |(_, v)| Expected::Version(*v));
+            let value = serde_json::json!({ "incarnation": registration.incarnation });
+            let version = self
+                .store
+                .put(&format!("{BROKER_PREFIX}{id}"), value, expected)
+                .await?;
+            state
+                .incarnations
+                .insert(id, (registration.incarnation.clone(), version));
+        }
+        if lost_data {
+            tracing::warn!(
+                broker = id,
+                "broker came back with a new data directory: out of sync everywhere"
+            );
+            let eligible: BTreeSet<i32> =
+                state.eligible().into_iter().filter(|b| *b != id).collect();
+            self.change_partitions(&mut state, |_, _, p| {
+                election::remove_broker(p, id, &|r| eligible.contains(&r), false)
+            })
+            .await?;
+        }
+        let session_id = state.next_session;
+        state.next_session += 1;
+        state.sessions.insert(
+            id,
+            Session {
+                id: session_id,
+                last_seen: Instant::now(),
+                shutting_down: false,
+            },
+        );
+        state
+            .snapshot
+            .brokers
+            .insert(id, registration.broker.clone());
+        let eligible = state.eligible();
+        let unclean: BTreeSet<String> = state
+            .snapshot
+            .topics
+            .values()
+            .filter(|t| self.unclean_allowed(t))
+            .map(|t| t.name.clone())
+            .collect();
+        self.change_partitions(&mut state, |topic, _, p| {
+            election::elect_if_leaderless(
+                p,
+                &|r| eligible.contains(&r),
+                unclean.contains(&topic.name),
+            )
+        })
+        .await?;
+        self.publish(&mut state);
+        tracing::info!(broker = id, address = %registration.broker.address(), session = session_id, "broker registered");
+        Ok(session_id)
+    }
+
+    /// Keeps a session alive.
+    pub async fn heartbeat(&self, broker: i32, session: u64) -> Result<(), ControllerError> {
+        let mut state = self.state.lock().await;
+        match state.sessions.get_mut(&broker) {
+            Some(s) if s.id == session => {
+                s.last_seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(ControllerError::NoSession(broker)),
+        }
+    }
+
+    /// A session's connection closed: the broker is fenced at once (unless a newer session
+    /// already replaced it).
+    pub async fn end_session(&self, broker: i32, session: u64) -> Result<(), ControllerError> {
+        let mut state = self.state.lock().await;
+        if state.sessions.get(&broker).is_some_and(|s| s.id == session) {
+            tracing::info!(broker, "broker session closed");
+            self.fence(&mut state, broker).await?;
+        }
+        Ok(())
+    }
+
+    /// Fences brokers whose sessions timed out, and (one session timeout after this
+    /// controller started) brokers named as leaders or in-sync replicas that never connected.
+    pub async fn expire_sessions(&self) -> Result<(), ControllerError> {
+        let mut state = self.state.lock().await;
+        let timeout = self.config.session_timeout;
+        let mut dead: BTreeSet<i32> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_seen.elapsed() > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        if self.started.elapsed() > timeout {
+            for topic in state.snapshot.topics.values() {
+                for p in &topic.partitions {
+                    for broker in std::iter::once(p.leader).chain(p.isr.iter().copied()) {
+                        if broker >= 0
+                            && !state.sessions.contains_key(&broker)
+                            && (p.leader == broker || p.isr.len() > 1)
+                        {
+                            dead.insert(broker);
+                        }
+                    }
+                }
+            }
+        }
+        for broker in dead {
+            tracing::warn!(broker, timeout = ?timeout, "broker session expired; fencing it");
+            self.fence(&mut state, broker).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a broker out of service: out of every ISR it shares, and leaderships it held go
+    /// to other in-sync replicas (or, where the topic allows it, to any live replica).
+    async fn fence(&self, state: &mut State, broker: i32) -> Result<(), ControllerError> {
+        state.sessions.remove(&broker);
+        state.snapshot.brokers.remove(&broker);
+        let eligible = state.eligible();
+        let unclean: BTreeSet<String> = state
+            .snapshot
+            .topics
+            .values()
+            .filter(|t| self.unclean_allowed(t))
+            .map(|t| t.name.clone())
+            .collect();
+        self.change_partitions(state, |topic, _, p| {
+            election::remove_broker(
+                p,
+                broker,
+                &|r| eligible.contains(&r),
+                unclean.contains(&topic.name),
+            )
+        })
+        .await?;
+        self.publish(state);
+        Ok(())
+    }
+
+    /// A broker about to stop: its leaderships move to other in-sync replicas and it leaves
+    /// the ISRs it shares. Returns how many partitions it still leads (no other in-sync
+    /// replica could take them); it may call again.
+    pub async fn controlled_shutdown(&self, broker: i32) -> Result<u32, ControllerError> {
+        let mut state = self.state.lock().await;
+        let Some(session) = state.sessions.get_mut(&broker) else {
+            return Err(ControllerError::NoSession(broker));
+        };
+        session.shutting_down = true;
+        let eligible = state.eligible();
+        let changed = self
+            .change_partitions(&mut state, |_, _, p| {
+                election::retire_broker(p, broker, &|r| eligible.contains(&r))
+            })
+            .await?;
+        if changed {
+            self.publish(&mut state);
+        }
+        let remaining = state
+            .snapshot
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader == broker)
+            .count();
+        tracing::info!(broker, remaining, "controlled shutdown: leaderships moved");
+        Ok(remaining as u32)
+    }
+
+    /// Commits the ISRs a leader proposes, each only if the leader still leads at the epochs
+    /// it saw, the ISR keeps the leader, and every member is a live replica.
+    pub async fn alter_isr(
+        &self,
+        broker: i32,
+        proposals: Vec<IsrProposal>,
+    ) -> Result<Vec<IsrOutcome>, ControllerError> {
+        let mut state = self.state.lock().await;
+        let eligible = state.eligible();
+        let mut outcomes: BTreeMap<(String, u32), Result<(), IsrRejection>> = BTreeMap::new();
+        for proposal in &proposals {
+            let current = state
+                .snapshot
+                .topics
+                .get(&proposal.topic)
+                .and_then(|t| t.partitions.get(proposal.partition as usize));
+            let verdict = match current {
+                None => Err(IsrRejection::UnknownPartition),
+                Some(p) if p.leader != broker => Err(IsrRejection::NotLeader(broker)),
+                Some(p)
+                    if p.leader_epoch != proposal.leader_epoch
+                        || p.partition_epoch != proposal.partition_epoch =>
+                {
+                    Err(IsrRejection::Stale {
+                        proposed_leader: proposal.leader_epoch,
+                        proposed_partition: proposal.partition_epoch,
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                    })
+                }
+                Some(p) => validate_isr(p, &proposal.new_isr, broker, &eligible),
+            };
+            outcomes.insert((proposal.topic.clone(), proposal.partition), verdict);
+        }
+        let accepted: BTreeMap<(String, u32), Vec<i32>> = proposals
+            .iter()
+            .filter(|p| {
+                outcomes
+                    .get(&(p.topic.clone(), p.partition))
+                    .is_some_and(Result::is_ok)
+            })
+            .map(|p| ((p.topic.clone(), p.partition), p.new_isr.clone()))
+            .collect();
+        if !accepted.is_empty() {
+            self.change_partitions(&mut state, |topic, i, p| {
+                match accepted.get(&(topic.name.clone(), i)) {
+                    Some(isr) => {
+                        p.isr = isr.clone();
+                        p.partition_epoch += 1;
+                        true
+                    }
+                    None => false,
+                }
+            })
+            .await?;
+            self.publish(&mut state);
+        }
+        Ok(proposals
+            .iter()
+            .map(|proposal| {
+                let key = (proposal.topic.clone(), proposal.partition);
+                let current = state
+                    .snapshot
+                    .topics
+                    .get(&proposal.topic)
+                    .and_then(|t| t.partitions.get(proposal.partition as usize))
+                    .cloned();
+                (
+                    outcomes
+                        .remove(&key)
+                        .unwrap_or(Err(IsrRejection::UnknownPartition)),
+                    current,
+                )
+            })
+            .collect())
+    }
+
+    /// A block of producer ids no other broker will hand out.
+    pub async fn allocate_producer_ids(&self, broker: i32) -> Result<(i64, u32), ControllerError> {
+        let mut state = self.state.lock().await;
+        let (first, version) = state.next_producer_id;
+        let next = first + i64::from(PRODUCER_ID_BLOCK);
+        let expected = version.map_or(Expected::Absent, Expected::Version);
+        let version = self
+            .store
+            .put(
+                PRODUCER_IDS_KEY,
+                serde_json::json!({ "next": next }),
+                expected,
+            )
+            .await?;
+        state.next_producer_id = (next, Some(version));
+        tracing::debug!(broker, first, "allocated producer ids");
+        Ok((first, PRODUCER_ID_BLOCK))
+    }
+
+    /// Creates a topic, placing its replicas on live brokers so that replica and leader
+    /// counts stay even across the cluster. With `validate_only` nothing is stored, but the
+    /// answer is the same. Returns the topic and the metadata version that holds it.
     pub async fn create_topic(
         &self,
         topic: NewTopic,
@@ -207,33 +633,55 @@ impl<S: MetadataStore> Controller<S> {
                 topic.partitions
             )));
         }
-        TopicConfig::resolve(&self.defaults.topic_config, &topic.config)?;
+        let config = TopicConfig::resolve(&self.config.topic_config, &topic.config)?;
         let mut state = self.state.lock().await;
         if state.snapshot.topics.contains_key(&topic.name) {
             return Err(ControllerError::TopicExists(topic.name));
         }
-        let brokers: Vec<i32> = state.snapshot.brokers.keys().copied().collect();
+        let eligible = state.eligible();
         let replication_factor = topic
             .replication_factor
-            .unwrap_or(self.defaults.replication_factor);
-        if replication_factor == 0 || replication_factor as usize > brokers.len() {
+            .unwrap_or(self.config.default_replication_factor);
+        if replication_factor == 0 || replication_factor as usize > eligible.len() {
             return Err(ControllerError::InvalidReplicationFactor(format!(
                 "{replication_factor} requested, but {} broker{} available; use a replication factor from 1 to {}",
-                brokers.len(),
-                if brokers.len() == 1 { " is" } else { "s are" },
-                brokers.len().max(1)
+                eligible.len(),
+                if eligible.len() == 1 { " is" } else { "s are" },
+                eligible.len().max(1)
             )));
         }
-        let partitions = assign_replicas(&brokers, topic.partitions, replication_factor as usize)
-            .into_iter()
-            .map(|replicas| PartitionRecord {
-                leader: replicas[0],
-                isr: replicas.clone(),
-                replicas,
-                leader_epoch: 0,
-                partition_epoch: 0,
+        if config.min_insync_replicas > replication_factor {
+            return Err(ControllerError::InvalidConfig(ConfigError(format!(
+                "min.insync.replicas {} is larger than the replication factor {replication_factor}: no write with acks=all could succeed",
+                config.min_insync_replicas
+            ))));
+        }
+        let candidates: Vec<placement::Candidate> = eligible
+            .iter()
+            .map(|id| placement::Candidate {
+                id: *id,
+                rack: state.snapshot.brokers.get(id).and_then(|b| b.rack.clone()),
             })
             .collect();
+        let mut load = placement::Load::default();
+        for p in state.snapshot.topics.values().flat_map(|t| &t.partitions) {
+            load.add(&p.replicas);
+        }
+        let partitions = placement::assign(
+            &candidates,
+            &mut load,
+            topic.partitions,
+            replication_factor as usize,
+        )
+        .into_iter()
+        .map(|replicas| PartitionRecord {
+            leader: replicas[0],
+            isr: replicas.clone(),
+            replicas,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        })
+        .collect();
         let record = TopicRecord {
             name: topic.name.clone(),
             id: Uuid::new_v4(),
@@ -243,10 +691,8 @@ impl<S: MetadataStore> Controller<S> {
         if validate_only {
             return Ok((record, state.snapshot.version));
         }
-        let value = serde_json::to_value(&record).map_err(|e| StoreError::Corrupt {
-            path: topic_key(&record.name).into(),
-            reason: e.to_string(),
-        })?;
+        let value =
+            serde_json::to_value(&record).map_err(|e| corrupt(&topic_key(&record.name), e))?;
         let version = self
             .store
             .put(&topic_key(&record.name), value, Expected::Absent)
@@ -276,164 +722,39 @@ impl<S: MetadataStore> Controller<S> {
     }
 }
 
-/// Round-robin placement: partition p's replicas are consecutive brokers starting at broker
-/// p, so replicas and preferred leaders are spread evenly (counts within one of each other).
-fn assign_replicas(brokers: &[i32], partitions: u32, replication_factor: usize) -> Vec<Vec<i32>> {
-    (0..partitions as usize)
-        .map(|p| {
-            (0..replication_factor)
-                .map(|r| brokers[(p + r) % brokers.len()])
-                .collect()
-        })
-        .collect()
+/// A proposed ISR must keep the leader and hold only live replicas of the partition.
+fn validate_isr(
+    p: &PartitionRecord,
+    isr: &[i32],
+    leader: i32,
+    eligible: &BTreeSet<i32>,
+) -> Result<(), IsrRejection> {
+    if !isr.contains(&leader) {
+        return Err(IsrRejection::Invalid(format!(
+            "the ISR {isr:?} leaves out its leader {leader}"
+        )));
+    }
+    if let Some(stranger) = isr.iter().find(|r| !p.replicas.contains(r)) {
+        return Err(IsrRejection::Invalid(format!(
+            "broker {stranger} is not a replica of this partition"
+        )));
+    }
+    let joining: Vec<i32> = isr.iter().copied().filter(|r| !p.isr.contains(r)).collect();
+    if let Some(gone) = joining.iter().find(|r| !eligible.contains(r)) {
+        return Err(IsrRejection::Invalid(format!(
+            "broker {gone} cannot join the ISR: it is not in session"
+        )));
+    }
+    let mut distinct = isr.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != isr.len() {
+        return Err(IsrRejection::Invalid(format!(
+            "the ISR {isr:?} names a replica twice"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn broker(id: i32) -> BrokerInfo {
-        BrokerInfo {
-            id,
-            host: "127.0.0.1".into(),
-            port: 9095 + id as u16,
-            rack: None,
-        }
-    }
-
-    async fn controller(dir: &std::path::Path) -> Controller<FileStore> {
-        let store = FileStore::open(&dir.join("metadata.json")).unwrap();
-        Controller::start(0, store, ControllerDefaults::default())
-            .await
-            .unwrap()
-    }
-
-    fn topic(name: &str, partitions: u32, rf: Option<u32>) -> NewTopic {
-        NewTopic {
-            name: name.into(),
-            partitions,
-            replication_factor: rf,
-            config: BTreeMap::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn topics_are_stored_published_and_survive_a_controller_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let created = {
-            let controller = controller(dir.path()).await;
-            controller.register_broker(broker(0)).await;
-            let mut updates = controller.subscribe();
-            updates.borrow_and_update();
-            let (record, version) = controller
-                .create_topic(topic("orders", 3, None), false)
-                .await
-                .unwrap();
-            assert!(updates.has_changed().unwrap());
-            assert_eq!(updates.borrow().version, version);
-            assert_eq!(updates.borrow().topics["orders"], record);
-            assert!(
-                record
-                    .partitions
-                    .iter()
-                    .all(|p| p.leader == 0 && p.isr == vec![0])
-            );
-            record
-        };
-        let controller = controller(dir.path()).await;
-        let snapshot = controller.snapshot();
-        assert_eq!(snapshot.topics["orders"], created);
-        assert_eq!(
-            snapshot.controller_epoch, 2,
-            "each controller start takes a new epoch"
-        );
-    }
-
-    #[tokio::test]
-    async fn bad_topics_are_refused_with_what_to_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let controller = controller(dir.path()).await;
-        controller.register_broker(broker(0)).await;
-        controller
-            .create_topic(topic("t", 1, None), false)
-            .await
-            .unwrap();
-        let cases = [
-            (topic("t", 1, None), "already exists"),
-            (topic("bad/name", 1, None), "'/'"),
-            (topic("__internal", 1, None), "reserved"),
-            (topic("z", 0, None), "from 1 to"),
-            (
-                topic("z", 1, Some(3)),
-                "3 requested, but 1 broker is available",
-            ),
-            (
-                NewTopic {
-                    config: BTreeMap::from([("retention.ms".into(), "x".into())]),
-                    ..topic("z", 1, None)
-                },
-                "invalid value 'x' for retention.ms",
-            ),
-        ];
-        for (bad, expected) in cases {
-            let err = controller.create_topic(bad, false).await.unwrap_err();
-            assert!(
-                err.to_string().contains(expected),
-                "{err} should contain {expected}"
-            );
-        }
-        let err = controller.delete_topic("nope").await.unwrap_err();
-        assert!(err.to_string().contains("unknown topic 'nope'"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn validate_only_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let controller = controller(dir.path()).await;
-        controller.register_broker(broker(0)).await;
-        controller
-            .create_topic(topic("t", 2, None), true)
-            .await
-            .unwrap();
-        assert!(controller.snapshot().topics.is_empty());
-    }
-
-    #[tokio::test]
-    async fn deleted_topics_are_gone_and_can_be_created_again_with_a_new_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let controller = controller(dir.path()).await;
-        controller.register_broker(broker(0)).await;
-        let (first, _) = controller
-            .create_topic(topic("t", 1, None), false)
-            .await
-            .unwrap();
-        controller.delete_topic("t").await.unwrap();
-        assert!(!controller.snapshot().topics.contains_key("t"));
-        let (second, _) = controller
-            .create_topic(topic("t", 1, None), false)
-            .await
-            .unwrap();
-        assert_ne!(first.id, second.id);
-    }
-
-    #[test]
-    fn round_robin_placement_balances_replicas_and_leaders() {
-        let brokers = [1, 2, 3];
-        let assignment = assign_replicas(&brokers, 7, 2);
-        let count = |f: &dyn Fn(&Vec<i32>, i32) -> bool| -> Vec<usize> {
-            brokers
-                .iter()
-                .map(|&b| assignment.iter().filter(|r| f(r, b)).count())
-                .collect()
-        };
-        let replicas = count(&|r, b| r.contains(&b));
-        let leaders = count(&|r, b| r[0] == b);
-        for counts in [replicas, leaders] {
-            assert!(
-                counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
-                "{counts:?}"
-            );
-        }
-        assert!(assignment.iter().all(|r| r[0] != r[1]));
-    }
-}
+mod tests;

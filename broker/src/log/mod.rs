@@ -534,7 +534,12 @@ impl Log {
         let config = self.config();
         let mut state = self.state.write();
         if offset >= state.next_offset {
-            return Ok(());
+            // No record to cut, but an epoch that starts here holds nothing (a leader that
+            // never wrote in it): forget it, or the logs would keep diverging there.
+            return state
+                .epochs
+                .truncate_from_end(offset)
+                .map_err(self.io_error("update the leader epoch checkpoint"));
         }
         let first_base = *state
             .segments
@@ -599,6 +604,40 @@ impl Log {
             .truncate_from_end(end)
             .map_err(self.io_error("update the leader epoch checkpoint"))?;
         self.save_producer_snapshot(&state);
+        Ok(())
+    }
+
+    /// Empties the log and starts it again at `offset` (a follower behind the leader's log
+    /// start, which can only continue from there).
+    pub fn reset_to(&self, offset: i64) -> Result<(), LogError> {
+        let first_base = *self
+            .state
+            .read()
+            .segments
+            .keys()
+            .next()
+            .expect("a log always has a segment");
+        self.truncate_to(first_base.min(offset))?;
+        let config = self.config();
+        let mut state = self.state.write();
+        if state.next_offset != offset {
+            for segment in std::mem::take(&mut state.segments).into_values() {
+                segment
+                    .delete()
+                    .map_err(self.io_error("delete a segment"))?;
+            }
+            let segment = Segment::create(
+                &self.dir,
+                offset,
+                config.segment_index_bytes,
+                config.index_interval_bytes,
+            )
+            .map_err(self.io_error("create a segment"))?;
+            state.segments.insert(offset, Arc::new(segment));
+        }
+        state.next_offset = offset;
+        state.log_start_offset = offset;
+        state.recovery_point = offset;
         Ok(())
     }
 

@@ -350,6 +350,16 @@ pub fn set_log_append_time(batch: &mut [u8], time_ms: i64) {
     batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Sets the idempotent producer fields of a built batch and recomputes its CRC (a producer
+/// that had to start over with a new producer id).
+pub fn set_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Writes a complete header at the start of `batch` (whose records follow at HEADER_LEN)
 /// and computes its CRC. Used by the batch builder.
 #[allow(clippy::too_many_arguments)]

@@ -13,7 +13,7 @@ mod varint;
 
 pub use batch::{
     BatchError, BatchHeader, BatchInfo, HEADER_LEN, LOG_OVERHEAD, MAGIC, TimestampType,
-    assign_offset, set_log_append_time, validate_produced,
+    assign_offset, set_log_append_time, set_producer, validate_produced,
 };
 pub use builder::{BatchBuilder, NO_PRODUCER};
 pub use compression::{Compression, MAX_DECOMPRESSED_BYTES};

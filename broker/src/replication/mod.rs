@@ -1,7 +1,13 @@
 //! The partition replicas on this broker. The replica manager applies the controller's
-//! metadata (creating, configuring and deleting logs), appends produced records as leader,
-//! and serves reads, long-polling until enough data is committed.
+//! metadata (creating, configuring and deleting logs, and taking each partition's role),
+//! appends produced records as leader and waits for the ISR as `acks` says, serves
+//! consumers below the high watermark, serves followers' fetches as leader, and runs the
+//! fetchers that copy the partitions it follows from their leaders.
+//!
+//! ISR changes are proposed, never applied here: proposals go out through a queue (the
+//! server sends them to the controller) and the answers come back to [`ReplicaManager::isr_answered`].
 
+mod fetcher;
 mod partition;
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,15 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::RwLock;
-use tokio::sync::watch;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::TopicPartition;
 use crate::config::TopicConfig;
-use crate::controller::MetadataSnapshot;
-use crate::log::{AppendInfo, LogError, LogManager};
-pub use partition::{Partition, PartitionRead};
+use crate::controller::{MetadataSnapshot, PartitionRecord};
+use crate::log::{AppendInfo, LogError, LogManager, OffsetCheckpoint};
+use fetcher::Fetchers;
+pub use partition::{Partition, PartitionRead, PartitionStatus, ReplicaRead, Role};
+
+const HIGH_WATERMARK_FILE: &str = "replication-offset-checkpoint";
 
 /// How many replicas must have a record before the producer hears back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +65,30 @@ pub enum ReplicaError {
     },
     #[error("{tp} has no leader right now; retry shortly")]
     LeaderNotAvailable { tp: TopicPartition },
+    #[error(
+        "{tp} has {isr} in-sync replica(s) but min.insync.replicas is {required}: the write was refused; retry when replicas catch up"
+    )]
+    NotEnoughReplicas {
+        tp: TopicPartition,
+        isr: usize,
+        required: u32,
+    },
+    #[error(
+        "{tp}: the records were written but the ISR shrank to {isr}, below min.insync.replicas {required}, before all in-sync replicas had them"
+    )]
+    NotEnoughReplicasAfterAppend {
+        tp: TopicPartition,
+        isr: usize,
+        required: u32,
+    },
+    #[error("{tp}: leader epoch {theirs} does not match this broker's {ours}; refresh metadata")]
+    EpochMismatch {
+        tp: TopicPartition,
+        theirs: i32,
+        ours: i32,
+    },
+    #[error("broker {broker} is not a replica of {tp}")]
+    NotAReplica { tp: TopicPartition, broker: i32 },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("timed out after {waited:?} waiting for the in-sync replicas of {tp}")]
@@ -65,6 +98,15 @@ pub enum ReplicaError {
     },
     #[error("the broker is shutting down; retry against another broker")]
     ShuttingDown,
+}
+
+/// A leader's proposal to change a partition's ISR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub tp: TopicPartition,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub new_isr: Vec<i32>,
 }
 
 /// One partition of a fetch.
@@ -84,12 +126,51 @@ pub struct FetchParams {
     pub partitions: Vec<FetchPartition>,
 }
 
+/// One partition of a follower's fetch.
+#[derive(Debug, Clone)]
+pub struct ReplicaFetchPartition {
+    pub tp: TopicPartition,
+    pub fetch_offset: i64,
+    pub leader_epoch: i32,
+    pub last_fetched_epoch: i32,
+    pub max_bytes: usize,
+}
+
+/// How a broker's replicas behave.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// A follower that has not caught up for this long leaves the ISR.
+    pub replica_lag_max: Duration,
+    /// Largest answer to one follower fetch, and per partition.
+    pub fetch_max_bytes: usize,
+    pub partition_fetch_max_bytes: usize,
+    /// How long a follower's fetch waits for new data at the leader.
+    pub fetch_max_wait: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            replica_lag_max: Duration::from_secs(30),
+            fetch_max_bytes: 10 * 1024 * 1024,
+            partition_fetch_max_bytes: 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(500),
+        }
+    }
+}
+
 pub struct ReplicaManager {
     broker_id: i32,
     logs: Arc<LogManager>,
     topic_defaults: TopicConfig,
+    config: ReplicationConfig,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     metadata: watch::Sender<Arc<MetadataSnapshot>>,
+    proposals: mpsc::UnboundedSender<IsrChange>,
+    proposals_out: Mutex<Option<mpsc::UnboundedReceiver<IsrChange>>>,
+    fetchers: Mutex<Fetchers>,
+    /// High watermarks read at start-up, for partitions not created yet.
+    saved_high_watermarks: Mutex<BTreeMap<TopicPartition, i64>>,
     shutdown: CancellationToken,
 }
 
@@ -102,14 +183,32 @@ impl std::fmt::Debug for ReplicaManager {
 }
 
 impl ReplicaManager {
-    pub fn new(broker_id: i32, logs: Arc<LogManager>, topic_defaults: TopicConfig) -> Self {
+    pub fn new(
+        broker_id: i32,
+        logs: Arc<LogManager>,
+        topic_defaults: TopicConfig,
+        config: ReplicationConfig,
+    ) -> Self {
+        let saved = OffsetCheckpoint::new(logs.data_dir().join(HIGH_WATERMARK_FILE))
+            .read()
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "ignoring an unreadable high watermark checkpoint");
+                BTreeMap::new()
+            });
+        let (proposals, proposals_out) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
         Self {
             broker_id,
+            fetchers: Mutex::new(Fetchers::new(broker_id, config.clone(), shutdown.clone())),
             logs,
             topic_defaults,
+            config,
             partitions: RwLock::new(HashMap::new()),
             metadata: watch::Sender::new(Arc::new(MetadataSnapshot::default())),
-            shutdown: CancellationToken::new(),
+            proposals,
+            proposals_out: Mutex::new(Some(proposals_out)),
+            saved_high_watermarks: Mutex::new(saved),
+            shutdown,
         }
     }
 
@@ -125,25 +224,43 @@ impl ReplicaManager {
         self.metadata.borrow().clone()
     }
 
-    /// Waits until metadata of at least `version` has been applied, for up to `wait`.
-    pub async fn wait_for_metadata(&self, version: u64, wait: Duration) -> bool {
+    /// Waits until the applied metadata satisfies `ready`, for up to `wait`.
+    pub async fn wait_for_metadata(
+        &self,
+        wait: Duration,
+        ready: impl Fn(&MetadataSnapshot) -> bool,
+    ) -> bool {
         let mut rx = self.metadata.subscribe();
-        tokio::time::timeout(wait, rx.wait_for(|m| m.version >= version))
+        tokio::time::timeout(wait, rx.wait_for(|m| ready(m)))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Wakes every long-poll so the broker can stop; they answer with what they have.
+    /// The ISR proposals this broker's leaders make; taken once, by whoever talks to the
+    /// controller.
+    pub fn take_isr_proposals(&self) -> Option<mpsc::UnboundedReceiver<IsrChange>> {
+        self.proposals_out.lock().take()
+    }
+
+    /// Wakes every long-poll and stops the fetchers, so the broker can stop.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
     }
 
-    /// Brings the replicas on this broker in line with `snapshot`: logs for new partitions are
-    /// created, configurations updated, roles set, and logs of partitions that are no longer
-    /// here (deleted topics) are deleted.
+    /// Brings the replicas on this broker in line with `snapshot`: logs for new partitions
+    /// are created, configurations updated, each partition takes the role the metadata gives
+    /// it (leaders serve, followers fetch from their leader), and logs of partitions no longer
+    /// here (deleted topics) are deleted. Snapshots older than the last applied, or from an
+    /// older controller, are ignored.
     pub fn apply_metadata(&self, snapshot: Arc<MetadataSnapshot>) {
-        if snapshot.version <= self.metadata.borrow().version {
-            return;
+        {
+            let current = self.metadata.borrow();
+            if snapshot.controller_epoch < current.controller_epoch
+                || (snapshot.controller_epoch == current.controller_epoch
+                    && snapshot.version <= current.version)
+            {
+                return;
+            }
         }
         let mut wanted = BTreeMap::new();
         for (tp, topic, record) in snapshot.replicas_on(self.broker_id) {
@@ -160,6 +277,7 @@ impl ReplicaManager {
                 .get(partition.topic_partition())
                 .is_some_and(|(id, _, _)| *id == partition.topic_id());
             if !keep {
+                self.fetchers.lock().remove(partition.topic_partition());
                 self.remove_partition(partition.topic_partition());
                 removed = true;
             }
@@ -183,10 +301,10 @@ impl ReplicaManager {
             let existing = self.partitions.read().get(&tp).cloned();
             let partition = match existing {
                 Some(partition) => {
-                    partition.log().set_config(config.log);
+                    partition.log().set_config(config.log.clone());
                     partition
                 }
-                None => match self.create_partition(&tp, topic_id, config) {
+                None => match self.create_partition(&tp, topic_id, &config) {
                     Ok(partition) => partition,
                     Err(error) => {
                         tracing::error!(partition = %tp, %error, "could not create the replica");
@@ -194,10 +312,25 @@ impl ReplicaManager {
                     }
                 },
             };
-            if record.leader == self.broker_id {
-                partition.become_leader(record.leader_epoch);
+            match partition.apply(&record, &config) {
+                Ok((Role::Follower { leader }, new_epoch)) => match snapshot.brokers.get(&leader) {
+                    Some(broker) => self.fetchers.lock().follow(
+                        partition.clone(),
+                        leader,
+                        broker.address(),
+                        new_epoch,
+                    ),
+                    None => self.fetchers.lock().remove(&tp),
+                },
+                Ok(_) => self.fetchers.lock().remove(&tp),
+                Err(error) => {
+                    tracing::error!(partition = %tp, %error, "could not take the partition's role")
+                }
             }
         }
+        self.fetchers
+            .lock()
+            .reconnect_moved_leaders(&snapshot.brokers);
         self.metadata.send_replace(snapshot);
     }
 
@@ -205,7 +338,7 @@ impl ReplicaManager {
         &self,
         tp: &TopicPartition,
         topic_id: uuid::Uuid,
-        config: TopicConfig,
+        config: &TopicConfig,
     ) -> Result<Arc<Partition>, LogError> {
         let mut log = self.logs.get_or_create(tp, config.log.clone())?;
         let recorded = Partition::recorded_topic_id(log.dir());
@@ -215,8 +348,8 @@ impl ReplicaManager {
             self.checkpoint_logs();
             log = self.logs.get_or_create(tp, config.log.clone())?;
         }
-        log.set_config(config.log);
-        // Written once per replica (with an fsync), not at every start.
+        log.set_config(config.log.clone());
+        // Written once per replica, not at every start.
         if recorded != Some(topic_id) {
             Partition::record_topic_id(log.dir(), topic_id).map_err(|source| LogError::Io {
                 partition: tp.clone(),
@@ -224,7 +357,18 @@ impl ReplicaManager {
                 source,
             })?;
         }
-        let partition = Arc::new(Partition::new(tp.clone(), topic_id, log));
+        let saved_hw = if recorded == Some(topic_id) {
+            self.saved_high_watermarks.lock().remove(tp)
+        } else {
+            None
+        };
+        let partition = Arc::new(Partition::new(
+            tp.clone(),
+            topic_id,
+            self.broker_id,
+            log,
+            saved_hw,
+        ));
         self.partitions
             .write()
             .insert(tp.clone(), partition.clone());
@@ -250,9 +394,13 @@ impl ReplicaManager {
         self.partitions.read().values().cloned().collect()
     }
 
+    pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
+        self.partitions.read().get(tp).cloned()
+    }
+
     /// The partition, if this broker leads it.
     pub fn leader_partition(&self, tp: &TopicPartition) -> Result<Arc<Partition>, ReplicaError> {
-        let partition = self.partitions.read().get(tp).cloned();
+        let partition = self.partition(tp);
         match partition {
             Some(partition) if partition.is_leader() => Ok(partition),
             _ => {
@@ -271,7 +419,9 @@ impl ReplicaManager {
         }
     }
 
-    /// Appends a producer's records and waits as `acks` says.
+    /// Appends a producer's records and waits as `acks` says: with acks=all until every
+    /// in-sync replica has them (and refuses the write when the ISR is smaller than
+    /// `min.insync.replicas`).
     pub async fn produce(
         &self,
         tp: &TopicPartition,
@@ -283,11 +433,12 @@ impl ReplicaManager {
             return Err(ReplicaError::ShuttingDown);
         }
         let partition = self.leader_partition(tp)?;
-        let info = partition.append_as_leader(records, crate::now_ms())?;
-        if acks == Acks::All {
-            partition
-                .wait_for_high_watermark(info.last_offset + 1, timeout)
-                .await?;
+        let info = partition.append_as_leader(records, acks == Acks::All, crate::now_ms())?;
+        if acks == Acks::All && info.last_offset >= 0 {
+            tokio::select! {
+                result = partition.wait_for_replication(info.last_offset + 1, timeout) => result?,
+                () = self.shutdown.cancelled() => return Err(ReplicaError::ShuttingDown),
+            }
         }
         Ok(info)
     }
@@ -304,12 +455,7 @@ impl ReplicaManager {
             let mut watchers: Vec<watch::Receiver<i64>> = params
                 .partitions
                 .iter()
-                .filter_map(|p| {
-                    self.partitions
-                        .read()
-                        .get(&p.tp)
-                        .map(|partition| partition.subscribe())
-                })
+                .filter_map(|p| self.partition(&p.tp).map(|partition| partition.subscribe()))
                 .collect();
             let results = self.read_once(params);
             let bytes: usize = results
@@ -360,6 +506,97 @@ impl ReplicaManager {
             .collect()
     }
 
+    /// The leader's side of a follower's fetch: each partition is answered with what the
+    /// follower needs next (or where its log diverges), waiting up to `max_wait` for at least
+    /// `min_bytes` of new data.
+    pub async fn replica_fetch(
+        &self,
+        follower: i32,
+        partitions: &[ReplicaFetchPartition],
+        max_wait: Duration,
+        min_bytes: usize,
+        max_bytes: usize,
+    ) -> Vec<(TopicPartition, Result<ReplicaRead, ReplicaError>)> {
+        let deadline = tokio::time::Instant::now() + max_wait.min(Duration::from_secs(10));
+        loop {
+            let mut watchers: Vec<watch::Receiver<i64>> = partitions
+                .iter()
+                .filter_map(|p| {
+                    self.partition(&p.tp)
+                        .map(|partition| partition.subscribe_log_end())
+                })
+                .collect();
+            let mut remaining = max_bytes;
+            let propose = |change: IsrChange| {
+                let _ = self.proposals.send(change);
+            };
+            let results: Vec<_> = partitions
+                .iter()
+                .map(|p| {
+                    let result = self
+                        .partition(&p.tp)
+                        .ok_or_else(|| ReplicaError::UnknownTopicOrPartition(p.tp.clone()))
+                        .and_then(|partition| {
+                            partition.replica_read(
+                                follower,
+                                p.fetch_offset,
+                                p.leader_epoch,
+                                p.last_fetched_epoch,
+                                p.max_bytes.min(remaining).max(1),
+                                &propose,
+                            )
+                        });
+                    if let Ok(ReplicaRead::Data { records, .. }) = &result {
+                        remaining = remaining.saturating_sub(records.len());
+                    }
+                    (p.tp.clone(), result)
+                })
+                .collect();
+            let bytes: usize = results
+                .iter()
+                .map(|(_, r)| match r {
+                    Ok(ReplicaRead::Data { records, .. }) => records.len(),
+                    _ => 0,
+                })
+                .sum();
+            let urgent = results
+                .iter()
+                .any(|(_, r)| !matches!(r, Ok(ReplicaRead::Data { .. })));
+            if bytes >= min_bytes.max(1)
+                || urgent
+                || watchers.is_empty()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return results;
+            }
+            let changed =
+                futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.shutdown.cancelled() => return results,
+            }
+        }
+    }
+
+    /// Proposes dropping followers that have not caught up for `replica.lag.time.max.ms`.
+    pub fn check_isr_lag(&self) {
+        let propose = |change: IsrChange| {
+            let _ = self.proposals.send(change);
+        };
+        for partition in self.partitions() {
+            partition.check_isr_lag(self.config.replica_lag_max, &propose);
+        }
+    }
+
+    /// The controller answered an ISR proposal for `tp`; `state` is the partition as it is
+    /// now, when the controller said.
+    pub fn isr_answered(&self, tp: &TopicPartition, state: Option<&PartitionRecord>) {
+        if let Some(partition) = self.partition(tp) {
+            partition.isr_answered(state);
+        }
+    }
+
     /// Runs retention on every log, never deleting records that are not yet committed.
     pub fn apply_retention(&self, now_ms: i64) {
         for partition in self.partitions() {
@@ -370,6 +607,29 @@ impl ReplicaManager {
                 tracing::error!(partition = %partition.topic_partition(), %error, "retention failed");
             }
         }
+    }
+
+    /// Writes every partition's high watermark and producer state (with the log checkpoints).
+    pub fn checkpoint(&self) {
+        let marks: BTreeMap<TopicPartition, i64> = self
+            .partitions()
+            .iter()
+            .map(|p| (p.topic_partition().clone(), p.high_watermark()))
+            .collect();
+        if let Err(error) =
+            OffsetCheckpoint::new(self.logs.data_dir().join(HIGH_WATERMARK_FILE)).write(&marks)
+        {
+            tracing::error!(%error, "could not write the high watermark checkpoint");
+        }
+        for partition in self.partitions() {
+            partition.log().write_producer_snapshot();
+        }
+        self.checkpoint_logs();
+    }
+
+    /// Partitions this broker leads.
+    pub fn leader_count(&self) -> usize {
+        self.partitions().iter().filter(|p| p.is_leader()).count()
     }
 
     /// The offset for a list-offsets query: earliest, latest (high watermark), or the first

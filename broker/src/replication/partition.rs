@@ -1,27 +1,94 @@
-//! One partition replica on this broker: its log, its role and its high watermark.
+//! One partition replica on this broker: its log, its role, and (as leader) what each
+//! follower has, from which the high watermark and the in-sync replica set follow.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::ReplicaError;
+use super::{IsrChange, ReplicaError};
 use crate::TopicPartition;
+use crate::config::TopicConfig;
+use crate::controller::PartitionRecord;
 use crate::log::{AppendInfo, Log, ReadResult, replace_file};
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
+/// What this replica does for the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower {
+        leader: i32,
+    },
+    /// No leader, or this broker is not (yet) told its part.
+    Offline,
+}
+
+/// What a leader knows of one follower.
+#[derive(Debug, Clone, Copy)]
+struct FollowerState {
+    /// The follower has every offset below this; -1 until it fetches.
+    log_end: i64,
+    last_fetch: Instant,
+    /// The leader's log end when the follower last fetched.
+    leader_end_at_last_fetch: i64,
+    /// Last time the follower had everything the leader had.
+    last_caught_up: Instant,
+}
+
+struct State {
+    role: Role,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    replicas: Vec<i32>,
+    /// As the controller committed it.
+    isr: Vec<i32>,
+    /// An ISR change proposed to the controller and not yet answered.
+    pending_isr: Option<Vec<i32>>,
+    followers: HashMap<i32, FollowerState>,
+    min_insync_replicas: u32,
+}
+
+impl State {
+    /// The committed ISR plus replicas a pending expansion adds: the high watermark waits
+    /// for all of them, so it never gets ahead of what a committed ISR has.
+    fn maximal_isr(&self) -> Vec<i32> {
+        let mut isr = self.isr.clone();
+        for r in self.pending_isr.iter().flatten() {
+            if !isr.contains(r) {
+                isr.push(*r);
+            }
+        }
+        isr
+    }
+}
+
+/// A replica's view of the partition, for describing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub role: Role,
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+}
+
 pub struct Partition {
     tp: TopicPartition,
     topic_id: Uuid,
+    broker_id: i32,
     log: Arc<Log>,
-    leader_epoch: AtomicI32,
-    is_leader: AtomicBool,
-    /// Consumers read below it; every advance wakes waiting fetches.
+    state: RwLock<State>,
+    /// Consumers read below it; every advance wakes waiting fetches and acks=all producers.
     high_watermark: watch::Sender<i64>,
+    /// Every append wakes followers long-polling for data.
+    log_end: watch::Sender<i64>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -30,23 +97,61 @@ impl std::fmt::Debug for Partition {
     }
 }
 
-/// What a successful read found.
+/// What a successful consumer read found.
 #[derive(Debug, Clone)]
 pub struct PartitionRead {
     pub data: ReadResult,
     pub high_watermark: i64,
 }
 
+/// The leader's answer to one partition of a follower's fetch.
+#[derive(Debug, Clone)]
+pub enum ReplicaRead {
+    Data {
+        records: Bytes,
+        high_watermark: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+    /// The follower's log differs from the leader's: truncate to `end_offset` of `epoch`.
+    Diverging {
+        epoch: i32,
+        end_offset: i64,
+        high_watermark: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+}
+
 impl Partition {
-    pub(super) fn new(tp: TopicPartition, topic_id: Uuid, log: Arc<Log>) -> Self {
-        let high_watermark = watch::Sender::new(log.log_end_offset());
+    pub(super) fn new(
+        tp: TopicPartition,
+        topic_id: Uuid,
+        broker_id: i32,
+        log: Arc<Log>,
+        high_watermark: Option<i64>,
+    ) -> Self {
+        let leo = log.log_end_offset();
+        let hw = high_watermark
+            .unwrap_or(0)
+            .clamp(log.log_start_offset(), leo);
         Self {
             tp,
             topic_id,
+            broker_id,
+            state: RwLock::new(State {
+                role: Role::Offline,
+                leader_epoch: -1,
+                partition_epoch: -1,
+                replicas: Vec::new(),
+                isr: Vec::new(),
+                pending_isr: None,
+                followers: HashMap::new(),
+                min_insync_replicas: 1,
+            }),
+            high_watermark: watch::Sender::new(hw),
+            log_end: watch::Sender::new(leo),
             log,
-            leader_epoch: AtomicI32::new(0),
-            is_leader: AtomicBool::new(false),
-            high_watermark,
         }
     }
 
@@ -79,18 +184,27 @@ impl Partition {
         &self.log
     }
 
-    pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch.load(Ordering::Acquire)
+    pub fn role(&self) -> Role {
+        self.state.read().role
     }
 
     pub fn is_leader(&self) -> bool {
-        self.is_leader.load(Ordering::Acquire)
+        self.role() == Role::Leader
     }
 
-    pub(super) fn become_leader(&self, leader_epoch: i32) {
-        self.leader_epoch.store(leader_epoch, Ordering::Release);
-        self.is_leader.store(true, Ordering::Release);
-        self.advance_high_watermark();
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.read().leader_epoch
+    }
+
+    pub fn status(&self) -> PartitionStatus {
+        let state = self.state.read();
+        PartitionStatus {
+            role: state.role,
+            leader_epoch: state.leader_epoch,
+            isr: state.isr.clone(),
+            high_watermark: self.high_watermark(),
+            log_end_offset: self.log.log_end_offset(),
+        }
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -101,62 +215,359 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
-    /// With this broker as the only in-sync replica, everything appended is committed.
-    fn advance_high_watermark(&self) {
-        let leo = self.log.log_end_offset();
-        self.high_watermark.send_if_modified(|hw| {
-            let advanced = leo > *hw;
-            if advanced {
-                *hw = leo;
-            }
-            advanced
+    pub fn subscribe_log_end(&self) -> watch::Receiver<i64> {
+        self.log_end.subscribe()
+    }
+
+    fn set_high_watermark(&self, hw: i64) {
+        self.high_watermark.send_if_modified(|current| {
+            let changed = *current != hw;
+            *current = hw;
+            changed
         });
     }
 
-    /// Appends a producer's batches as leader.
+    /// Applies what the controller says of the partition. Returns the role this replica now
+    /// has and whether it changed leadership epoch (so a follower must check its log against
+    /// the leader before fetching again).
+    pub(super) fn apply(
+        &self,
+        record: &PartitionRecord,
+        config: &TopicConfig,
+    ) -> Result<(Role, bool), ReplicaError> {
+        let mut state = self.state.write();
+        let role = if record.leader == self.broker_id {
+            Role::Leader
+        } else if record.leader >= 0 && record.replicas.contains(&self.broker_id) {
+            Role::Follower {
+                leader: record.leader,
+            }
+        } else {
+            Role::Offline
+        };
+        let new_epoch = record.leader_epoch != state.leader_epoch || role != state.role;
+        if record.partition_epoch != state.partition_epoch {
+            state.pending_isr = None;
+        }
+        state.replicas = record.replicas.clone();
+        state.isr = record.isr.clone();
+        state.partition_epoch = record.partition_epoch;
+        state.min_insync_replicas = config.min_insync_replicas;
+        if new_epoch {
+            state.leader_epoch = record.leader_epoch;
+            state.role = role;
+            if role == Role::Leader {
+                self.log.begin_leader_epoch(record.leader_epoch)?;
+                let now = Instant::now();
+                let leo = self.log.log_end_offset();
+                // Followers get a full lag period to show they are caught up.
+                state.followers = record
+                    .replicas
+                    .iter()
+                    .filter(|r| **r != self.broker_id)
+                    .map(|r| {
+                        (
+                            *r,
+                            FollowerState {
+                                log_end: -1,
+                                last_fetch: now,
+                                leader_end_at_last_fetch: leo,
+                                last_caught_up: now,
+                            },
+                        )
+                    })
+                    .collect();
+            } else {
+                state.followers.clear();
+            }
+        }
+        if role == Role::Leader {
+            self.update_high_watermark(&state);
+        }
+        Ok((role, new_epoch))
+    }
+
+    /// The high watermark: the smallest log end over the (maximal) ISR. It only moves
+    /// forward, except that it never exceeds this replica's own log end.
+    fn update_high_watermark(&self, state: &State) {
+        let leo = self.log.log_end_offset();
+        let mut hw = leo;
+        for replica in state.maximal_isr() {
+            if replica != self.broker_id {
+                hw = hw.min(state.followers.get(&replica).map_or(-1, |f| f.log_end));
+            }
+        }
+        let current = self.high_watermark();
+        if hw > current {
+            self.set_high_watermark(hw);
+        }
+    }
+
+    /// Appends a producer's batches as leader. With acks=all the ISR must hold at least
+    /// `min.insync.replicas`, or nothing is written.
     pub fn append_as_leader(
         &self,
         records: &Bytes,
+        require_min_isr: bool,
         now_ms: i64,
     ) -> Result<AppendInfo, ReplicaError> {
+        let state = self.state.read();
+        if state.role != Role::Leader {
+            return Err(ReplicaError::NotLeader {
+                tp: self.tp.clone(),
+                leader: None,
+            });
+        }
+        if require_min_isr && (state.isr.len() as u32) < state.min_insync_replicas {
+            return Err(ReplicaError::NotEnoughReplicas {
+                tp: self.tp.clone(),
+                isr: state.isr.len(),
+                required: state.min_insync_replicas,
+            });
+        }
+        let info = self
+            .log
+            .append_as_leader(records, state.leader_epoch, now_ms)?;
+        self.log_end.send_replace(self.log.log_end_offset());
+        self.update_high_watermark(&state);
+        Ok(info)
+    }
+
+    /// Waits until the high watermark reaches `offset` (every in-sync replica has the
+    /// records below it) or `wait` runs out; then the ISR must still hold at least
+    /// `min.insync.replicas`.
+    pub async fn wait_for_replication(
+        &self,
+        offset: i64,
+        wait: Duration,
+    ) -> Result<(), ReplicaError> {
+        let mut hw = self.subscribe();
+        match tokio::time::timeout(wait, hw.wait_for(|&hw| hw >= offset)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(ReplicaError::ShuttingDown),
+            Err(_) => {
+                return Err(ReplicaError::Timeout {
+                    tp: self.tp.clone(),
+                    waited: wait,
+                });
+            }
+        }
+        let state = self.state.read();
+        if (state.isr.len() as u32) < state.min_insync_replicas {
+            return Err(ReplicaError::NotEnoughReplicasAfterAppend {
+                tp: self.tp.clone(),
+                isr: state.isr.len(),
+                required: state.min_insync_replicas,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads committed batches (below the high watermark) for a consumer; leaders only.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<PartitionRead, ReplicaError> {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 tp: self.tp.clone(),
                 leader: None,
             });
         }
-        let info = self
-            .log
-            .append_as_leader(records, self.leader_epoch(), now_ms)?;
-        self.advance_high_watermark();
-        Ok(info)
-    }
-
-    /// Waits until the high watermark reaches `offset`, or `wait` runs out.
-    pub async fn wait_for_high_watermark(
-        &self,
-        offset: i64,
-        wait: std::time::Duration,
-    ) -> Result<(), ReplicaError> {
-        let mut hw = self.subscribe();
-        let reached = tokio::time::timeout(wait, hw.wait_for(|&hw| hw >= offset)).await;
-        match reached {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ReplicaError::ShuttingDown),
-            Err(_) => Err(ReplicaError::Timeout {
-                tp: self.tp.clone(),
-                waited: wait,
-            }),
-        }
-    }
-
-    /// Reads committed batches (below the high watermark) from `offset`.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<PartitionRead, ReplicaError> {
         let high_watermark = self.high_watermark();
         let data = self.log.read(offset, max_bytes, high_watermark)?;
         Ok(PartitionRead {
             data,
             high_watermark,
         })
+    }
+
+    /// The leader's side of a follower's fetch: records what the follower has, moves the
+    /// high watermark and proposes ISR additions, checks the follower's log against this
+    /// one, and reads what the follower needs next (up to the log end).
+    pub(super) fn replica_read(
+        &self,
+        follower: i32,
+        fetch_offset: i64,
+        follower_epoch: i32,
+        last_fetched_epoch: i32,
+        max_bytes: usize,
+        proposals: &dyn Fn(IsrChange),
+    ) -> Result<ReplicaRead, ReplicaError> {
+        let mut state = self.state.write();
+        if state.role != Role::Leader {
+            return Err(ReplicaError::NotLeader {
+                tp: self.tp.clone(),
+                leader: None,
+            });
+        }
+        if follower_epoch != state.leader_epoch {
+            return Err(ReplicaError::EpochMismatch {
+                tp: self.tp.clone(),
+                theirs: follower_epoch,
+                ours: state.leader_epoch,
+            });
+        }
+        if !state.replicas.contains(&follower) {
+            return Err(ReplicaError::NotAReplica {
+                tp: self.tp.clone(),
+                broker: follower,
+            });
+        }
+        let log_start = self.log.log_start_offset();
+        let leo = self.log.log_end_offset();
+        let hw = self.high_watermark();
+        if last_fetched_epoch >= 0 {
+            let end = self.log.epoch_end_offset(last_fetched_epoch);
+            let diverges = match end {
+                Some((epoch, end)) => epoch != last_fetched_epoch || end < fetch_offset,
+                None => true,
+            };
+            if diverges {
+                let (epoch, end_offset) = end.unwrap_or((-1, log_start));
+                return Ok(ReplicaRead::Diverging {
+                    epoch,
+                    end_offset,
+                    high_watermark: hw,
+                    log_start_offset: log_start,
+                    log_end_offset: leo,
+                });
+            }
+        }
+        if fetch_offset < log_start || fetch_offset > leo {
+            return Err(ReplicaError::Log(crate::log::LogError::OffsetOutOfRange {
+                partition: self.tp.clone(),
+                requested: fetch_offset,
+                log_start,
+                log_end: leo,
+            }));
+        }
+        let now = Instant::now();
+        if let Some(f) = state.followers.get_mut(&follower) {
+            if fetch_offset >= leo {
+                f.last_caught_up = now;
+            } else if fetch_offset >= f.leader_end_at_last_fetch {
+                f.last_caught_up = f.last_fetch;
+            }
+            f.log_end = fetch_offset;
+            f.last_fetch = now;
+            f.leader_end_at_last_fetch = leo;
+        }
+        // A follower that has everything up to the high watermark (and this epoch's start)
+        // joins the ISR.
+        let epoch_start = self.log.latest_epoch().map_or(0, |e| e.start_offset);
+        if !state.maximal_isr().contains(&follower)
+            && state.pending_isr.is_none()
+            && fetch_offset >= hw
+            && fetch_offset >= epoch_start
+        {
+            let mut new_isr = state.isr.clone();
+            new_isr.push(follower);
+            state.pending_isr = Some(new_isr.clone());
+            proposals(IsrChange {
+                tp: self.tp.clone(),
+                leader_epoch: state.leader_epoch,
+                partition_epoch: state.partition_epoch,
+                new_isr,
+            });
+        }
+        self.update_high_watermark(&state);
+        drop(state);
+        let data = self.log.read(fetch_offset, max_bytes, i64::MAX)?;
+        Ok(ReplicaRead::Data {
+            records: data.records,
+            high_watermark: self.high_watermark(),
+            log_start_offset: data.log_start_offset,
+            log_end_offset: data.log_end_offset,
+        })
+    }
+
+    /// Proposes dropping in-sync followers that have not caught up for `lag_max`.
+    pub(super) fn check_isr_lag(&self, lag_max: Duration, proposals: &dyn Fn(IsrChange)) {
+        let mut state = self.state.write();
+        if state.role != Role::Leader || state.pending_isr.is_some() {
+            return;
+        }
+        let lagging: Vec<i32> = state
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| *r != self.broker_id)
+            .filter(|r| {
+                state
+                    .followers
+                    .get(r)
+                    .is_some_and(|f| f.last_caught_up.elapsed() > lag_max)
+            })
+            .collect();
+        if lagging.is_empty() {
+            return;
+        }
+        let new_isr: Vec<i32> = state
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| !lagging.contains(r))
+            .collect();
+        tracing::info!(partition = %self.tp, ?lagging, "followers fell behind; proposing to shrink the ISR");
+        state.pending_isr = Some(new_isr.clone());
+        proposals(IsrChange {
+            tp: self.tp.clone(),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr,
+        });
+    }
+
+    /// The controller answered an ISR proposal: `committed` is the partition as it now is.
+    pub(super) fn isr_answered(&self, committed: Option<&PartitionRecord>) {
+        let mut state = self.state.write();
+        state.pending_isr = None;
+        if let Some(record) = committed
+            && record.leader_epoch == state.leader_epoch
+            && record.partition_epoch >= state.partition_epoch
+        {
+            state.isr = record.isr.clone();
+            state.partition_epoch = record.partition_epoch;
+        }
+        if state.role == Role::Leader {
+            self.update_high_watermark(&state);
+        }
+    }
+
+    /// The follower's side: appends what the leader sent and takes its high watermark (up to
+    /// this replica's own log end).
+    pub(super) fn append_as_follower(
+        &self,
+        records: &Bytes,
+        leader_high_watermark: i64,
+        now_ms: i64,
+    ) -> Result<(), ReplicaError> {
+        if !records.is_empty() {
+            self.log.append_as_follower(records, now_ms)?;
+            self.log_end.send_replace(self.log.log_end_offset());
+        }
+        self.set_high_watermark(
+            leader_high_watermark
+                .min(self.log.log_end_offset())
+                .max(self.log.log_start_offset()),
+        );
+        Ok(())
+    }
+
+    /// Truncates a follower's log where it diverges from the leader's.
+    pub(super) fn truncate_to(&self, offset: i64) -> Result<(), ReplicaError> {
+        self.log.truncate_to(offset)?;
+        let leo = self.log.log_end_offset();
+        self.log_end.send_replace(leo);
+        if self.high_watermark() > leo {
+            self.set_high_watermark(leo);
+        }
+        Ok(())
+    }
+
+    /// Starts a follower's log again at the leader's log start.
+    pub(super) fn reset_to(&self, offset: i64) -> Result<(), ReplicaError> {
+        self.log.reset_to(offset)?;
+        self.log_end.send_replace(offset);
+        self.set_high_watermark(offset);
+        Ok(())
     }
 }

@@ -1,16 +1,18 @@
 //! The `Admin` gRPC service: topic creation, deletion, listing and description. Changes go
-//! through the controller; the answer comes once this broker has applied them, so a topic
-//! is ready to use when `create` returns.
+//! to the controller (in this process for a standalone broker, else over the network); the
+//! answer comes once this broker has applied them, so a topic is ready to use when
+//! `create` returns.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::data_plane::partition_metadata;
+use super::controller_link::ControllerLink;
+use super::convert::topic_description;
 use super::metrics::Metrics;
 use super::status::status;
-use crate::controller::{Controller, FileStore, NewTopic, TopicRecord};
+use crate::controller::NewTopic;
 use crate::proto::{self, ErrorCode};
 use crate::replication::ReplicaManager;
 
@@ -18,32 +20,16 @@ use crate::replication::ReplicaManager;
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 
 pub struct AdminService {
-    pub(super) controller: Arc<Controller<FileStore>>,
+    pub(super) controller: ControllerLink,
     pub(super) replicas: Arc<ReplicaManager>,
     pub(super) metrics: Arc<Metrics>,
 }
 
-impl AdminService {
-    async fn applied(&self, version: u64) -> Result<(), Status> {
-        if self.replicas.wait_for_metadata(version, APPLY_WAIT).await {
-            Ok(())
-        } else {
-            Err(status(
-                ErrorCode::RequestTimedOut,
-                "the change was made but this broker has not applied it yet; check again shortly",
-            ))
-        }
-    }
-}
-
-fn describe(topic: &TopicRecord) -> proto::TopicDescription {
-    proto::TopicDescription {
-        name: topic.name.clone(),
-        topic_id: topic.id.to_string(),
-        partitions: partition_metadata(topic),
-        config: topic.config.clone().into_iter().collect(),
-        internal: topic.is_internal(),
-    }
+fn not_applied() -> Status {
+    status(
+        ErrorCode::RequestTimedOut,
+        "the change was made but this broker has not learned of it yet; check again shortly",
+    )
 }
 
 #[tonic::async_trait]
@@ -61,15 +47,24 @@ impl proto::admin_server::Admin for AdminService {
                 .then_some(request.replication_factor),
             config: request.config.into_iter().collect(),
         };
-        let (record, version) = self
+        let record = self
             .controller
             .create_topic(topic, request.validate_only)
             .await?;
         if !request.validate_only {
-            self.applied(version).await?;
+            let (name, id) = (record.name.clone(), record.id);
+            let applied = self
+                .replicas
+                .wait_for_metadata(APPLY_WAIT, |m| {
+                    m.topics.get(&name).is_some_and(|t| t.id == id)
+                })
+                .await;
+            if !applied {
+                return Err(not_applied());
+            }
         }
         timer.success();
-        Ok(Response::new(describe(&record)))
+        Ok(Response::new(topic_description(&record)))
     }
 
     async fn delete_topic(
@@ -77,11 +72,15 @@ impl proto::admin_server::Admin for AdminService {
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
         let mut timer = self.metrics.timer("delete_topic");
-        let version = self
-            .controller
-            .delete_topic(&request.into_inner().name)
-            .await?;
-        self.applied(version).await?;
+        let name = request.into_inner().name;
+        self.controller.delete_topic(&name).await?;
+        if !self
+            .replicas
+            .wait_for_metadata(APPLY_WAIT, |m| !m.topics.contains_key(&name))
+            .await
+        {
+            return Err(not_applied());
+        }
         timer.success();
         Ok(Response::new(proto::DeleteTopicResponse {}))
     }
@@ -125,6 +124,6 @@ impl proto::admin_server::Admin for AdminService {
             )
         })?;
         timer.success();
-        Ok(Response::new(describe(topic)))
+        Ok(Response::new(topic_description(topic)))
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
+use super::controller_link::ControllerLink;
 use super::metrics::Metrics;
 use super::status::{replica_error_code, status};
 use crate::TopicPartition;
@@ -25,6 +26,35 @@ pub const DEFAULT_PARTITION_MAX_BYTES: usize = 1024 * 1024;
 pub struct BrokerService {
     pub(super) replicas: Arc<ReplicaManager>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) producer_ids: ProducerIds,
+}
+
+/// Hands out producer ids from blocks the controller allocates to this broker.
+pub struct ProducerIds {
+    link: ControllerLink,
+    broker: i32,
+    block: tokio::sync::Mutex<(i64, i64)>,
+}
+
+impl ProducerIds {
+    pub fn new(link: ControllerLink, broker: i32) -> Self {
+        Self {
+            link,
+            broker,
+            block: tokio::sync::Mutex::new((0, 0)),
+        }
+    }
+
+    async fn next(&self) -> Result<i64, Status> {
+        let mut block = self.block.lock().await;
+        if block.0 >= block.1 {
+            let (first, count) = self.link.allocate_producer_ids(self.broker).await?;
+            *block = (first, first + i64::from(count));
+        }
+        let id = block.0;
+        block.0 += 1;
+        Ok(id)
+    }
 }
 
 #[tonic::async_trait]
@@ -52,15 +82,33 @@ impl proto::broker_server::Broker for BrokerService {
             .leader_partition(&tp)
             .map_or(-1, |p| p.log().log_start_offset());
         timer.success();
-        let (base_offset, last_offset) = match acks {
-            Acks::None => (-1, -1),
-            _ => (info.first_offset, info.last_offset),
+        let (base_offset, last_offset, batch_base_offsets) = match acks {
+            Acks::None => (-1, -1, Vec::new()),
+            _ => (
+                info.first_offset,
+                info.last_offset,
+                info.batch_offsets.iter().map(|b| b.0).collect(),
+            ),
         };
         Ok(Response::new(proto::ProduceResponse {
             base_offset,
             last_offset,
             log_append_time_ms: info.log_append_time.unwrap_or(-1),
             log_start_offset,
+            batch_base_offsets,
+        }))
+    }
+
+    async fn init_producer_id(
+        &self,
+        _request: Request<proto::InitProducerIdRequest>,
+    ) -> Result<Response<proto::InitProducerIdResponse>, Status> {
+        let mut timer = self.metrics.timer("init_producer_id");
+        let producer_id = self.producer_ids.next().await?;
+        timer.success();
+        Ok(Response::new(proto::InitProducerIdResponse {
+            producer_id,
+            producer_epoch: 0,
         }))
     }
 
@@ -190,29 +238,13 @@ impl proto::broker_server::Broker for BrokerService {
     }
 }
 
-pub(super) fn partition_metadata(topic: &TopicRecord) -> Vec<proto::PartitionMetadata> {
-    topic
-        .partitions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| proto::PartitionMetadata {
-            partition: i as u32,
-            leader: p.leader,
-            leader_epoch: p.leader_epoch,
-            replicas: p.replicas.clone(),
-            isr: p.isr.clone(),
-            offline_replicas: Vec::new(),
-        })
-        .collect()
-}
-
 fn metadata_response(snapshot: &MetadataSnapshot, wanted: &[String]) -> proto::MetadataResponse {
     let describe = |topic: &TopicRecord| proto::TopicMetadata {
         name: topic.name.clone(),
         error_code: ErrorCode::None.into(),
         error_message: String::new(),
         topic_id: topic.id.to_string(),
-        partitions: partition_metadata(topic),
+        partitions: super::convert::partitions_to_proto(topic),
         internal: topic.is_internal(),
     };
     let topics = if wanted.is_empty() {

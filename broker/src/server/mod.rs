@@ -1,12 +1,17 @@
-//! The broker process: loads the logs, starts the controller (a standalone broker runs its
+//! The broker process: loads the logs, joins the controller (a standalone broker runs its
 //! own), serves the gRPC API and the health and metrics endpoints, runs the maintenance
-//! tasks, and shuts down cleanly.
+//! tasks, and shuts down cleanly. Also the controller process of a local cluster.
 
 mod admin;
+mod controller_link;
+mod controller_service;
+mod convert;
 mod data_plane;
 mod grpc_only;
 mod http;
+mod identity;
 mod metrics;
+mod replication_service;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -23,12 +28,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicConfig;
 use crate::controller::{
-    BrokerInfo, Controller, ControllerDefaults, ControllerError, FileStore, StoreError,
+    BrokerInfo, Controller, ControllerConfig, ControllerError, FileStore, Registration, StoreError,
 };
 use crate::log::{LogManager, LogManagerError};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
-use crate::replication::ReplicaManager;
+use crate::proto::controller_server::ControllerServer;
+use crate::proto::replication_server::ReplicationServer;
+use crate::replication::{ReplicaManager, ReplicationConfig};
+pub use controller_link::ControllerLink;
 pub use data_plane::{
     DEFAULT_FETCH_MAX_BYTES, DEFAULT_PARTITION_MAX_BYTES, DEFAULT_PRODUCE_TIMEOUT, MAX_FETCH_WAIT,
 };
@@ -52,10 +60,16 @@ pub struct BrokerConfig {
     /// Broker-wide defaults for topic configuration keys.
     pub topic_config: BTreeMap<String, String>,
     pub default_replication_factor: u32,
+    /// The controller's `host:port`; None runs a standalone broker with its own controller.
+    pub controller: Option<String>,
+    /// How long the standalone broker's own controller waits for a silent broker.
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub replication: ReplicationConfig,
     pub retention_check_interval: Duration,
     pub flush_check_interval: Duration,
     pub checkpoint_interval: Duration,
-    /// How long a shutdown waits for in-flight requests.
+    /// How long a shutdown waits for leaderships to move and requests in flight.
     pub shutdown_timeout: Duration,
 }
 
@@ -68,6 +82,10 @@ impl BrokerConfig {
             rack: None,
             topic_config: BTreeMap::new(),
             default_replication_factor: 1,
+            controller: None,
+            session_timeout: Duration::from_secs(6),
+            heartbeat_interval: Duration::from_secs(1),
+            replication: ReplicationConfig::default(),
             retention_check_interval: Duration::from_secs(300),
             flush_check_interval: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(60),
@@ -114,9 +132,13 @@ fn advertised(config: &BrokerConfig, bound: SocketAddr) -> Result<(String, u16),
     }
 }
 
-/// Runs a standalone broker (with its own controller) on already bound listeners until
-/// `shutdown` completes, then stops accepting, finishes in-flight requests, flushes, and
-/// marks the logs cleanly closed.
+fn panicked(what: &str) -> impl FnOnce(tokio::task::JoinError) -> BrokerError + '_ {
+    move |e| BrokerError::Config(format!("{what} panicked: {e}"))
+}
+
+/// Runs a broker on already bound listeners until `shutdown` completes, then moves its
+/// leaderships away (in a cluster), stops accepting, finishes in-flight requests, flushes,
+/// and marks the logs cleanly closed.
 pub async fn run(
     config: BrokerConfig,
     grpc: TcpListener,
@@ -152,77 +174,57 @@ pub async fn run(
     let logs =
         tokio::task::spawn_blocking(move || LogManager::open(&data_dir, |_| log_defaults.clone()))
             .await
-            .map_err(|e| BrokerError::Config(format!("log loading panicked: {e}")))??;
+            .map_err(panicked("log loading"))??;
     let logs = Arc::new(logs);
-    let store = FileStore::open(&config.data_dir.join("controller").join("metadata.json"))?;
-    let controller = Arc::new(
-        Controller::start(
-            config.broker_id,
-            store,
-            ControllerDefaults {
-                replication_factor: config.default_replication_factor,
+    let incarnation = identity::incarnation(&config.data_dir, config.broker_id)?;
+
+    let link = match &config.controller {
+        Some(address) => ControllerLink::remote(address).map_err(BrokerError::Config)?,
+        None => {
+            let store = FileStore::open(&config.data_dir.join("controller").join("metadata.json"))?;
+            let controller_config = ControllerConfig {
+                default_replication_factor: config.default_replication_factor,
                 topic_config: topic_defaults.clone(),
-            },
-        )
-        .await?,
-    );
-    controller
-        .register_broker(BrokerInfo {
-            id: config.broker_id,
-            host: host.clone(),
-            port,
-            rack: config.rack.clone(),
-        })
-        .await;
+                session_timeout: config.session_timeout,
+            };
+            ControllerLink::Local(Arc::new(
+                Controller::start(config.broker_id, store, controller_config).await?,
+            ))
+        }
+    };
     let replicas = Arc::new(ReplicaManager::new(
         config.broker_id,
         logs.clone(),
         topic_defaults,
+        config.replication.clone(),
     ));
     http_state.attach(replicas.clone());
 
-    // Apply metadata now and on every change, off the async threads (it touches disks).
-    let mut updates = controller.subscribe();
-    let first = updates.borrow_and_update().clone();
-    let applier = replicas.clone();
-    tokio::task::spawn_blocking(move || applier.apply_metadata(first))
-        .await
-        .map_err(|e| BrokerError::Config(format!("applying metadata panicked: {e}")))?;
-    let applier = replicas.clone();
-    let apply_task = tokio::spawn(async move {
-        while updates.changed().await.is_ok() {
-            let snapshot = updates.borrow_and_update().clone();
-            let replicas = applier.clone();
-            if tokio::task::spawn_blocking(move || replicas.apply_metadata(snapshot))
-                .await
-                .is_err()
-            {
-                tracing::error!("applying metadata panicked");
-            }
-        }
-    });
-
-    let maintenance_stop = CancellationToken::new();
-    let maintenance = tokio::spawn(maintain(
+    let tasks = CancellationToken::new();
+    let registration = Registration {
+        broker: BrokerInfo {
+            id: config.broker_id,
+            host: host.clone(),
+            port,
+            rack: config.rack.clone(),
+        },
+        incarnation,
+    };
+    let session = tokio::spawn(link.clone().run_session(
+        registration,
         replicas.clone(),
-        config.clone(),
-        maintenance_stop.clone(),
+        config.heartbeat_interval,
+        tasks.clone(),
     ));
+    let proposals = tokio::spawn(forward_isr_proposals(
+        link.clone(),
+        replicas.clone(),
+        config.broker_id,
+        tasks.clone(),
+    ));
+    let maintenance = tokio::spawn(maintain(replicas.clone(), config.clone(), tasks.clone()));
 
     let grpc_stop = CancellationToken::new();
-    let broker_service = BrokerServer::new(data_plane::BrokerService {
-        replicas: replicas.clone(),
-        metrics: metrics.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin_service = AdminServer::new(admin::AdminService {
-        controller: controller.clone(),
-        replicas: replicas.clone(),
-        metrics: metrics.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
@@ -232,27 +234,62 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .accept_http1(true)
         .layer(grpc_only::GrpcOnlyLayer)
-        .add_service(broker_service)
-        .add_service(admin_service)
+        .add_service(
+            BrokerServer::new(data_plane::BrokerService {
+                replicas: replicas.clone(),
+                metrics: metrics.clone(),
+                producer_ids: data_plane::ProducerIds::new(link.clone(), config.broker_id),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AdminServer::new(admin::AdminService {
+                controller: link.clone(),
+                replicas: replicas.clone(),
+                metrics: metrics.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ReplicationServer::new(replication_service::ReplicationService {
+                replicas: replicas.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc),
             grpc_stop.clone().cancelled_owned(),
         );
     let mut server_task = tokio::spawn(server);
-    ready.store(true, Ordering::Release);
-    tracing::info!(
-        broker = config.broker_id,
-        grpc = %grpc_addr,
-        advertised = %format!("{host}:{port}"),
-        http = %http_addr,
-        "broker ready"
-    );
 
+    // Ready once the cluster metadata has arrived: before that the broker knows nothing.
+    let own_id = config.broker_id;
+    tokio::pin!(shutdown);
     let server_failed = tokio::select! {
-        () = shutdown => None,
+        _ = replicas.wait_for_metadata(Duration::MAX, |m| m.brokers.contains_key(&own_id)) => {
+            ready.store(true, Ordering::Release);
+            tracing::info!(broker = config.broker_id, grpc = %grpc_addr, advertised = %format!("{host}:{port}"), http = %http_addr, "broker ready");
+            tokio::select! {
+                () = &mut shutdown => None,
+                result = &mut server_task => Some(result),
+            }
+        }
+        () = &mut shutdown => None,
         result = &mut server_task => Some(result),
     };
     ready.store(false, Ordering::Release);
+    if server_failed.is_none() && config.controller.is_some() {
+        controlled_shutdown(
+            &link,
+            &replicas,
+            config.broker_id,
+            config.shutdown_timeout / 2,
+        )
+        .await;
+    }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     replicas.begin_shutdown();
     grpc_stop.cancel();
@@ -267,29 +304,104 @@ pub async fn run(
             }
         },
     };
-    maintenance_stop.cancel();
-    let _ = maintenance.await;
-    apply_task.abort();
-    let closing = logs.clone();
-    tokio::task::spawn_blocking(move || closing.shutdown())
-        .await
-        .map_err(|e| BrokerError::Config(format!("closing the logs panicked: {e}")))??;
+    tasks.cancel();
+    let _ = tokio::join!(session, proposals, maintenance);
+    let closing = replicas.clone();
+    tokio::task::spawn_blocking(move || {
+        closing.checkpoint();
+        closing.logs().shutdown()
+    })
+    .await
+    .map_err(panicked("closing the logs"))??;
     http_stop.cancel();
     let _ = http_task.await;
     match served {
         Ok(result) => result.map_err(BrokerError::Serve),
-        Err(e) => Err(BrokerError::Config(format!(
-            "the gRPC server panicked: {e}"
-        ))),
+        Err(e) => Err(panicked("the gRPC server")(e)),
     }
 }
 
-/// Flushes, retention and checkpoints on their intervals, off the async threads.
+/// Asks the controller to move this broker's leaderships to other in-sync replicas, and
+/// waits (up to `wait`) until this broker leads nothing it could hand over.
+async fn controlled_shutdown(
+    link: &ControllerLink,
+    replicas: &Arc<ReplicaManager>,
+    broker: i32,
+    wait: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match link.controlled_shutdown(broker).await {
+            Ok(remaining) => {
+                let leading = replicas.leader_count();
+                if leading as u32 <= remaining {
+                    tracing::info!(remaining, "leaderships handed over");
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error.message(), "controlled shutdown failed; retrying")
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("leaderships not all handed over in time; stopping anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends this broker's ISR proposals to the controller, a batch at a time, and hands the
+/// answers back to the replicas.
+async fn forward_isr_proposals(
+    link: ControllerLink,
+    replicas: Arc<ReplicaManager>,
+    broker: i32,
+    stop: CancellationToken,
+) {
+    let Some(mut proposals) = replicas.take_isr_proposals() else {
+        return;
+    };
+    loop {
+        let first = tokio::select! {
+            change = proposals.recv() => match change { Some(change) => change, None => return },
+            () = stop.cancelled() => return,
+        };
+        let mut batch = vec![first];
+        while let Ok(more) = proposals.try_recv() {
+            batch.push(more);
+        }
+        let partitions: Vec<_> = batch.iter().map(|c| c.tp.clone()).collect();
+        match link.alter_isr(broker, batch).await {
+            Ok(answers) => {
+                for (tp, verdict, state) in answers {
+                    if let Err(why) = &verdict {
+                        tracing::info!(partition = %tp, %why, "the controller refused an ISR change");
+                    }
+                    replicas.isr_answered(&tp, state.as_ref());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error.message(), "could not send ISR changes to the controller; they will be proposed again");
+                for tp in &partitions {
+                    replicas.isr_answered(tp, None);
+                }
+                tokio::select! { () = tokio::time::sleep(Duration::from_millis(500)) => {}, () = stop.cancelled() => return }
+            }
+        }
+    }
+}
+
+/// Flushes, retention, checkpoints and ISR lag checks on their intervals, off the async
+/// threads.
 async fn maintain(replicas: Arc<ReplicaManager>, config: BrokerConfig, stop: CancellationToken) {
     let mut flush = tokio::time::interval(config.flush_check_interval);
     let mut retention = tokio::time::interval(config.retention_check_interval);
     let mut checkpoint = tokio::time::interval(config.checkpoint_interval);
-    for timer in [&mut flush, &mut retention, &mut checkpoint] {
+    let mut isr = tokio::time::interval(
+        (config.replication.replica_lag_max / 4).max(Duration::from_millis(100)),
+    );
+    for timer in [&mut flush, &mut retention, &mut checkpoint, &mut isr] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer.reset();
     }
@@ -298,17 +410,58 @@ async fn maintain(replicas: Arc<ReplicaManager>, config: BrokerConfig, stop: Can
         let work: Box<dyn FnOnce() + Send> = tokio::select! {
             _ = flush.tick() => Box::new(move || replicas.logs().flush_due(crate::now_ms())),
             _ = retention.tick() => Box::new(move || replicas.apply_retention(crate::now_ms())),
-            _ = checkpoint.tick() => Box::new(move || {
-                if let Err(error) = replicas.logs().checkpoint() {
-                    tracing::error!(%error, "writing checkpoints failed");
-                }
-            }),
+            _ = checkpoint.tick() => Box::new(move || replicas.checkpoint()),
+            _ = isr.tick() => Box::new(move || replicas.check_isr_lag()),
             () = stop.cancelled() => return,
         };
         if tokio::task::spawn_blocking(work).await.is_err() {
             tracing::error!("a maintenance task panicked");
         }
     }
+}
+
+/// How the controller process runs.
+#[derive(Debug, Clone)]
+pub struct ControllerProcessConfig {
+    pub id: i32,
+    /// Where the metadata store lives (`metadata.json`).
+    pub data_dir: PathBuf,
+    pub controller: ControllerConfig,
+}
+
+/// Runs the cluster controller on an already bound listener until `shutdown` completes.
+pub async fn run_controller(
+    config: ControllerProcessConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BrokerError> {
+    let store = FileStore::open(&config.data_dir.join("metadata.json"))?;
+    let controller = Arc::new(Controller::start(config.id, store, config.controller).await?);
+    let stop = CancellationToken::new();
+    let expiry = {
+        let controller = controller.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! { _ = ticker.tick() => {}, () = stop.cancelled() => return }
+                if let Err(error) = controller.expire_sessions().await {
+                    tracing::error!(%error, "checking broker sessions failed");
+                }
+            }
+        })
+    };
+    let service = ControllerServer::new(controller_service::ControllerService { controller })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    stop.cancel();
+    let _ = expiry.await;
+    served.map_err(BrokerError::Serve)
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT): what stops a broker or a local cluster.
@@ -324,6 +477,21 @@ pub async fn stop_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
+    }
+}
+
+/// Asks for SIGTERM when the parent process dies (the children of `tributary local up`
+/// stop with it), and sends it now if the parent is already gone.
+pub fn stop_with_parent() {
+    let parent = rustix::process::getppid();
+    if rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .is_err()
+    {
+        tracing::warn!("cannot ask to stop with the parent process");
+    }
+    if rustix::process::getppid() != parent {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
     }
 }
 

@@ -58,6 +58,15 @@ pub fn replica_error_code(error: &ReplicaError) -> ErrorCode {
         ReplicaError::UnknownTopicOrPartition(_) => ErrorCode::UnknownTopicOrPartition,
         ReplicaError::NotLeader { .. } => ErrorCode::NotLeaderOrFollower,
         ReplicaError::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
+        ReplicaError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+        ReplicaError::NotEnoughReplicasAfterAppend { .. } => {
+            ErrorCode::NotEnoughReplicasAfterAppend
+        }
+        ReplicaError::EpochMismatch { theirs, ours, .. } if theirs < ours => {
+            ErrorCode::FencedLeaderEpoch
+        }
+        ReplicaError::EpochMismatch { .. } => ErrorCode::UnknownLeaderEpoch,
+        ReplicaError::NotAReplica { .. } => ErrorCode::NotLeaderOrFollower,
         ReplicaError::Log(e) => log_error_code(e),
         ReplicaError::Timeout { .. } => ErrorCode::RequestTimedOut,
         ReplicaError::ShuttingDown => ErrorCode::BrokerShuttingDown,
@@ -80,6 +89,7 @@ impl From<ControllerError> for Status {
             ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
             ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControllerError::Store(_) => ErrorCode::StorageError,
+            ControllerError::NoSession(_) => ErrorCode::BrokerNotAvailable,
         };
         status(code, error.to_string())
     }

@@ -1,0 +1,123 @@
+//! `tributary-controller`: the cluster controller of a Tributary cluster run outside
+//! Kubernetes (`tributary local up` starts one).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tributary_broker::config::TopicConfig;
+use tributary_broker::controller::ControllerConfig;
+use tributary_broker::server::{self, ControllerProcessConfig};
+
+/// The Tributary cluster controller: keeps cluster metadata (topics, leaders, in-sync
+/// replicas) in a file, holds a session with every broker, elects leaders when brokers fail
+/// and commits ISR changes. Brokers point at it with --controller.
+#[derive(Debug, Parser)]
+#[command(name = "tributary-controller", version, about)]
+struct Args {
+    /// This controller's id.
+    #[arg(long, env = "TRIBUTARY_CONTROLLER_ID", default_value_t = 0)]
+    id: i32,
+    /// Where the cluster metadata lives (metadata.json). One controller per directory.
+    #[arg(
+        long,
+        env = "TRIBUTARY_DATA_DIR",
+        default_value = "./tributary-controller"
+    )]
+    data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:9093")]
+    listen: String,
+    /// A broker that has not heartbeated for this long is fenced: its leaderships move to
+    /// other in-sync replicas.
+    #[arg(long, env = "TRIBUTARY_SESSION_TIMEOUT_MS", default_value_t = 6000)]
+    session_timeout_ms: u64,
+    /// Replication factor of topics created without one.
+    #[arg(
+        long,
+        env = "TRIBUTARY_DEFAULT_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
+    default_replication_factor: u32,
+    /// Cluster default for a topic configuration key, as KEY=VALUE (repeatable).
+    #[arg(
+        long = "config",
+        value_name = "KEY=VALUE",
+        env = "TRIBUTARY_TOPIC_DEFAULTS",
+        value_delimiter = ','
+    )]
+    config: Vec<String>,
+    /// Stop (as on SIGTERM) when the parent process exits; for supervisors.
+    #[arg(long, hide = true)]
+    stop_with_parent: bool,
+}
+
+async fn start(args: Args) -> Result<(), String> {
+    let overrides = TopicConfig::parse_pairs(&args.config).map_err(|e| format!("--config: {e}"))?;
+    let topic_config = TopicConfig::resolve(&TopicConfig::default(), &overrides)
+        .map_err(|e| format!("--config: {e}"))?;
+    if args.default_replication_factor == 0 {
+        return Err("--default-replication-factor must be at least 1".into());
+    }
+    let listener = TcpListener::bind(&args.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; choose another address with --listen",
+            args.listen
+        )
+    })?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening: controller={} grpc={address}", args.id);
+    let config = ControllerProcessConfig {
+        id: args.id,
+        data_dir: args.data_dir,
+        controller: ControllerConfig {
+            default_replication_factor: args.default_replication_factor,
+            topic_config,
+            session_timeout: Duration::from_millis(args.session_timeout_ms.max(1)),
+        },
+    };
+    let shutdown = async {
+        server::stop_signal().await;
+        tracing::info!("stop signal received; stopping the controller");
+    };
+    server::run_controller(config, listener, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if args.stop_with_parent {
+        server::stop_with_parent();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tributary-controller: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(start(args)) {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("tributary-controller: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,502 @@
+use std::time::Duration;
+
+use super::*;
+
+fn broker(id: i32) -> BrokerInfo {
+    BrokerInfo {
+        id,
+        host: "127.0.0.1".into(),
+        port: 9095 + id as u16,
+        rack: None,
+    }
+}
+
+fn registration(id: i32) -> Registration {
+    Registration {
+        broker: broker(id),
+        incarnation: format!("disk-of-{id}"),
+    }
+}
+
+async fn controller(dir: &std::path::Path) -> Controller<FileStore> {
+    let store = FileStore::open(&dir.join("metadata.json")).unwrap();
+    let config = ControllerConfig {
+        session_timeout: Duration::from_secs(6),
+        ..ControllerConfig::default()
+    };
+    Controller::start(0, store, config).await.unwrap()
+}
+
+/// A controller with brokers 1..=n in session.
+async fn cluster(dir: &std::path::Path, n: i32) -> (Controller<FileStore>, Vec<u64>) {
+    let controller = controller(dir).await;
+    let mut sessions = Vec::new();
+    for id in 1..=n {
+        sessions.push(controller.register_broker(registration(id)).await.unwrap());
+    }
+    (controller, sessions)
+}
+
+fn topic(name: &str, partitions: u32, rf: Option<u32>) -> NewTopic {
+    NewTopic {
+        name: name.into(),
+        partitions,
+        replication_factor: rf,
+        config: BTreeMap::new(),
+    }
+}
+
+fn partition(c: &Controller<FileStore>, name: &str, p: usize) -> PartitionRecord {
+    c.snapshot().topics[name].partitions[p].clone()
+}
+
+#[tokio::test]
+async fn topics_are_stored_published_and_survive_a_controller_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = {
+        let (controller, _) = cluster(dir.path(), 1).await;
+        let mut updates = controller.subscribe();
+        updates.borrow_and_update();
+        let (record, version) = controller
+            .create_topic(topic("orders", 3, None), false)
+            .await
+            .unwrap();
+        assert!(updates.has_changed().unwrap());
+        assert_eq!(updates.borrow().version, version);
+        assert_eq!(updates.borrow().topics["orders"], record);
+        assert!(
+            record
+                .partitions
+                .iter()
+                .all(|p| p.leader == 1 && p.isr == vec![1])
+        );
+        record
+    };
+    let controller = controller(dir.path()).await;
+    let snapshot = controller.snapshot();
+    assert_eq!(snapshot.topics["orders"], created);
+    assert_eq!(
+        snapshot.controller_epoch, 2,
+        "each controller start takes a new epoch"
+    );
+}
+
+#[tokio::test]
+async fn bad_topics_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, _) = cluster(dir.path(), 1).await;
+    controller
+        .create_topic(topic("t", 1, None), false)
+        .await
+        .unwrap();
+    let min_isr = BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]);
+    let cases = [
+        (topic("t", 1, None), "already exists"),
+        (topic("bad/name", 1, None), "'/'"),
+        (topic("__internal", 1, None), "reserved"),
+        (topic("z", 0, None), "from 1 to"),
+        (
+            topic("z", 1, Some(3)),
+            "3 requested, but 1 broker is available",
+        ),
+        (
+            NewTopic {
+                config: BTreeMap::from([("retention.ms".into(), "x".into())]),
+                ..topic("z", 1, None)
+            },
+            "invalid value 'x' for retention.ms",
+        ),
+        (
+            NewTopic {
+                config: min_isr,
+                ..topic("z", 1, None)
+            },
+            "min.insync.replicas 2 is larger than the replication factor 1",
+        ),
+    ];
+    for (bad, expected) in cases {
+        let err = controller.create_topic(bad, false).await.unwrap_err();
+        assert!(
+            err.to_string().contains(expected),
+            "{err} should contain {expected}"
+        );
+    }
+    let err = controller.delete_topic("nope").await.unwrap_err();
+    assert!(err.to_string().contains("unknown topic 'nope'"), "{err}");
+}
+
+#[tokio::test]
+async fn validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, _) = cluster(dir.path(), 1).await;
+    controller
+        .create_topic(topic("t", 2, None), true)
+        .await
+        .unwrap();
+    assert!(controller.snapshot().topics.is_empty());
+    let (first, _) = controller
+        .create_topic(topic("t", 1, None), false)
+        .await
+        .unwrap();
+    controller.delete_topic("t").await.unwrap();
+    assert!(!controller.snapshot().topics.contains_key("t"));
+    let (second, _) = controller
+        .create_topic(topic("t", 1, None), false)
+        .await
+        .unwrap();
+    assert_ne!(first.id, second.id);
+}
+
+#[tokio::test]
+async fn replicas_are_placed_evenly_over_live_brokers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, _) = cluster(dir.path(), 3).await;
+    controller
+        .create_topic(topic("a", 7, Some(3)), false)
+        .await
+        .unwrap();
+    controller
+        .create_topic(topic("b", 5, Some(2)), false)
+        .await
+        .unwrap();
+    let snapshot = controller.snapshot();
+    let mut replicas = BTreeMap::<i32, usize>::new();
+    let mut leaders = BTreeMap::<i32, usize>::new();
+    for p in snapshot.topics.values().flat_map(|t| &t.partitions) {
+        *leaders.entry(p.leader).or_default() += 1;
+        for r in &p.replicas {
+            *replicas.entry(*r).or_default() += 1;
+        }
+    }
+    for counts in [replicas, leaders] {
+        let (min, max) = (
+            counts.values().min().unwrap(),
+            counts.values().max().unwrap(),
+        );
+        assert!(max - min <= 1, "{counts:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, sessions) = cluster(dir.path(), 3).await;
+    controller
+        .create_topic(topic("t", 1, Some(3)), false)
+        .await
+        .unwrap();
+    let before = partition(&controller, "t", 0);
+    let leader = before.leader;
+    controller
+        .end_session(leader, sessions[(leader - 1) as usize])
+        .await
+        .unwrap();
+    let after = partition(&controller, "t", 0);
+    assert_ne!(after.leader, leader);
+    assert!(!after.isr.contains(&leader));
+    assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+    assert!(after.partition_epoch > before.partition_epoch);
+    assert!(!controller.snapshot().brokers.contains_key(&leader));
+    // The change was persisted before it was published: a new controller sees it.
+    drop(controller);
+    assert_eq!(
+        self::controller(dir.path()).await.snapshot().topics["t"].partitions[0],
+        after
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_broker_is_fenced_after_the_session_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, sessions) = cluster(dir.path(), 2).await;
+    controller
+        .create_topic(topic("t", 2, Some(2)), false)
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(4)).await;
+    controller.heartbeat(1, sessions[0]).await.unwrap();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    controller.expire_sessions().await.unwrap();
+    let snapshot = controller.snapshot();
+    assert!(snapshot.brokers.contains_key(&1) && !snapshot.brokers.contains_key(&2));
+    assert!(
+        snapshot.topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.leader == 1 && p.isr == vec![1])
+    );
+    let err = controller.heartbeat(2, sessions[1]).await.unwrap_err();
+    assert!(err.to_string().contains("must register again"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (controller, _) = cluster(dir.path(), 2).await;
+        controller
+            .create_topic(topic("t", 2, Some(2)), false)
+            .await
+            .unwrap();
+    }
+    let controller = controller(dir.path()).await;
+    let leaders: Vec<i32> = controller.snapshot().topics["t"]
+        .partitions
+        .iter()
+        .map(|p| p.leader)
+        .collect();
+    controller.register_broker(registration(1)).await.unwrap();
+    controller.expire_sessions().await.unwrap();
+    assert_eq!(
+        controller.snapshot().topics["t"]
+            .partitions
+            .iter()
+            .map(|p| p.leader)
+            .collect::<Vec<_>>(),
+        leaders,
+        "no change within the grace period"
+    );
+    tokio::time::advance(Duration::from_secs(7)).await;
+    controller.heartbeat(1, 1).await.unwrap();
+    controller.expire_sessions().await.unwrap();
+    assert!(
+        controller.snapshot().topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.leader == 1 && p.isr == vec![1]),
+        "broker 2 never came back"
+    );
+}
+
+#[tokio::test]
+async fn a_partition_without_in_sync_replicas_waits_for_one_and_then_elects_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, sessions) = cluster(dir.path(), 2).await;
+    controller
+        .create_topic(topic("t", 1, Some(2)), false)
+        .await
+        .unwrap();
+    let p = partition(&controller, "t", 0);
+    let (leader, follower) = (p.leader, p.replicas[1]);
+    controller
+        .end_session(follower, sessions[(follower - 1) as usize])
+        .await
+        .unwrap();
+    controller
+        .end_session(leader, sessions[(leader - 1) as usize])
+        .await
+        .unwrap();
+    let p = partition(&controller, "t", 0);
+    assert_eq!(
+        (p.leader, p.isr.clone()),
+        (-1, vec![leader]),
+        "the last in-sync replica is remembered"
+    );
+    controller
+        .register_broker(registration(follower))
+        .await
+        .unwrap();
+    assert_eq!(
+        partition(&controller, "t", 0).leader,
+        -1,
+        "an out-of-sync replica does not lead"
+    );
+    controller
+        .register_broker(registration(leader))
+        .await
+        .unwrap();
+    assert_eq!(partition(&controller, "t", 0).leader, leader);
+}
+
+#[tokio::test]
+async fn unclean_election_lets_an_out_of_sync_replica_lead_when_the_topic_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, sessions) = cluster(dir.path(), 2).await;
+    let config = BTreeMap::from([(
+        "unclean.leader.election.enable".to_string(),
+        "true".to_string(),
+    )]);
+    controller
+        .create_topic(
+            NewTopic {
+                config,
+                ..topic("t", 1, Some(2))
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    let p = partition(&controller, "t", 0);
+    let (leader, follower) = (p.leader, p.replicas[1]);
+    controller
+        .end_session(follower, sessions[(follower - 1) as usize])
+        .await
+        .unwrap();
+    controller
+        .end_session(leader, sessions[(leader - 1) as usize])
+        .await
+        .unwrap();
+    controller
+        .register_broker(registration(follower))
+        .await
+        .unwrap();
+    let p = partition(&controller, "t", 0);
+    assert_eq!((p.leader, p.isr.clone()), (follower, vec![follower]));
+}
+
+#[tokio::test]
+async fn a_broker_back_with_an_empty_disk_is_out_of_sync_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, _) = cluster(dir.path(), 3).await;
+    controller
+        .create_topic(topic("t", 3, Some(3)), false)
+        .await
+        .unwrap();
+    controller
+        .register_broker(Registration {
+            broker: broker(2),
+            incarnation: "a-new-disk".into(),
+        })
+        .await
+        .unwrap();
+    let snapshot = controller.snapshot();
+    for p in &snapshot.topics["t"].partitions {
+        assert!(!p.isr.contains(&2), "{p:?}");
+        assert_ne!(p.leader, 2);
+    }
+}
+
+#[tokio::test]
+async fn isr_changes_apply_only_from_the_current_leader_at_the_current_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, sessions) = cluster(dir.path(), 3).await;
+    controller
+        .create_topic(topic("t", 1, Some(3)), false)
+        .await
+        .unwrap();
+    let p = partition(&controller, "t", 0);
+    let leader = p.leader;
+    let follower = p.replicas.iter().copied().find(|r| *r != leader).unwrap();
+    let proposal = |isr: Vec<i32>, leader_epoch: i32, partition_epoch: i32| IsrProposal {
+        topic: "t".into(),
+        partition: 0,
+        leader_epoch,
+        partition_epoch,
+        new_isr: isr,
+    };
+    let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != follower).collect();
+    let outcomes = controller
+        .alter_isr(
+            leader,
+            vec![proposal(shrunk.clone(), p.leader_epoch, p.partition_epoch)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0].0, Ok(()));
+    let now = outcomes[0].1.clone().unwrap();
+    assert_eq!(
+        (now.isr.clone(), now.partition_epoch),
+        (shrunk.clone(), p.partition_epoch + 1)
+    );
+
+    let rejected = [
+        (
+            follower,
+            proposal(p.isr.clone(), now.leader_epoch, now.partition_epoch),
+            "does not lead",
+        ),
+        (
+            leader,
+            proposal(p.isr.clone(), now.leader_epoch, p.partition_epoch),
+            "partition epoch",
+        ),
+        (
+            leader,
+            proposal(vec![follower], now.leader_epoch, now.partition_epoch),
+            "leaves out its leader",
+        ),
+        (
+            leader,
+            proposal(vec![leader, 9], now.leader_epoch, now.partition_epoch),
+            "not a replica",
+        ),
+    ];
+    for (from, bad, says) in rejected {
+        let outcomes = controller.alter_isr(from, vec![bad]).await.unwrap();
+        let err = outcomes[0].0.clone().unwrap_err();
+        assert!(err.to_string().contains(says), "{err} should say {says}");
+        assert_eq!(partition(&controller, "t", 0), now, "nothing changed");
+    }
+    // A replica without a session may not join.
+    controller
+        .end_session(follower, sessions[(follower - 1) as usize])
+        .await
+        .unwrap();
+    let now = partition(&controller, "t", 0);
+    let outcomes = controller
+        .alter_isr(
+            leader,
+            vec![proposal(
+                p.isr.clone(),
+                now.leader_epoch,
+                now.partition_epoch,
+            )],
+        )
+        .await
+        .unwrap();
+    assert!(
+        outcomes[0]
+            .0
+            .clone()
+            .unwrap_err()
+            .to_string()
+            .contains("not in session")
+    );
+}
+
+#[tokio::test]
+async fn a_controlled_shutdown_moves_leaderships_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, _) = cluster(dir.path(), 3).await;
+    controller
+        .create_topic(topic("t", 6, Some(2)), false)
+        .await
+        .unwrap();
+    controller
+        .create_topic(topic("single", 3, Some(1)), false)
+        .await
+        .unwrap();
+    let alone = controller.snapshot().topics["single"]
+        .partitions
+        .iter()
+        .filter(|p| p.leader == 1)
+        .count() as u32;
+    let remaining = controller.controlled_shutdown(1).await.unwrap();
+    assert_eq!(
+        remaining, alone,
+        "only partitions with no other replica stay"
+    );
+    let snapshot = controller.snapshot();
+    for p in &snapshot.topics["t"].partitions {
+        assert_ne!(p.leader, 1);
+        assert!(!p.isr.contains(&1));
+    }
+    let err = controller.controlled_shutdown(9).await.unwrap_err();
+    assert!(err.to_string().contains("broker 9 has no session"), "{err}");
+}
+
+#[tokio::test]
+async fn producer_id_blocks_never_overlap_even_across_controller_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let controller = controller(dir.path()).await;
+        for broker in [1, 2] {
+            seen.push(controller.allocate_producer_ids(broker).await.unwrap());
+        }
+    }
+    seen.sort();
+    for pair in seen.windows(2) {
+        assert!(pair[0].0 + i64::from(pair[0].1) <= pair[1].0, "{seen:?}");
+    }
+}

@@ -1,0 +1,360 @@
+//! Followers copy from leaders: one task and one long-poll stream per leader broker,
+//! carrying every partition this broker follows there.
+//!
+//! Each fetch says where the follower's log ends and the epoch of its last batch; when the
+//! leader answers that the logs diverge, the follower truncates to the point they share and
+//! fetches from there (KIP-595). A follower behind the leader's log start starts over there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Partition, ReplicationConfig};
+use crate::TopicPartition;
+use crate::controller::BrokerInfo;
+use crate::proto::{self, ErrorCode};
+use crate::server::{
+    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
+};
+
+enum Command {
+    Follow(Arc<Partition>),
+    Unfollow(TopicPartition),
+}
+
+struct Fetcher {
+    address: String,
+    commands: mpsc::UnboundedSender<Command>,
+    stop: CancellationToken,
+}
+
+/// The fetchers of one broker, by leader.
+pub(super) struct Fetchers {
+    broker_id: i32,
+    config: ReplicationConfig,
+    shutdown: CancellationToken,
+    by_leader: HashMap<i32, Fetcher>,
+    following: HashMap<TopicPartition, (i32, Arc<Partition>)>,
+}
+
+impl Fetchers {
+    pub fn new(broker_id: i32, config: ReplicationConfig, shutdown: CancellationToken) -> Self {
+        Self {
+            broker_id,
+            config,
+            shutdown,
+            by_leader: HashMap::new(),
+            following: HashMap::new(),
+        }
+    }
+
+    fn spawn(&self, leader: i32, address: String) -> Fetcher {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let stop = self.shutdown.child_token();
+        tokio::spawn(run(
+            self.broker_id,
+            leader,
+            address.clone(),
+            self.config.clone(),
+            receiver,
+            stop.clone(),
+        ));
+        Fetcher {
+            address,
+            commands,
+            stop,
+        }
+    }
+
+    /// Copies `partition` from `leader` (at `address`). `new_epoch` asks for the follower's
+    /// log to be checked against the leader's again.
+    pub fn follow(
+        &mut self,
+        partition: Arc<Partition>,
+        leader: i32,
+        address: String,
+        new_epoch: bool,
+    ) {
+        let tp = partition.topic_partition().clone();
+        let previous = self.following.get(&tp).map(|(l, _)| *l);
+        if previous.is_some_and(|l| l != leader) {
+            self.remove(&tp);
+        }
+        if self
+            .by_leader
+            .get(&leader)
+            .is_none_or(|f| f.address != address)
+        {
+            self.replace_fetcher(leader, address);
+        }
+        if new_epoch || previous != Some(leader) {
+            let _ = self.by_leader[&leader]
+                .commands
+                .send(Command::Follow(partition.clone()));
+        }
+        self.following.insert(tp, (leader, partition));
+    }
+
+    /// Stops copying `tp`.
+    pub fn remove(&mut self, tp: &TopicPartition) {
+        if let Some((leader, _)) = self.following.remove(tp)
+            && let Some(fetcher) = self.by_leader.get(&leader)
+        {
+            let _ = fetcher.commands.send(Command::Unfollow(tp.clone()));
+            if !self.following.values().any(|(l, _)| *l == leader) {
+                fetcher.stop.cancel();
+                self.by_leader.remove(&leader);
+            }
+        }
+    }
+
+    /// Leaders that moved (restarted with another address) get a fresh fetcher.
+    pub fn reconnect_moved_leaders(&mut self, brokers: &BTreeMap<i32, BrokerInfo>) {
+        let moved: Vec<(i32, String)> = self
+            .by_leader
+            .iter()
+            .filter_map(|(leader, f)| {
+                brokers
+                    .get(leader)
+                    .map(|b| b.address())
+                    .filter(|a| *a != f.address)
+                    .map(|a| (*leader, a))
+            })
+            .collect();
+        for (leader, address) in moved {
+            self.replace_fetcher(leader, address);
+        }
+    }
+
+    fn replace_fetcher(&mut self, leader: i32, address: String) {
+        if let Some(old) = self.by_leader.remove(&leader) {
+            old.stop.cancel();
+        }
+        let fetcher = self.spawn(leader, address);
+        for (l, partition) in self.following.values() {
+            if *l == leader {
+                let _ = fetcher.commands.send(Command::Follow(partition.clone()));
+            }
+        }
+        self.by_leader.insert(leader, fetcher);
+    }
+}
+
+struct Following {
+    partition: Arc<Partition>,
+    paused_until: Option<Instant>,
+}
+
+type Stream = (
+    mpsc::Sender<proto::ReplicaFetchRequest>,
+    tonic::Streaming<proto::ReplicaFetchResponse>,
+);
+
+async fn connect(address: &str) -> Result<Stream, String> {
+    let channel: Channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = proto::replication_client::ReplicationClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (requests, outgoing) = mpsc::channel(1);
+    let responses = client
+        .replica_fetch(ReceiverStream::new(outgoing))
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    Ok((requests, responses))
+}
+
+async fn run(
+    broker_id: i32,
+    leader: i32,
+    address: String,
+    config: ReplicationConfig,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    stop: CancellationToken,
+) {
+    let mut partitions: HashMap<TopicPartition, Following> = HashMap::new();
+    let mut stream: Option<Stream> = None;
+    let mut backoff = Duration::from_millis(100);
+    tracing::debug!(leader, %address, "fetcher started");
+    loop {
+        while let Ok(command) = commands.try_recv() {
+            apply(&mut partitions, command);
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        let now = Instant::now();
+        let active: Vec<&Following> = partitions
+            .values()
+            .filter(|f| f.paused_until.is_none_or(|t| t <= now))
+            .collect();
+        if active.is_empty() {
+            let wake = partitions
+                .values()
+                .filter_map(|f| f.paused_until)
+                .min()
+                .unwrap_or(now + Duration::from_secs(1));
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => apply(&mut partitions, command),
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            continue;
+        }
+        let request = proto::ReplicaFetchRequest {
+            replica_id: broker_id,
+            max_wait_ms: config.fetch_max_wait.as_millis() as u32,
+            min_bytes: 1,
+            max_bytes: config.fetch_max_bytes as u32,
+            partitions: active
+                .iter()
+                .map(|f| {
+                    let log = f.partition.log();
+                    let tp = f.partition.topic_partition();
+                    proto::ReplicaFetchPartition {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        fetch_offset: log.log_end_offset(),
+                        current_leader_epoch: f.partition.leader_epoch(),
+                        last_fetched_epoch: log.latest_epoch().map_or(-1, |e| e.epoch),
+                        max_bytes: config.partition_fetch_max_bytes as u32,
+                    }
+                })
+                .collect(),
+        };
+        if stream.is_none() {
+            match tokio::select! { result = connect(&address) => result, () = stop.cancelled() => return }
+            {
+                Ok(connected) => stream = Some(connected),
+                Err(error) => {
+                    tracing::debug!(leader, %address, %error, "cannot reach the leader; retrying");
+                    tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
+        let Some((requests, responses)) = stream.as_mut() else {
+            continue;
+        };
+        let answer = async {
+            requests
+                .send(request)
+                .await
+                .map_err(|_| "the stream closed".to_string())?;
+            match responses.message().await {
+                Ok(Some(response)) => Ok(response),
+                Ok(None) => Err("the leader ended the stream".to_string()),
+                Err(status) => Err(status.message().to_string()),
+            }
+        };
+        let wait = config.fetch_max_wait + Duration::from_secs(15);
+        let result = tokio::select! {
+            result = tokio::time::timeout(wait, answer) => result.unwrap_or_else(|_| Err("no answer in time".into())),
+            () = stop.cancelled() => return,
+        };
+        match result {
+            Ok(response) => {
+                backoff = Duration::from_millis(100);
+                for answer in response.partitions {
+                    let tp = TopicPartition::new(answer.topic.clone(), answer.partition);
+                    if let Some(following) = partitions.get_mut(&tp) {
+                        handle(following, answer);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(leader, %address, %error, "replica fetch failed; reconnecting");
+                stream = None;
+                tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn apply(partitions: &mut HashMap<TopicPartition, Following>, command: Command) {
+    match command {
+        Command::Follow(partition) => {
+            partitions.insert(
+                partition.topic_partition().clone(),
+                Following {
+                    partition,
+                    paused_until: None,
+                },
+            );
+        }
+        Command::Unfollow(tp) => {
+            partitions.remove(&tp);
+        }
+    }
+}
+
+/// Applies the leader's answer for one partition.
+fn handle(following: &mut Following, answer: proto::ReplicaFetchedPartition) {
+    let partition = &following.partition;
+    let tp = partition.topic_partition().clone();
+    let pause = |following: &mut Following, for_: Duration| {
+        following.paused_until = Some(Instant::now() + for_)
+    };
+    if let Some(diverging) = answer.diverging_epoch {
+        let log = partition.log();
+        // Where both logs agree: the end of that epoch in the leader's log and in this one.
+        let own_end = log
+            .epoch_end_offset(diverging.epoch)
+            .map_or(log.log_start_offset(), |(_, end)| end);
+        let target = diverging.end_offset.min(own_end);
+        tracing::info!(partition = %tp, epoch = diverging.epoch, leader_end = diverging.end_offset, truncate_to = target, "log diverges from the leader's; truncating");
+        if let Err(error) = partition.truncate_to(target) {
+            tracing::error!(partition = %tp, %error, "could not truncate to the leader's log");
+            pause(following, Duration::from_secs(1));
+        }
+        return;
+    }
+    let code = ErrorCode::try_from(answer.error_code).unwrap_or(ErrorCode::Unknown);
+    let result = match code {
+        ErrorCode::None => {
+            partition.append_as_follower(&answer.records, answer.high_watermark, crate::now_ms())
+        }
+        ErrorCode::OffsetOutOfRange => {
+            let leo = partition.log().log_end_offset();
+            if leo < answer.log_start_offset {
+                tracing::info!(partition = %tp, leader_log_start = answer.log_start_offset, "behind the leader's log start; starting over there");
+                partition.reset_to(answer.log_start_offset)
+            } else if leo > answer.log_end_offset && answer.log_end_offset >= 0 {
+                partition.truncate_to(answer.log_end_offset)
+            } else {
+                pause(following, Duration::from_millis(500));
+                Ok(())
+            }
+        }
+        _ => {
+            // Leadership moved or the leader is behind on metadata: wait for it to settle.
+            tracing::debug!(partition = %tp, error = %answer.error_message, "leader refused the fetch");
+            pause(following, Duration::from_millis(300));
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        tracing::warn!(partition = %tp, %error, "could not apply the leader's data");
+        pause(following, Duration::from_secs(1));
+    }
+}

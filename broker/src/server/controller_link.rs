@@ -1,0 +1,367 @@
+//! A broker's line to the controller: in-process for a standalone broker, over gRPC for a
+//! broker in a cluster. Either way the broker registers, heartbeats, receives every metadata
+//! snapshot and applies it, and sends topic changes, ISR proposals, controlled shutdown and
+//! producer-id requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use super::convert;
+use crate::TopicPartition;
+use crate::controller::{
+    Controller, FileStore, IsrProposal, MetadataSnapshot, NewTopic, PartitionRecord, Registration,
+    TopicRecord,
+};
+use crate::proto::{self, ErrorCode};
+use crate::replication::{IsrChange, ReplicaManager};
+use crate::server::status::status;
+
+/// The answer to one ISR proposal: whether it applied, and the partition as it now is.
+pub type IsrAnswer = (TopicPartition, Result<(), String>, Option<PartitionRecord>);
+
+#[derive(Clone)]
+pub enum ControllerLink {
+    /// A standalone broker's own controller.
+    Local(Arc<Controller<FileStore>>),
+    Remote {
+        address: String,
+        client: proto::controller_client::ControllerClient<Channel>,
+    },
+}
+
+impl std::fmt::Debug for ControllerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(_) => f.write_str("ControllerLink::Local"),
+            Self::Remote { address, .. } => write!(f, "ControllerLink::Remote({address})"),
+        }
+    }
+}
+
+fn unreachable(address: &str, status: Status) -> Status {
+    if super::status::error_code_of(&status).is_some() {
+        return status;
+    }
+    status_unavailable(format!(
+        "the controller at {address} is not reachable ({}); retry shortly",
+        status.message()
+    ))
+}
+
+fn status_unavailable(message: String) -> Status {
+    status(ErrorCode::BrokerNotAvailable, message)
+}
+
+impl ControllerLink {
+    pub fn remote(address: &str) -> Result<Self, String> {
+        let channel = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("invalid controller address '{address}': {e}"))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self::Remote {
+            address: address.to_string(),
+            client: proto::controller_client::ControllerClient::new(channel),
+        })
+    }
+
+    pub async fn create_topic(
+        &self,
+        topic: NewTopic,
+        validate_only: bool,
+    ) -> Result<TopicRecord, Status> {
+        match self {
+            Self::Local(controller) => Ok(controller.create_topic(topic, validate_only).await?.0),
+            Self::Remote { address, client } => {
+                let request = proto::CreateTopicRequest {
+                    name: topic.name,
+                    partitions: topic.partitions,
+                    replication_factor: topic.replication_factor.unwrap_or(0),
+                    config: topic.config.into_iter().collect(),
+                    validate_only,
+                };
+                let description = client
+                    .clone()
+                    .create_topic(request)
+                    .await
+                    .map_err(|s| unreachable(address, s))?
+                    .into_inner();
+                convert::topic_from_description(description)
+                    .map_err(|e| status(ErrorCode::Unknown, e))
+            }
+        }
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Status> {
+        match self {
+            Self::Local(controller) => controller
+                .delete_topic(name)
+                .await
+                .map(|_| ())
+                .map_err(Status::from),
+            Self::Remote { address, client } => {
+                let request = proto::DeleteTopicRequest {
+                    name: name.to_string(),
+                };
+                client
+                    .clone()
+                    .delete_topic(request)
+                    .await
+                    .map_err(|s| unreachable(address, s))?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn alter_isr(
+        &self,
+        broker: i32,
+        changes: Vec<IsrChange>,
+    ) -> Result<Vec<IsrAnswer>, Status> {
+        match self {
+            Self::Local(controller) => {
+                let proposals = changes
+                    .iter()
+                    .map(|c| IsrProposal {
+                        topic: c.tp.topic.clone(),
+                        partition: c.tp.partition,
+                        leader_epoch: c.leader_epoch,
+                        partition_epoch: c.partition_epoch,
+                        new_isr: c.new_isr.clone(),
+                    })
+                    .collect();
+                let outcomes = controller.alter_isr(broker, proposals).await?;
+                Ok(changes
+                    .into_iter()
+                    .zip(outcomes)
+                    .map(|(c, (verdict, state))| (c.tp, verdict.map_err(|e| e.to_string()), state))
+                    .collect())
+            }
+            Self::Remote { address, client } => {
+                let request = proto::AlterIsrRequest {
+                    broker_id: broker,
+                    partitions: changes
+                        .iter()
+                        .map(|c| proto::AlterIsrPartition {
+                            topic: c.tp.topic.clone(),
+                            partition: c.tp.partition,
+                            leader_epoch: c.leader_epoch,
+                            partition_epoch: c.partition_epoch,
+                            new_isr: c.new_isr.clone(),
+                        })
+                        .collect(),
+                };
+                let response = client
+                    .clone()
+                    .alter_isr(request)
+                    .await
+                    .map_err(|s| unreachable(address, s))?
+                    .into_inner();
+                Ok(response
+                    .results
+                    .into_iter()
+                    .map(|r| {
+                        let verdict = if r.error_code == i32::from(ErrorCode::None) {
+                            Ok(())
+                        } else {
+                            Err(r.error_message)
+                        };
+                        (
+                            TopicPartition::new(r.topic, r.partition),
+                            verdict,
+                            r.state.as_ref().map(convert::partition_from_proto),
+                        )
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    pub async fn controlled_shutdown(&self, broker: i32) -> Result<u32, Status> {
+        match self {
+            Self::Local(controller) => Ok(controller.controlled_shutdown(broker).await?),
+            Self::Remote { address, client } => Ok(client
+                .clone()
+                .controlled_shutdown(proto::ControlledShutdownRequest { broker_id: broker })
+                .await
+                .map_err(|s| unreachable(address, s))?
+                .into_inner()
+                .remaining_leaderships),
+        }
+    }
+
+    pub async fn allocate_producer_ids(&self, broker: i32) -> Result<(i64, u32), Status> {
+        match self {
+            Self::Local(controller) => Ok(controller.allocate_producer_ids(broker).await?),
+            Self::Remote { address, client } => {
+                let block = client
+                    .clone()
+                    .allocate_producer_ids(proto::AllocateProducerIdsRequest { broker_id: broker })
+                    .await
+                    .map_err(|s| unreachable(address, s))?
+                    .into_inner();
+                Ok((block.first_id, block.count))
+            }
+        }
+    }
+
+    /// Holds this broker's session until `stop`: registers, heartbeats every `heartbeat`,
+    /// and applies every snapshot the controller sends. A lost session is re-established.
+    pub async fn run_session(
+        self,
+        registration: Registration,
+        replicas: Arc<ReplicaManager>,
+        heartbeat: Duration,
+        stop: CancellationToken,
+    ) {
+        match self {
+            Self::Local(controller) => {
+                run_local_session(controller, registration, replicas, heartbeat, stop).await
+            }
+            Self::Remote { address, client } => {
+                run_remote_session(address, client, registration, replicas, heartbeat, stop).await
+            }
+        }
+    }
+}
+
+async fn apply(replicas: &Arc<ReplicaManager>, snapshot: Arc<MetadataSnapshot>) {
+    let replicas = replicas.clone();
+    if tokio::task::spawn_blocking(move || replicas.apply_metadata(snapshot))
+        .await
+        .is_err()
+    {
+        tracing::error!("applying metadata panicked");
+    }
+}
+
+async fn run_local_session(
+    controller: Arc<Controller<FileStore>>,
+    registration: Registration,
+    replicas: Arc<ReplicaManager>,
+    heartbeat: Duration,
+    stop: CancellationToken,
+) {
+    let broker = registration.broker.id;
+    let mut updates = controller.subscribe();
+    let mut session = None;
+    let mut ticker = tokio::time::interval(heartbeat);
+    loop {
+        if session.is_none() {
+            match controller.register_broker(registration.clone()).await {
+                Ok(id) => session = Some(id),
+                Err(error) => tracing::error!(%error, "could not register with the controller"),
+            }
+        }
+        let snapshot = updates.borrow_and_update().clone();
+        apply(&replicas, snapshot).await;
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return },
+            _ = ticker.tick() => {
+                if let Some(id) = session
+                    && controller.heartbeat(broker, id).await.is_err()
+                {
+                    session = None;
+                }
+                if let Err(error) = controller.expire_sessions().await {
+                    tracing::error!(%error, "checking sessions failed");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn run_remote_session(
+    address: String,
+    mut client: proto::controller_client::ControllerClient<Channel>,
+    registration: Registration,
+    replicas: Arc<ReplicaManager>,
+    heartbeat: Duration,
+    stop: CancellationToken,
+) {
+    let broker = registration.broker.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (requests, outgoing) = mpsc::channel(4);
+        let register = proto::SessionRequest {
+            kind: Some(proto::session_request::Kind::Register(
+                proto::BrokerRegistration {
+                    broker_id: broker.id,
+                    host: broker.host.clone(),
+                    port: u32::from(broker.port),
+                    rack: broker.rack.clone().unwrap_or_default(),
+                    incarnation: registration.incarnation.clone(),
+                },
+            )),
+        };
+        let _ = requests.send(register).await;
+        let opened = tokio::select! {
+            opened = client.session(ReceiverStream::new(outgoing)) => opened,
+            () = stop.cancelled() => return,
+        };
+        let mut responses = match opened {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::warn!(controller = %address, error = %status.message(), "cannot open a session with the controller; retrying");
+                tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        tracing::info!(controller = %address, "session with the controller established");
+        backoff = Duration::from_millis(100);
+        let beats = requests.clone();
+        let beating = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(heartbeat);
+            loop {
+                ticker.tick().await;
+                let beat = proto::SessionRequest {
+                    kind: Some(proto::session_request::Kind::Heartbeat(proto::Heartbeat {
+                        broker_id: broker.id,
+                    })),
+                };
+                if beats.send(beat).await.is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            let message = tokio::select! {
+                message = responses.message() => message,
+                () = stop.cancelled() => {
+                    beating.abort();
+                    return;
+                }
+            };
+            match message {
+                Ok(Some(response)) => {
+                    if let Some(metadata) = response.metadata {
+                        match convert::snapshot_from_proto(metadata) {
+                            Ok(snapshot) => apply(&replicas, Arc::new(snapshot)).await,
+                            Err(error) => {
+                                tracing::error!(%error, "the controller sent metadata that does not parse")
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(controller = %address, "the controller ended the session; registering again");
+                    break;
+                }
+                Err(status) => {
+                    tracing::warn!(controller = %address, error = %status.message(), "session with the controller lost; reconnecting");
+                    break;
+                }
+            }
+        }
+        beating.abort();
+        tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return }
+    }
+}

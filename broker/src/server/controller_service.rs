@@ -1,0 +1,197 @@
+//! The `Controller` gRPC service: broker sessions, ISR proposals, controlled shutdown, topic
+//! changes and producer ids, as thin adapters over the controller core.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::status::status;
+use crate::controller::{
+    Controller, IsrProposal, IsrRejection, MetadataSnapshot, MetadataStore, NewTopic, Registration,
+};
+use crate::proto::{self, ErrorCode};
+
+pub struct ControllerService<S> {
+    pub(super) controller: Arc<Controller<S>>,
+}
+
+fn session_response(snapshot: &MetadataSnapshot) -> proto::SessionResponse {
+    proto::SessionResponse {
+        controller_epoch: snapshot.controller_epoch,
+        metadata: Some(convert::snapshot_to_proto(snapshot)),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: MetadataStore> proto::controller_server::Controller for ControllerService<S> {
+    type SessionStream = ReceiverStream<Result<proto::SessionResponse, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.and_then(|m| m.kind);
+        let Some(proto::session_request::Kind::Register(registration)) = first else {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                "a session starts with the broker's registration",
+            ));
+        };
+        let broker = registration.broker_id;
+        let info = convert::broker_from_proto(&proto::BrokerInfo {
+            id: broker,
+            host: registration.host,
+            port: registration.port,
+            rack: registration.rack,
+        });
+        let session = self
+            .controller
+            .register_broker(Registration {
+                broker: info,
+                incarnation: registration.incarnation,
+            })
+            .await?;
+        let (tx, rx) = mpsc::channel(16);
+        let controller = self.controller.clone();
+        tokio::spawn(async move {
+            let mut updates = controller.subscribe();
+            let first = updates.borrow_and_update().clone();
+            let mut open = tx.send(Ok(session_response(&first))).await.is_ok();
+            while open {
+                tokio::select! {
+                    changed = updates.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let snapshot = updates.borrow_and_update().clone();
+                        open = tx.send(Ok(session_response(&snapshot))).await.is_ok();
+                    }
+                    message = inbound.message() => match message {
+                        Ok(Some(proto::SessionRequest { kind: Some(proto::session_request::Kind::Heartbeat(_)) })) => {
+                            if let Err(error) = controller.heartbeat(broker, session).await {
+                                let _ = tx.send(Err(status(ErrorCode::BrokerNotAvailable, error.to_string()))).await;
+                                break;
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            if let Err(error) = controller.end_session(broker, session).await {
+                tracing::error!(broker, %error, "could not end the session");
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn alter_isr(
+        &self,
+        request: Request<proto::AlterIsrRequest>,
+    ) -> Result<Response<proto::AlterIsrResponse>, Status> {
+        let request = request.into_inner();
+        let proposals: Vec<IsrProposal> = request
+            .partitions
+            .iter()
+            .map(|p| IsrProposal {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                new_isr: p.new_isr.clone(),
+            })
+            .collect();
+        let outcomes = self
+            .controller
+            .alter_isr(request.broker_id, proposals.clone())
+            .await?;
+        let results = proposals
+            .into_iter()
+            .zip(outcomes)
+            .map(|(p, (verdict, state))| {
+                let (error_code, error_message) = match verdict {
+                    Ok(()) => (ErrorCode::None, String::new()),
+                    Err(rejection) => {
+                        let code = match rejection {
+                            IsrRejection::UnknownPartition => ErrorCode::UnknownTopicOrPartition,
+                            IsrRejection::NotLeader(_) => ErrorCode::NotLeaderOrFollower,
+                            IsrRejection::Stale { .. } => ErrorCode::FencedLeaderEpoch,
+                            IsrRejection::Invalid(_) => ErrorCode::InvalidRequest,
+                        };
+                        (code, rejection.to_string())
+                    }
+                };
+                proto::AlterIsrResult {
+                    error_code: error_code.into(),
+                    error_message,
+                    state: state
+                        .as_ref()
+                        .map(|s| convert::partition_to_proto(p.partition, s)),
+                    topic: p.topic,
+                    partition: p.partition,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::AlterIsrResponse { results }))
+    }
+
+    async fn controlled_shutdown(
+        &self,
+        request: Request<proto::ControlledShutdownRequest>,
+    ) -> Result<Response<proto::ControlledShutdownResponse>, Status> {
+        let remaining = self
+            .controller
+            .controlled_shutdown(request.into_inner().broker_id)
+            .await?;
+        Ok(Response::new(proto::ControlledShutdownResponse {
+            remaining_leaderships: remaining,
+        }))
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let request = request.into_inner();
+        let topic = NewTopic {
+            name: request.name,
+            partitions: request.partitions,
+            replication_factor: (request.replication_factor > 0)
+                .then_some(request.replication_factor),
+            config: request.config.into_iter().collect(),
+        };
+        let (record, _) = self
+            .controller
+            .create_topic(topic, request.validate_only)
+            .await?;
+        Ok(Response::new(convert::topic_description(&record)))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        self.controller
+            .delete_topic(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<proto::AllocateProducerIdsRequest>,
+    ) -> Result<Response<proto::AllocateProducerIdsResponse>, Status> {
+        let (first_id, count) = self
+            .controller
+            .allocate_producer_ids(request.into_inner().broker_id)
+            .await?;
+        Ok(Response::new(proto::AllocateProducerIdsResponse {
+            first_id,
+            count,
+        }))
+    }
+}

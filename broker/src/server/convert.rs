@@ -1,0 +1,185 @@
+//! Cluster metadata between the controller's types and the wire.
+
+use crate::controller::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
+use crate::proto;
+
+pub fn partition_to_proto(index: u32, p: &PartitionRecord) -> proto::PartitionMetadata {
+    proto::PartitionMetadata {
+        partition: index,
+        leader: p.leader,
+        leader_epoch: p.leader_epoch,
+        replicas: p.replicas.clone(),
+        isr: p.isr.clone(),
+        offline_replicas: Vec::new(),
+        partition_epoch: p.partition_epoch,
+    }
+}
+
+pub fn partition_from_proto(p: &proto::PartitionMetadata) -> PartitionRecord {
+    PartitionRecord {
+        replicas: p.replicas.clone(),
+        isr: p.isr.clone(),
+        leader: p.leader,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+    }
+}
+
+/// Partitions in order of their index.
+fn partitions_from_proto(mut partitions: Vec<proto::PartitionMetadata>) -> Vec<PartitionRecord> {
+    partitions.sort_by_key(|p| p.partition);
+    partitions.iter().map(partition_from_proto).collect()
+}
+
+pub fn partitions_to_proto(topic: &TopicRecord) -> Vec<proto::PartitionMetadata> {
+    topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| partition_to_proto(i as u32, p))
+        .collect()
+}
+
+pub fn broker_to_proto(b: &BrokerInfo) -> proto::BrokerInfo {
+    proto::BrokerInfo {
+        id: b.id,
+        host: b.host.clone(),
+        port: u32::from(b.port),
+        rack: b.rack.clone().unwrap_or_default(),
+    }
+}
+
+pub fn broker_from_proto(b: &proto::BrokerInfo) -> BrokerInfo {
+    BrokerInfo {
+        id: b.id,
+        host: b.host.clone(),
+        port: b.port as u16,
+        rack: (!b.rack.is_empty()).then(|| b.rack.clone()),
+    }
+}
+
+pub fn topic_description(topic: &TopicRecord) -> proto::TopicDescription {
+    proto::TopicDescription {
+        name: topic.name.clone(),
+        topic_id: topic.id.to_string(),
+        partitions: partitions_to_proto(topic),
+        config: topic.config.clone().into_iter().collect(),
+        internal: topic.is_internal(),
+    }
+}
+
+pub fn topic_from_description(d: proto::TopicDescription) -> Result<TopicRecord, String> {
+    Ok(TopicRecord {
+        id: d
+            .topic_id
+            .parse()
+            .map_err(|e| format!("topic {} has a bad id: {e}", d.name))?,
+        config: d.config.into_iter().collect(),
+        partitions: partitions_from_proto(d.partitions),
+        name: d.name,
+    })
+}
+
+pub fn snapshot_to_proto(s: &MetadataSnapshot) -> proto::ClusterMetadata {
+    proto::ClusterMetadata {
+        version: s.version,
+        controller_id: s.controller_id,
+        controller_epoch: s.controller_epoch,
+        brokers: s.brokers.values().map(broker_to_proto).collect(),
+        topics: s
+            .topics
+            .values()
+            .map(|t| proto::TopicState {
+                name: t.name.clone(),
+                topic_id: t.id.to_string(),
+                config: t.config.clone().into_iter().collect(),
+                partitions: partitions_to_proto(t),
+            })
+            .collect(),
+    }
+}
+
+pub fn snapshot_from_proto(m: proto::ClusterMetadata) -> Result<MetadataSnapshot, String> {
+    let topics = m
+        .topics
+        .into_iter()
+        .map(|t| {
+            let record = TopicRecord {
+                id: t
+                    .topic_id
+                    .parse()
+                    .map_err(|e| format!("topic {} has a bad id: {e}", t.name))?,
+                config: t.config.into_iter().collect(),
+                partitions: partitions_from_proto(t.partitions),
+                name: t.name.clone(),
+            };
+            Ok((t.name, record))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(MetadataSnapshot {
+        version: m.version,
+        controller_id: m.controller_id,
+        controller_epoch: m.controller_epoch,
+        brokers: m
+            .brokers
+            .iter()
+            .map(|b| (b.id, broker_from_proto(b)))
+            .collect(),
+        topics,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn snapshots_survive_the_wire() {
+        let topic = TopicRecord {
+            name: "t".into(),
+            id: uuid::Uuid::new_v4(),
+            config: BTreeMap::from([("retention.ms".into(), "5".into())]),
+            partitions: vec![
+                PartitionRecord {
+                    replicas: vec![1, 2],
+                    isr: vec![2],
+                    leader: 2,
+                    leader_epoch: 3,
+                    partition_epoch: 7,
+                },
+                PartitionRecord {
+                    replicas: vec![2, 1],
+                    isr: vec![2, 1],
+                    leader: -1,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                },
+            ],
+        };
+        let snapshot = MetadataSnapshot {
+            version: 9,
+            controller_id: 0,
+            controller_epoch: 4,
+            brokers: BTreeMap::from([(
+                1,
+                BrokerInfo {
+                    id: 1,
+                    host: "h".into(),
+                    port: 9095,
+                    rack: Some("a".into()),
+                },
+            )]),
+            topics: BTreeMap::from([("t".into(), topic.clone())]),
+        };
+        assert_eq!(
+            snapshot_from_proto(snapshot_to_proto(&snapshot)).unwrap(),
+            snapshot
+        );
+        assert_eq!(
+            topic_from_description(topic_description(&topic)).unwrap(),
+            topic
+        );
+    }
+}
