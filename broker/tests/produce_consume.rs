@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Broker, PATIENCE};
 use tributary_broker::client::*;
+use tributary_broker::proto;
 
 /// Reads every partition of `topic` from the beginning until `expected` records arrived.
 async fn read_all(
@@ -287,4 +288,107 @@ async fn retention_deletes_old_segments_and_moves_the_log_start() {
     )
     .await;
     assert_eq!(records[&0][0].offset, partition.log_start_offset);
+}
+
+/// A batch of `n` records stamped with an idempotent producer's id, epoch and sequence.
+fn idempotent_batch(producer: &proto::InitProducerIdResponse, sequence: i32, n: usize) -> Bytes {
+    let mut builder = tributary_broker::record::BatchBuilder::new(Compression::None, 1024);
+    for i in 0..n {
+        builder.append(
+            1_700_000_000_000,
+            None,
+            Some(format!("seq {}", sequence as usize + i).as_bytes()),
+            &[],
+        );
+    }
+    builder.set_producer(
+        producer.producer_id,
+        producer.producer_epoch as i16,
+        sequence,
+    );
+    builder.build().unwrap()
+}
+
+fn produce(records: Bytes) -> proto::ProduceRequest {
+    proto::ProduceRequest {
+        topic: "once".into(),
+        partition: 0,
+        acks: -1,
+        timeout_ms: 0,
+        records,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_idempotent_batch_is_written_once_also_after_a_crash() {
+    use tributary_broker::proto::broker_client::BrokerClient;
+    let dir = common::open_tempdir();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    common::create_topic(&broker.grpc, "once", 1, &[]).await;
+    let connect = |address: String| async move {
+        BrokerClient::connect(format!("http://{address}"))
+            .await
+            .unwrap()
+    };
+    let mut client = connect(broker.grpc.clone()).await;
+    let producer = client
+        .init_producer_id(proto::InitProducerIdRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let other = client
+        .init_producer_id(proto::InitProducerIdRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        producer.producer_id, other.producer_id,
+        "every id is used once"
+    );
+
+    let first = idempotent_batch(&producer, 0, 3);
+    let second = idempotent_batch(&producer, 3, 2);
+    let written = client
+        .produce(produce(first.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (written.base_offset, written.batch_base_offsets.clone()),
+        (0, vec![0])
+    );
+    // A retry (the first answer was lost) is answered with the offsets it got the first time.
+    let retried = client.produce(produce(first)).await.unwrap().into_inner();
+    assert_eq!(retried.batch_base_offsets, vec![0]);
+    client.produce(produce(second.clone())).await.unwrap();
+
+    // The producer state is rebuilt from the log after kill -9, so a retry is still caught.
+    broker.kill9();
+    broker.restart();
+    let mut client = connect(broker.grpc.clone()).await;
+    let retried = client.produce(produce(second)).await.unwrap().into_inner();
+    assert_eq!(retried.batch_base_offsets, vec![3]);
+
+    // A gap in the sequence means records were lost on the way: refused, with the reason.
+    let status = client
+        .produce(produce(idempotent_batch(&producer, 9, 1)))
+        .await
+        .expect_err("a sequence gap is refused");
+    assert_eq!(
+        tributary_broker::server::status::error_code_of(&status),
+        Some(ErrorCode::OutOfOrderSequence),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("sequence 9 where 5 comes next"),
+        "{status:?}"
+    );
+
+    let records = read_all(&broker.grpc, "once", 5).await;
+    let values: Vec<_> = records[&0]
+        .iter()
+        .map(|r| r.value.clone().unwrap())
+        .collect();
+    let expected: Vec<_> = (0..5).map(|i| Bytes::from(format!("seq {i}"))).collect();
+    assert_eq!(values, expected);
 }

@@ -46,6 +46,10 @@ pub struct ProducerConfig {
     /// How long a record may take, retries included, before its delivery fails.
     pub delivery_timeout: Duration,
     pub request_timeout: Duration,
+    /// The leader drops retried batches it already has (by producer id and sequence), so a
+    /// retry, also after a leader change, never writes a record twice or out of order.
+    /// Needs acks 1 or all.
+    pub enable_idempotence: bool,
 }
 
 impl ProducerConfig {
@@ -62,6 +66,7 @@ impl ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
+            enable_idempotence: true,
         }
     }
 
@@ -213,14 +218,23 @@ struct PartitionQueue {
     in_flight: Vec<SharedOutcome>,
     sending: bool,
     retry_at: Option<Instant>,
+    /// Sequence number of the next batch to close, for idempotent producers.
+    next_sequence: i32,
 }
 
 impl PartitionQueue {
-    fn close_open(&mut self, compression: Compression) -> Result<()> {
-        let Some(open) = self.open.take() else {
+    /// Closes the open batch; an idempotent producer stamps it with its id and the
+    /// partition's next sequence, so batches carry sequences in the order they are sent.
+    fn close_open(&mut self, compression: Compression, identity: Option<Identity>) -> Result<()> {
+        let Some(mut open) = self.open.take() else {
             return Ok(());
         };
         let records = open.builder.record_count();
+        if let Some(identity) = identity {
+            open.builder
+                .set_producer(identity.producer_id, identity.epoch, self.next_sequence);
+            self.next_sequence = advance_sequence(self.next_sequence, records);
+        }
         let bytes = match open.builder.build() {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -254,11 +268,27 @@ struct TopicQueues {
     sticky: Option<(u32, bool)>,
 }
 
+/// An idempotent producer's id and epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    producer_id: i64,
+    epoch: i16,
+}
+
+/// The sequence `count` records after `seq`; sequences wrap from i32::MAX to 0.
+fn advance_sequence(seq: i32, count: i32) -> i32 {
+    ((i64::from(seq) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
 #[derive(Default)]
 struct Accumulator {
     topics: HashMap<String, TopicQueues>,
     /// While positive, open batches are sent at once instead of lingering.
     flushing: usize,
+    identity: Option<Identity>,
+    /// A leader reported a sequence gap: once nothing is in flight, take a new producer id
+    /// and restamp what is queued.
+    reset_pending: bool,
 }
 
 struct Inner {
@@ -295,11 +325,19 @@ impl Producer {
         config.validate()?;
         let cluster = Cluster::new(&config.bootstrap, config.request_timeout)?;
         cluster.refresh().await?;
+        let identity = if config.enable_idempotence && config.acks != Acks::None {
+            Some(init_producer_id(&cluster).await?)
+        } else {
+            None
+        };
         let memory = Semaphore::new(config.buffer_memory);
         let inner = Arc::new(Inner {
             config,
             cluster,
-            accumulator: Mutex::new(Accumulator::default()),
+            accumulator: Mutex::new(Accumulator {
+                identity,
+                ..Accumulator::default()
+            }),
             wake: Notify::new(),
             memory,
             closed: AtomicBool::new(false),
@@ -356,6 +394,7 @@ impl Producer {
         }
 
         let mut accumulator = inner.accumulator.lock();
+        let identity = accumulator.identity;
         let topic = match accumulator.topics.get_mut(&record.topic) {
             Some(topic) => topic,
             None => accumulator.topics.entry(record.topic.clone()).or_default(),
@@ -375,7 +414,7 @@ impl Producer {
         if let Some(open) = &queue.open
             && open.builder.uncompressed_size() + size > config.batch_size
         {
-            queue.close_open(config.compression)?;
+            queue.close_open(config.compression, identity)?;
             inner.wake.notify_one();
         }
         let open = queue.open.get_or_insert_with(|| {
@@ -401,7 +440,7 @@ impl Producer {
             timestamp,
         };
         if open.builder.uncompressed_size() >= config.batch_size {
-            queue.close_open(config.compression)?;
+            queue.close_open(config.compression, identity)?;
             inner.wake.notify_one();
         }
         Ok(future)
@@ -481,6 +520,7 @@ impl Inner {
     fn take_due(&self, now: Instant) -> (Vec<Job>, Option<Instant>) {
         let mut accumulator = self.accumulator.lock();
         let force = accumulator.flushing > 0 || self.closed.load(Ordering::Acquire);
+        let (identity, resetting) = (accumulator.identity, accumulator.reset_pending);
         let mut jobs = Vec::new();
         let mut next: Option<Instant> = None;
         let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
@@ -490,12 +530,12 @@ impl Inner {
                     let expires = open.created + self.config.linger;
                     if force || now >= expires {
                         // A compression failure has already failed the batch's records.
-                        let _ = queue.close_open(self.config.compression);
+                        let _ = queue.close_open(self.config.compression, identity);
                     } else {
                         due(expires);
                     }
                 }
-                if queue.sending || queue.ready.is_empty() {
+                if queue.sending || queue.ready.is_empty() || resetting {
                     continue;
                 }
                 if let Some(at) = queue.retry_at.filter(|&at| at > now) {
@@ -534,10 +574,11 @@ impl Inner {
     }
 
     /// Ends a request: completed batches give back their memory; batches to retry go back to
-    /// the front of their queue, in order.
-    fn finish(&self, tp: &TopicPartition, retry: Vec<ReadyBatch>, released: usize) {
+    /// the front of their queue, in order. `reset` asks for a new producer id first.
+    fn finish(&self, tp: &TopicPartition, retry: Vec<ReadyBatch>, released: usize, reset: bool) {
         self.memory.add_permits(released);
         let mut accumulator = self.accumulator.lock();
+        accumulator.reset_pending |= reset;
         if let Some(queue) = accumulator
             .topics
             .get_mut(&tp.topic)
@@ -555,10 +596,77 @@ impl Inner {
         drop(accumulator);
         self.wake.notify_one();
     }
+
+    /// A reset is due once no request is in flight (so every batch is here to restamp).
+    fn reset_due(&self) -> bool {
+        let accumulator = self.accumulator.lock();
+        accumulator.reset_pending
+            && accumulator
+                .topics
+                .values()
+                .all(|t| t.partitions.iter().all(|q| !q.sending))
+    }
+
+    /// Takes a new producer id and restamps every queued batch with it, each partition's
+    /// sequences starting again at 0 in queue order.
+    async fn reset_producer_id(&self) -> Result<()> {
+        let identity = init_producer_id(&self.cluster).await?;
+        let mut accumulator = self.accumulator.lock();
+        accumulator.identity = Some(identity);
+        for queue in accumulator
+            .topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+        {
+            let mut sequence = 0;
+            for batch in &mut queue.ready {
+                let mut bytes = batch.bytes.to_vec();
+                crate::record::set_producer(
+                    &mut bytes,
+                    identity.producer_id,
+                    identity.epoch,
+                    sequence,
+                );
+                batch.bytes = Bytes::from(bytes);
+                sequence = advance_sequence(sequence, batch.records);
+            }
+            queue.next_sequence = sequence;
+        }
+        accumulator.reset_pending = false;
+        tracing::info!(
+            producer_id = identity.producer_id,
+            "started over with a new producer id after a sequence gap"
+        );
+        Ok(())
+    }
+}
+
+async fn init_producer_id(cluster: &Cluster) -> Result<Identity> {
+    let response = cluster
+        .with_any_broker(|address| async move {
+            let mut client = cluster.broker_client(&address)?;
+            client
+                .init_producer_id(proto::InitProducerIdRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| Error::from_status(s, &address))
+        })
+        .await?;
+    Ok(Identity {
+        producer_id: response.producer_id,
+        epoch: response.producer_epoch as i16,
+    })
 }
 
 async fn run_sender(inner: Arc<Inner>) {
     loop {
+        if inner.reset_due()
+            && let Err(error) = inner.reset_producer_id().await
+        {
+            tracing::warn!(%error, "could not get a new producer id; retrying");
+            tokio::time::sleep(inner.config.retry_backoff).await;
+            continue;
+        }
         let (jobs, next) = inner.take_due(Instant::now());
         for job in jobs {
             tokio::spawn(send(inner.clone(), job));
@@ -633,15 +741,23 @@ async fn send(inner: Arc<Inner>, job: Job) {
     let result = produce_once(&inner, &tp, records).await;
     let mut released = 0;
     let mut retry = Vec::new();
+    let mut reset = false;
     match result {
         Ok(response) => {
             let mut base = response.base_offset;
             let log_append_time =
                 (response.log_append_time_ms >= 0).then_some(response.log_append_time_ms);
-            for batch in batches {
+            // The leader says where each batch is (a retried one keeps its old offsets).
+            let per_batch = response.batch_base_offsets.len() == batches.len();
+            for (i, batch) in batches.into_iter().enumerate() {
                 released += batch.memory;
+                let base_offset = if per_batch {
+                    response.batch_base_offsets[i]
+                } else {
+                    base
+                };
                 let _ = batch.done.send(Ok(BatchAck {
-                    base_offset: base,
+                    base_offset,
                     log_append_time,
                 }));
                 if base >= 0 {
@@ -653,10 +769,16 @@ async fn send(inner: Arc<Inner>, job: Job) {
             if error.needs_metadata_refresh() {
                 let _ = inner.cluster.refresh().await;
             }
+            // A sequence gap: the leader lost batches it had acknowledged (acks=1 and a leader
+            // change) or its producer state. Start over with a new producer id and resend.
+            reset = error.code() == Some(crate::proto::ErrorCode::OutOfOrderSequence);
             let now = Instant::now();
             for batch in batches {
                 let expired = now.duration_since(batch.created) >= inner.config.delivery_timeout;
-                if error.is_retriable() && !expired && !inner.closed.load(Ordering::Acquire) {
+                if (error.is_retriable() || reset)
+                    && !expired
+                    && !inner.closed.load(Ordering::Acquire)
+                {
                     retry.push(batch);
                 } else {
                     released += batch.memory;
@@ -676,5 +798,18 @@ async fn send(inner: Arc<Inner>, job: Job) {
             }
         }
     }
-    inner.finish(&tp, retry, released);
+    inner.finish(&tp, retry, released, reset);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advance_sequence;
+
+    #[test]
+    fn sequences_advance_by_the_record_count_and_wrap_to_zero() {
+        assert_eq!(advance_sequence(0, 5), 5);
+        assert_eq!(advance_sequence(i32::MAX - 1, 1), i32::MAX);
+        assert_eq!(advance_sequence(i32::MAX, 1), 0);
+        assert_eq!(advance_sequence(i32::MAX - 2, 5), 2);
+    }
 }
