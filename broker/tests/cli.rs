@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::local::LocalCluster;
 use common::{Broker, PATIENCE, cli};
 use tributary_broker::client::partition_for_key;
 
@@ -429,68 +428,6 @@ fn the_perf_tool_reports_throughput_and_latency_percentiles() {
     );
 }
 
-/// A running `tributary local up`, stopped with SIGINT when dropped.
-struct LocalCluster {
-    child: std::process::Child,
-    bootstrap: String,
-    http: String,
-    stdout: std::sync::mpsc::Receiver<String>,
-}
-
-impl LocalCluster {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(common::CLI)
-            .args(["local", "up", "--port", "0", "--http-port", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (tx, stdout) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut cluster = Self {
-            child,
-            bootstrap: String::new(),
-            http: String::new(),
-            stdout,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while cluster.bootstrap.is_empty() || cluster.http.is_empty() {
-            let line = cluster
-                .stdout
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("local up printed its addresses");
-            if let Some(address) = line.trim().strip_prefix("bootstrap:") {
-                cluster.bootstrap = address.trim().to_string();
-            }
-            if let Some(rest) = line.split("metrics http://").nth(1) {
-                cluster.http = rest.split('/').next().unwrap().to_string();
-            }
-        }
-        cluster
-    }
-
-    fn stop(&mut self) -> (i32, Vec<String>) {
-        common::signal(self.child.id(), libc::SIGINT);
-        let status = common::wait_with_patience(&mut self.child);
-        let rest: Vec<String> = self.stdout.try_iter().collect();
-        (status.code().unwrap_or(-1), rest)
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn local_up_runs_a_cluster_with_the_topics_of_a_manifest_and_stops_cleanly() {
     let dir = common::open_tempdir();
@@ -501,13 +438,9 @@ fn local_up_runs_a_cluster_with_the_topics_of_a_manifest_and_stops_cleanly() {
     )
     .unwrap();
     let data = dir.path().join("local");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "-f",
-        manifest.to_str().unwrap(),
-    ];
-    let mut cluster = LocalCluster::start(&args);
+    let args = ["--brokers", "1", "-f", manifest.to_str().unwrap()];
+    let mut cluster = LocalCluster::start(&data, &args, &[]);
+    let http = cluster.brokers[0].1.clone();
     let b = ["--bootstrap", cluster.bootstrap.as_str()];
     let described: serde_json::Value = serde_json::from_str(&ok(
         &[&b[..], &["--output", "json", "topic", "describe", "orders"]].concat(),
@@ -535,7 +468,7 @@ fn local_up_runs_a_cluster_with_the_topics_of_a_manifest_and_stops_cleanly() {
     );
     assert_eq!(got.lines().count(), 2);
 
-    let (code, metrics) = common::http_get_blocking(&cluster.http, "/metrics").unwrap();
+    let (code, metrics) = common::http_get_blocking(&http, "/metrics").unwrap();
     assert_eq!(code, 200);
     for metric in [
         "tributary_bytes_in_total{topic=\"orders\"}",
@@ -552,20 +485,22 @@ fn local_up_runs_a_cluster_with_the_topics_of_a_manifest_and_stops_cleanly() {
         );
     }
     assert_eq!(
-        common::http_get_blocking(&cluster.http, "/readyz").map(|(c, _)| c),
+        common::http_get_blocking(&http, "/readyz").map(|(c, _)| c),
         Some(200)
     );
 
-    let (code, rest) = cluster.stop();
-    assert_eq!(code, 0);
-    assert!(
-        rest.iter().any(|l| l.contains("stopped cleanly")),
-        "{rest:?}"
-    );
+    let (code, output) = cluster.stop();
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Tributary stopped cleanly."), "{output}");
     assert!(data.join("broker-0/.clean-shutdown").exists());
+    assert!(
+        !data.join("broker-0/pid").exists(),
+        "pid files go with the processes"
+    );
 
     // Started again with the same manifest, the topic and its records are still there.
-    let mut cluster = LocalCluster::start(&args);
+    let mut cluster = LocalCluster::start(&data, &args, &[]);
+    assert!(cluster.output().contains("Topic orders already exists."));
     let again = ok(
         &[
             "--bootstrap",

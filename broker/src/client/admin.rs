@@ -7,10 +7,13 @@ use serde::Serialize;
 
 use super::cluster::{Cluster, ClusterView};
 use super::error::{Error, Result};
-use super::offsets::{Found, OffsetQuery, list_offsets};
+use super::offsets::{Found, OffsetQuery, list_offsets, list_offsets_each};
 use crate::TopicPartition;
 pub use crate::controller::NewTopic;
 use crate::proto;
+
+/// How long a describe waits for the partition leaders' offsets.
+const DESCRIBE_OFFSETS_WAIT: Duration = Duration::from_secs(5);
 
 /// One partition of a described topic. Field names are the JSON keys of
 /// `tributary topic describe --output json`.
@@ -154,14 +157,28 @@ impl Admin {
             .iter()
             .map(|p| TopicPartition::new(name, p.partition))
             .collect();
-        // Offsets come from each leader; a partition without one reports -1.
-        let starts = list_offsets(&self.cluster, &partitions, OffsetQuery::Earliest)
-            .await
-            .unwrap_or_default();
-        let ends = list_offsets(&self.cluster, &partitions, OffsetQuery::Latest)
-            .await
-            .unwrap_or_default();
-        Ok(describe(description, &starts, &ends))
+        // Offsets come from each leader, briefly: a partition whose leader is unknown or
+        // does not answer reports -1.
+        let (starts, ends) = tokio::join!(
+            list_offsets_each(
+                &self.cluster,
+                &partitions,
+                OffsetQuery::Earliest,
+                DESCRIBE_OFFSETS_WAIT
+            ),
+            list_offsets_each(
+                &self.cluster,
+                &partitions,
+                OffsetQuery::Latest,
+                DESCRIBE_OFFSETS_WAIT
+            ),
+        );
+        let found = |each: BTreeMap<TopicPartition, Result<Found>>| {
+            each.into_iter()
+                .filter_map(|(tp, found)| Some((tp, found.ok()?)))
+                .collect()
+        };
+        Ok(describe(description, &found(starts), &found(ends)))
     }
 
     /// Offsets per partition (earliest, latest, or by timestamp) from their leaders.

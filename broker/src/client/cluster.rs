@@ -117,6 +117,9 @@ struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
     view: RwLock<Option<Arc<ClusterView>>>,
     refreshing: tokio::sync::Mutex<()>,
+    /// The broker that answered the last request any broker could answer: asked first next
+    /// time, so one that hangs (paused, overloaded) costs a timeout once, not every time.
+    answered: Mutex<Option<String>>,
 }
 
 /// Shared by a client's producer, consumer and admin parts: cloning is cheap.
@@ -142,8 +145,14 @@ impl Cluster {
                 channels: Mutex::new(HashMap::new()),
                 view: RwLock::new(None),
                 refreshing: tokio::sync::Mutex::new(()),
+                answered: Mutex::new(None),
             }),
         })
+    }
+
+    /// How long one request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
 
     /// A multiplexed HTTP/2 channel to `address`, created on first use and kept.
@@ -185,19 +194,26 @@ impl Cluster {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    /// Addresses to try for a request any broker can answer: known brokers, then bootstrap.
+    /// Addresses to try for a request any broker can answer: the one that answered last,
+    /// known brokers, then bootstrap.
     pub fn candidates(&self) -> Vec<String> {
-        let mut addresses: Vec<String> = self
+        let mut known: Vec<String> = self
             .inner
             .view
             .read()
             .as_ref()
             .map(|v| v.brokers.values().cloned().collect())
             .unwrap_or_default();
-        addresses.sort();
-        for address in &self.inner.bootstrap {
-            if !addresses.contains(address) {
-                addresses.push(address.clone());
+        known.sort();
+        let answered = self.inner.answered.lock().clone();
+        let mut addresses: Vec<String> = Vec::new();
+        for address in answered
+            .into_iter()
+            .chain(known)
+            .chain(self.inner.bootstrap.iter().cloned())
+        {
+            if !addresses.contains(&address) {
+                addresses.push(address);
             }
         }
         addresses
@@ -217,7 +233,10 @@ impl Cluster {
                     self.reset(&address);
                     last = Some(error);
                 }
-                Ok(result) => return result,
+                Ok(result) => {
+                    *self.inner.answered.lock() = Some(address);
+                    return result;
+                }
                 Err(_) => {
                     last = Some(Error::Timeout {
                         what: format!("no answer from {address}"),

@@ -404,19 +404,28 @@ impl Producer {
                 .partitions
                 .resize_with(partitions as usize, PartitionQueue::default);
         }
-        let partition = match (record.partition, key) {
+        let mut partition = match (record.partition, key) {
             (Some(p), _) => p,
             (None, Some(key)) => partition_for_key(key, partitions),
             (None, None) => sticky_partition(topic, partitions),
         };
-        let queue = &mut topic.partitions[partition as usize];
         let config = &inner.config;
-        if let Some(open) = &queue.open
-            && open.builder.uncompressed_size() + size > config.batch_size
-        {
+        // A record that does not fit closes the open batch; a keyless one then moves on to
+        // the next sticky partition, like every record after a batch is full.
+        for _ in 0..2 {
+            let queue = &mut topic.partitions[partition as usize];
+            let Some(open) = &queue.open else { break };
+            if open.builder.uncompressed_size() + size <= config.batch_size {
+                break;
+            }
             queue.close_open(config.compression, identity)?;
             inner.wake.notify_one();
+            if record.partition.is_some() || key.is_some() {
+                break;
+            }
+            partition = sticky_partition(topic, partitions);
         }
+        let queue = &mut topic.partitions[partition as usize];
         let open = queue.open.get_or_insert_with(|| {
             let (done, outcome) = oneshot::channel();
             inner.wake.notify_one();

@@ -35,6 +35,8 @@ const PRODUCER_IDS_KEY: &str = "producer_ids";
 pub const PRODUCER_ID_BLOCK: u32 = 1000;
 /// No topic may have more partitions than this.
 pub const MAX_PARTITIONS: u32 = 100_000;
+/// How often the host of a controller calls [`Controller::expire_sessions`].
+pub const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -143,6 +145,8 @@ struct State {
     /// Next unallocated producer id and the store version of that record.
     next_producer_id: (i64, Option<u64>),
     next_session: u64,
+    /// When sessions were last checked, to notice the controller itself was stalled.
+    last_expiry_check: Option<Instant>,
 }
 
 impl State {
@@ -251,6 +255,7 @@ impl<S: MetadataStore> Controller<S> {
             incarnations,
             next_producer_id,
             next_session: 1,
+            last_expiry_check: None,
         };
         Ok(Self {
             id,
@@ -434,6 +439,25 @@ impl<S: MetadataStore> Controller<S> {
     pub async fn expire_sessions(&self) -> Result<(), ControllerError> {
         let mut state = self.state.lock().await;
         let timeout = self.config.session_timeout;
+        // Checks run every SESSION_CHECK_INTERVAL. A long gap means this controller was
+        // stalled (paused, starved of CPU), not that the brokers were: their heartbeats are
+        // waiting unread, so give every session a new timeout instead of fencing them all.
+        let now = Instant::now();
+        let stalled = state
+            .last_expiry_check
+            .replace(now)
+            .map(|last| now - last)
+            .filter(|&gap| gap > (timeout / 2).max(SESSION_CHECK_INTERVAL * 4));
+        if let Some(gap) = stalled {
+            tracing::warn!(
+                ?gap,
+                "the controller was stalled; broker sessions start a new timeout"
+            );
+            for session in state.sessions.values_mut() {
+                session.last_seen = now;
+            }
+            return Ok(());
+        }
         let mut dead: BTreeSet<i32> = state
             .sessions
             .iter()
@@ -634,22 +658,44 @@ impl<S: MetadataStore> Controller<S> {
             )));
         }
         let config = TopicConfig::resolve(&self.config.topic_config, &topic.config)?;
-        let mut state = self.state.lock().await;
+        let replication_factor = topic
+            .replication_factor
+            .unwrap_or(self.config.default_replication_factor)
+            as usize;
+        // Just after a controller (re)start the brokers are still registering: wait for
+        // them, up to one session timeout since the start, if enough have ever registered.
+        let mut updates = self.subscribe();
+        updates.borrow_and_update();
+        let grace_end = self.started + self.config.session_timeout;
+        let mut state = loop {
+            let state = self.state.lock().await;
+            let registering = state.eligible().len() < replication_factor
+                && state.incarnations.len() >= replication_factor
+                && Instant::now() < grace_end;
+            if !registering {
+                break state;
+            }
+            drop(state);
+            let _ = tokio::time::timeout_at(grace_end, updates.changed()).await;
+        };
         if state.snapshot.topics.contains_key(&topic.name) {
             return Err(ControllerError::TopicExists(topic.name));
         }
         let eligible = state.eligible();
-        let replication_factor = topic
-            .replication_factor
-            .unwrap_or(self.config.default_replication_factor);
-        if replication_factor == 0 || replication_factor as usize > eligible.len() {
+        if eligible.is_empty() {
+            return Err(ControllerError::InvalidReplicationFactor(
+                "no broker is registered with the controller; start brokers (or wait until they have registered) and try again".into(),
+            ));
+        }
+        if replication_factor == 0 || replication_factor > eligible.len() {
             return Err(ControllerError::InvalidReplicationFactor(format!(
                 "{replication_factor} requested, but {} broker{} available; use a replication factor from 1 to {}",
                 eligible.len(),
                 if eligible.len() == 1 { " is" } else { "s are" },
-                eligible.len().max(1)
+                eligible.len()
             )));
         }
+        let replication_factor = replication_factor as u32;
         if config.min_insync_replicas > replication_factor {
             return Err(ControllerError::InvalidConfig(ConfigError(format!(
                 "min.insync.replicas {} is larger than the replication factor {replication_factor}: no write with acks=all could succeed",

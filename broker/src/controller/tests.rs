@@ -256,9 +256,12 @@ async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return(
         leaders,
         "no change within the grace period"
     );
-    tokio::time::advance(Duration::from_secs(7)).await;
-    controller.heartbeat(1, 1).await.unwrap();
-    controller.expire_sessions().await.unwrap();
+    // Seven seconds with broker 1 heartbeating and sessions checked as the controller does.
+    for _ in 0..28 {
+        tokio::time::advance(Duration::from_millis(250)).await;
+        controller.heartbeat(1, 1).await.unwrap();
+        controller.expire_sessions().await.unwrap();
+    }
     assert!(
         controller.snapshot().topics["t"]
             .partitions
@@ -266,6 +269,33 @@ async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return(
             .all(|p| p.leader == 1 && p.isr == vec![1]),
         "broker 2 never came back"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_controller_gives_brokers_a_new_timeout_instead_of_fencing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, sessions) = cluster(dir.path(), 2).await;
+    controller
+        .create_topic(topic("t", 2, Some(2)), false)
+        .await
+        .unwrap();
+    controller.expire_sessions().await.unwrap();
+    let before = controller.snapshot();
+    // Paused for longer than a session timeout: the brokers' heartbeats wait unread.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    controller.expire_sessions().await.unwrap();
+    assert_eq!(controller.snapshot().topics, before.topics);
+    for (broker, session) in [(1, sessions[0]), (2, sessions[1])] {
+        controller.heartbeat(broker, session).await.unwrap();
+    }
+    // A broker that then stays silent is fenced as usual.
+    for _ in 0..28 {
+        tokio::time::advance(Duration::from_millis(250)).await;
+        controller.heartbeat(1, sessions[0]).await.unwrap();
+        controller.expire_sessions().await.unwrap();
+    }
+    let snapshot = controller.snapshot();
+    assert!(snapshot.brokers.contains_key(&1) && !snapshot.brokers.contains_key(&2));
 }
 
 #[tokio::test]
@@ -499,4 +529,31 @@ async fn producer_id_blocks_never_overlap_even_across_controller_restarts() {
     for pair in seen.windows(2) {
         assert!(pair[0].0 + i64::from(pair[0].1) <= pair[1].0, "{seen:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_controller_waits_for_known_brokers_before_placing_a_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(cluster(dir.path(), 2).await);
+    let controller = Arc::new(controller(dir.path()).await);
+    controller.register_broker(registration(1)).await.unwrap();
+    let creating = tokio::spawn({
+        let controller = controller.clone();
+        async move { controller.create_topic(topic("t", 1, Some(2)), false).await }
+    });
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(!creating.is_finished(), "waits for broker 2 to register");
+    controller.register_broker(registration(2)).await.unwrap();
+    let (record, _) = creating.await.unwrap().unwrap();
+    assert_eq!(record.partitions[0].replicas.len(), 2);
+
+    // Brokers that never come back: after the grace period the answer says what to do.
+    let dir = tempfile::tempdir().unwrap();
+    drop(cluster(dir.path(), 2).await);
+    let controller = self::controller(dir.path()).await;
+    let err = controller
+        .create_topic(topic("t", 1, Some(2)), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no broker is registered"), "{err}");
 }

@@ -15,7 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{Partition, ReplicationConfig};
+use super::partition::FetchedFrom;
+use super::{Partition, ReplicaError, ReplicationConfig};
 use crate::TopicPartition;
 use crate::controller::BrokerInfo;
 use crate::proto::{self, ErrorCode};
@@ -219,6 +220,8 @@ async fn run(
             }
             continue;
         }
+        // The epoch each partition is fetched at: its answer applies only at that epoch.
+        let mut epochs: HashMap<TopicPartition, i32> = HashMap::new();
         let request = proto::ReplicaFetchRequest {
             replica_id: broker_id,
             max_wait_ms: config.fetch_max_wait.as_millis() as u32,
@@ -229,13 +232,16 @@ async fn run(
                 .map(|f| {
                     let log = f.partition.log();
                     let tp = f.partition.topic_partition();
+                    let epoch = f.partition.leader_epoch();
+                    epochs.insert(tp.clone(), epoch);
                     proto::ReplicaFetchPartition {
                         topic: tp.topic.clone(),
                         partition: tp.partition,
                         fetch_offset: log.log_end_offset(),
-                        current_leader_epoch: f.partition.leader_epoch(),
+                        current_leader_epoch: epoch,
                         last_fetched_epoch: log.latest_epoch().map_or(-1, |e| e.epoch),
                         max_bytes: config.partition_fetch_max_bytes as u32,
+                        high_watermark: f.partition.high_watermark(),
                     }
                 })
                 .collect(),
@@ -276,8 +282,10 @@ async fn run(
                 backoff = Duration::from_millis(100);
                 for answer in response.partitions {
                     let tp = TopicPartition::new(answer.topic.clone(), answer.partition);
-                    if let Some(following) = partitions.get_mut(&tp) {
-                        handle(following, answer);
+                    if let (Some(following), Some(&epoch)) =
+                        (partitions.get_mut(&tp), epochs.get(&tp))
+                    {
+                        handle(following, FetchedFrom { leader, epoch }, answer);
                     }
                 }
             }
@@ -309,7 +317,7 @@ fn apply(partitions: &mut HashMap<TopicPartition, Following>, command: Command) 
 }
 
 /// Applies the leader's answer for one partition.
-fn handle(following: &mut Following, answer: proto::ReplicaFetchedPartition) {
+fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFetchedPartition) {
     let partition = &following.partition;
     let tp = partition.topic_partition().clone();
     let pause = |following: &mut Following, for_: Duration| {
@@ -323,24 +331,33 @@ fn handle(following: &mut Following, answer: proto::ReplicaFetchedPartition) {
             .map_or(log.log_start_offset(), |(_, end)| end);
         let target = diverging.end_offset.min(own_end);
         tracing::info!(partition = %tp, epoch = diverging.epoch, leader_end = diverging.end_offset, truncate_to = target, "log diverges from the leader's; truncating");
-        if let Err(error) = partition.truncate_to(target) {
-            tracing::error!(partition = %tp, %error, "could not truncate to the leader's log");
-            pause(following, Duration::from_secs(1));
+        match partition.truncate_to(from, target) {
+            Ok(()) => {}
+            Err(error @ ReplicaError::StaleFetch { .. }) => {
+                tracing::debug!(partition = %tp, %error, "dropped a stale answer");
+            }
+            Err(error) => {
+                tracing::error!(partition = %tp, %error, "could not truncate to the leader's log");
+                pause(following, Duration::from_secs(1));
+            }
         }
         return;
     }
     let code = ErrorCode::try_from(answer.error_code).unwrap_or(ErrorCode::Unknown);
     let result = match code {
-        ErrorCode::None => {
-            partition.append_as_follower(&answer.records, answer.high_watermark, crate::now_ms())
-        }
+        ErrorCode::None => partition.append_as_follower(
+            from,
+            &answer.records,
+            answer.high_watermark,
+            crate::now_ms(),
+        ),
         ErrorCode::OffsetOutOfRange => {
             let leo = partition.log().log_end_offset();
             if leo < answer.log_start_offset {
                 tracing::info!(partition = %tp, leader_log_start = answer.log_start_offset, "behind the leader's log start; starting over there");
-                partition.reset_to(answer.log_start_offset)
+                partition.reset_to(from, answer.log_start_offset)
             } else if leo > answer.log_end_offset && answer.log_end_offset >= 0 {
-                partition.truncate_to(answer.log_end_offset)
+                partition.truncate_to(from, answer.log_end_offset)
             } else {
                 pause(following, Duration::from_millis(500));
                 Ok(())
@@ -353,8 +370,14 @@ fn handle(following: &mut Following, answer: proto::ReplicaFetchedPartition) {
             Ok(())
         }
     };
-    if let Err(error) = result {
-        tracing::warn!(partition = %tp, %error, "could not apply the leader's data");
-        pause(following, Duration::from_secs(1));
+    match result {
+        Ok(()) => {}
+        Err(error @ ReplicaError::StaleFetch { .. }) => {
+            tracing::debug!(partition = %tp, %error, "dropped a stale answer");
+        }
+        Err(error) => {
+            tracing::warn!(partition = %tp, %error, "could not apply the leader's data");
+            pause(following, Duration::from_secs(1));
+        }
     }
 }

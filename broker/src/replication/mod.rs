@@ -89,6 +89,14 @@ pub enum ReplicaError {
     },
     #[error("broker {broker} is not a replica of {tp}")]
     NotAReplica { tp: TopicPartition, broker: i32 },
+    #[error(
+        "{tp}: an answer from leader {leader} at epoch {epoch} arrived after leadership changed and was dropped"
+    )]
+    StaleFetch {
+        tp: TopicPartition,
+        leader: i32,
+        epoch: i32,
+    },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("timed out after {waited:?} waiting for the in-sync replicas of {tp}")]
@@ -134,6 +142,8 @@ pub struct ReplicaFetchPartition {
     pub leader_epoch: i32,
     pub last_fetched_epoch: i32,
     pub max_bytes: usize,
+    /// The high watermark the follower knows.
+    pub high_watermark: i64,
 }
 
 /// How a broker's replicas behave.
@@ -146,6 +156,13 @@ pub struct ReplicationConfig {
     pub partition_fetch_max_bytes: usize,
     /// How long a follower's fetch waits for new data at the leader.
     pub fetch_max_wait: Duration,
+}
+
+impl ReplicationConfig {
+    /// How often leaders look for followers that fell behind.
+    pub fn lag_check_interval(&self) -> Duration {
+        (self.replica_lag_max / 4).max(Duration::from_millis(100))
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -171,6 +188,8 @@ pub struct ReplicaManager {
     fetchers: Mutex<Fetchers>,
     /// High watermarks read at start-up, for partitions not created yet.
     saved_high_watermarks: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// When ISR lag was last checked, to notice this broker itself was stalled.
+    last_lag_check: Mutex<Option<std::time::Instant>>,
     shutdown: CancellationToken,
 }
 
@@ -208,6 +227,7 @@ impl ReplicaManager {
             proposals,
             proposals_out: Mutex::new(Some(proposals_out)),
             saved_high_watermarks: Mutex::new(saved),
+            last_lag_check: Mutex::new(None),
             shutdown,
         }
     }
@@ -519,12 +539,11 @@ impl ReplicaManager {
     ) -> Vec<(TopicPartition, Result<ReplicaRead, ReplicaError>)> {
         let deadline = tokio::time::Instant::now() + max_wait.min(Duration::from_secs(10));
         loop {
+            // New records, or a high watermark the follower has not seen, end the wait.
             let mut watchers: Vec<watch::Receiver<i64>> = partitions
                 .iter()
-                .filter_map(|p| {
-                    self.partition(&p.tp)
-                        .map(|partition| partition.subscribe_log_end())
-                })
+                .filter_map(|p| self.partition(&p.tp))
+                .flat_map(|partition| [partition.subscribe_log_end(), partition.subscribe()])
                 .collect();
             let mut remaining = max_bytes;
             let propose = |change: IsrChange| {
@@ -559,9 +578,10 @@ impl ReplicaManager {
                     _ => 0,
                 })
                 .sum();
-            let urgent = results
-                .iter()
-                .any(|(_, r)| !matches!(r, Ok(ReplicaRead::Data { .. })));
+            let urgent = results.iter().zip(partitions).any(|((_, r), p)| match r {
+                Ok(ReplicaRead::Data { high_watermark, .. }) => *high_watermark > p.high_watermark,
+                _ => true,
+            });
             if bytes >= min_bytes.max(1)
                 || urgent
                 || watchers.is_empty()
@@ -581,11 +601,26 @@ impl ReplicaManager {
 
     /// Proposes dropping followers that have not caught up for `replica.lag.time.max.ms`.
     pub fn check_isr_lag(&self) {
+        // Checks run every lag_check_interval. A long gap means this broker was stalled
+        // (paused, starved of CPU) and its followers' fetches wait unread: they get a new
+        // lag time instead of all leaving the ISR.
+        let now = std::time::Instant::now();
+        let lag_max = self.config.replica_lag_max;
+        let stalled = self.last_lag_check.lock().replace(now).is_some_and(|last| {
+            now - last > (lag_max / 2).max(self.config.lag_check_interval() * 3)
+        });
+        if stalled {
+            tracing::warn!("this broker was stalled; followers start a new lag time");
+        }
         let propose = |change: IsrChange| {
             let _ = self.proposals.send(change);
         };
         for partition in self.partitions() {
-            partition.check_isr_lag(self.config.replica_lag_max, &propose);
+            if stalled {
+                partition.restart_lag_clocks(now);
+            } else {
+                partition.check_isr_lag(lag_max, &propose);
+            }
         }
     }
 

@@ -30,6 +30,14 @@ pub enum Role {
     Offline,
 }
 
+/// The leader, and its epoch, a follower's fetch went to: its answer applies only while
+/// this replica still follows that leader at that epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchedFrom {
+    pub leader: i32,
+    pub epoch: i32,
+}
+
 /// What a leader knows of one follower.
 #[derive(Debug, Clone, Copy)]
 struct FollowerState {
@@ -479,6 +487,13 @@ impl Partition {
         })
     }
 
+    /// Counts every follower as caught up as of `now`.
+    pub(super) fn restart_lag_clocks(&self, now: Instant) {
+        for follower in self.state.write().followers.values_mut() {
+            follower.last_caught_up = follower.last_caught_up.max(now);
+        }
+    }
+
     /// Proposes dropping in-sync followers that have not caught up for `lag_max`.
     pub(super) fn check_isr_lag(&self, lag_max: Duration, proposals: &dyn Fn(IsrChange)) {
         let mut state = self.state.write();
@@ -532,14 +547,38 @@ impl Partition {
         }
     }
 
+    /// Answers to a follower's fetch change its log only while it still follows the leader
+    /// it asked, at the same epoch: one that arrives after a leadership change (the broker
+    /// was paused, say, with the answer waiting in its socket) is dropped. The caller holds
+    /// the state lock through the change, so no role change can come in between.
+    fn check_following(&self, state: &State, from: FetchedFrom) -> Result<(), ReplicaError> {
+        if state.role
+            == (Role::Follower {
+                leader: from.leader,
+            })
+            && state.leader_epoch == from.epoch
+        {
+            Ok(())
+        } else {
+            Err(ReplicaError::StaleFetch {
+                tp: self.tp.clone(),
+                leader: from.leader,
+                epoch: from.epoch,
+            })
+        }
+    }
+
     /// The follower's side: appends what the leader sent and takes its high watermark (up to
     /// this replica's own log end).
     pub(super) fn append_as_follower(
         &self,
+        from: FetchedFrom,
         records: &Bytes,
         leader_high_watermark: i64,
         now_ms: i64,
     ) -> Result<(), ReplicaError> {
+        let state = self.state.read();
+        self.check_following(&state, from)?;
         if !records.is_empty() {
             self.log.append_as_follower(records, now_ms)?;
             self.log_end.send_replace(self.log.log_end_offset());
@@ -553,7 +592,9 @@ impl Partition {
     }
 
     /// Truncates a follower's log where it diverges from the leader's.
-    pub(super) fn truncate_to(&self, offset: i64) -> Result<(), ReplicaError> {
+    pub(super) fn truncate_to(&self, from: FetchedFrom, offset: i64) -> Result<(), ReplicaError> {
+        let state = self.state.read();
+        self.check_following(&state, from)?;
         self.log.truncate_to(offset)?;
         let leo = self.log.log_end_offset();
         self.log_end.send_replace(leo);
@@ -564,7 +605,9 @@ impl Partition {
     }
 
     /// Starts a follower's log again at the leader's log start.
-    pub(super) fn reset_to(&self, offset: i64) -> Result<(), ReplicaError> {
+    pub(super) fn reset_to(&self, from: FetchedFrom, offset: i64) -> Result<(), ReplicaError> {
+        let state = self.state.read();
+        self.check_following(&state, from)?;
         self.log.reset_to(offset)?;
         self.log_end.send_replace(offset);
         self.set_high_watermark(offset);

@@ -251,7 +251,9 @@ async fn run_local_session(
     let broker = registration.broker.id;
     let mut updates = controller.subscribe();
     let mut session = None;
-    let mut ticker = tokio::time::interval(heartbeat);
+    let mut heartbeats = tokio::time::interval(heartbeat);
+    let mut expiry = tokio::time::interval(crate::controller::SESSION_CHECK_INTERVAL);
+    let mut changed = true;
     loop {
         if session.is_none() {
             match controller.register_broker(registration.clone()).await {
@@ -259,16 +261,25 @@ async fn run_local_session(
                 Err(error) => tracing::error!(%error, "could not register with the controller"),
             }
         }
-        let snapshot = updates.borrow_and_update().clone();
-        apply(&replicas, snapshot).await;
+        if std::mem::take(&mut changed) {
+            let snapshot = updates.borrow_and_update().clone();
+            apply(&replicas, snapshot).await;
+        }
         tokio::select! {
-            changed = updates.changed() => if changed.is_err() { return },
-            _ = ticker.tick() => {
+            update = updates.changed() => {
+                if update.is_err() {
+                    return;
+                }
+                changed = true;
+            }
+            _ = heartbeats.tick() => {
                 if let Some(id) = session
                     && controller.heartbeat(broker, id).await.is_err()
                 {
                     session = None;
                 }
+            }
+            _ = expiry.tick() => {
                 if let Err(error) = controller.expire_sessions().await {
                     tracing::error!(%error, "checking sessions failed");
                 }

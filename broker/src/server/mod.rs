@@ -329,13 +329,25 @@ async fn controlled_shutdown(
     broker: i32,
     wait: Duration,
 ) {
+    // Without a controller nothing can move; two seconds of tries cover a controller
+    // restarting.
+    const UNREACHABLE_TRIES: u32 = 10;
     let deadline = tokio::time::Instant::now() + wait;
+    let mut unreachable = 0;
     loop {
         match link.controlled_shutdown(broker).await {
             Ok(remaining) => {
+                unreachable = 0;
                 let leading = replicas.leader_count();
                 if leading as u32 <= remaining {
                     tracing::info!(remaining, "leaderships handed over");
+                    return;
+                }
+            }
+            Err(error) if error.code() == tonic::Code::Unavailable => {
+                unreachable += 1;
+                if unreachable >= UNREACHABLE_TRIES {
+                    tracing::warn!(error = %error.message(), "the controller is unreachable; stopping without handing over leaderships");
                     return;
                 }
             }
@@ -398,9 +410,7 @@ async fn maintain(replicas: Arc<ReplicaManager>, config: BrokerConfig, stop: Can
     let mut flush = tokio::time::interval(config.flush_check_interval);
     let mut retention = tokio::time::interval(config.retention_check_interval);
     let mut checkpoint = tokio::time::interval(config.checkpoint_interval);
-    let mut isr = tokio::time::interval(
-        (config.replication.replica_lag_max / 4).max(Duration::from_millis(100)),
-    );
+    let mut isr = tokio::time::interval(config.replication.lag_check_interval());
     for timer in [&mut flush, &mut retention, &mut checkpoint, &mut isr] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer.reset();
@@ -442,7 +452,7 @@ pub async fn run_controller(
         let controller = controller.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_millis(250));
+            let mut ticker = tokio::time::interval(crate::controller::SESSION_CHECK_INTERVAL);
             loop {
                 tokio::select! { _ = ticker.tick() => {}, () = stop.cancelled() => return }
                 if let Err(error) = controller.expire_sessions().await {

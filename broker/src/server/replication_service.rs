@@ -39,6 +39,7 @@ impl proto::replication_server::Replication for ReplicationService {
                         leader_epoch: p.current_leader_epoch,
                         last_fetched_epoch: p.last_fetched_epoch,
                         max_bytes: p.max_bytes.max(1) as usize,
+                        high_watermark: p.high_watermark,
                     })
                     .collect();
                 let results = replicas

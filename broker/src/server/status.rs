@@ -66,7 +66,9 @@ pub fn replica_error_code(error: &ReplicaError) -> ErrorCode {
             ErrorCode::FencedLeaderEpoch
         }
         ReplicaError::EpochMismatch { .. } => ErrorCode::UnknownLeaderEpoch,
-        ReplicaError::NotAReplica { .. } => ErrorCode::NotLeaderOrFollower,
+        ReplicaError::NotAReplica { .. } | ReplicaError::StaleFetch { .. } => {
+            ErrorCode::NotLeaderOrFollower
+        }
         ReplicaError::Log(e) => log_error_code(e),
         ReplicaError::Timeout { .. } => ErrorCode::RequestTimedOut,
         ReplicaError::ShuttingDown => ErrorCode::BrokerShuttingDown,
