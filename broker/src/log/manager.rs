@@ -58,6 +58,8 @@ pub struct LogManager {
     log_starts: OffsetCheckpoint,
     /// Serialises checkpoint writes.
     checkpointing: Mutex<()>,
+    /// Directories of deleted logs, for the thread that removes them.
+    deleter: Mutex<std::sync::mpsc::Sender<PathBuf>>,
     report: LoadReport,
 }
 
@@ -121,6 +123,9 @@ impl LogManager {
         let recovery = read_checkpoint(&recovery_points);
         let starts = read_checkpoint(&log_starts);
 
+        let deleter = spawn_deleter().map_err(dir_error(
+            "cannot start the thread that removes deleted logs",
+        ))?;
         let mut partitions = Vec::new();
         for entry in fs::read_dir(data_dir).map_err(dir_error("cannot list it"))? {
             let entry = entry.map_err(dir_error("cannot list it"))?;
@@ -133,9 +138,8 @@ impl LogManager {
                 continue;
             }
             if name.ends_with(DELETE_SUFFIX) {
-                // A topic deletion interrupted by a crash: finish it.
-                fs::remove_dir_all(entry.path())
-                    .map_err(dir_error("cannot remove a deleted partition"))?;
+                // A topic deletion interrupted by a crash: finish it, in the background.
+                let _ = deleter.send(entry.path());
             } else if let Some(tp) = TopicPartition::from_dir_name(&name) {
                 partitions.push(tp);
             }
@@ -203,6 +207,7 @@ impl LogManager {
             recovery_points,
             log_starts,
             checkpointing: Mutex::new(()),
+            deleter: Mutex::new(deleter),
             report,
         })
     }
@@ -273,7 +278,9 @@ impl LogManager {
         // deleted again when the metadata is applied.
         fs::rename(log.dir(), &doomed)
             .map_err(io_error("rename the partition directory for deletion"))?;
-        fs::remove_dir_all(&doomed).map_err(io_error("remove the partition directory"))?;
+        if let Err(unsent) = self.deleter.lock().send(doomed) {
+            remove_deleted(&unsent.0);
+        }
         Ok(())
     }
 
@@ -340,5 +347,38 @@ impl LogManager {
         })?;
         tracing::info!(data_dir = %self.data_dir.display(), "logs flushed and closed cleanly");
         Ok(())
+    }
+}
+
+/// Starts the thread that removes the directories of deleted logs; it ends with the manager.
+fn spawn_deleter() -> io::Result<std::sync::mpsc::Sender<PathBuf>> {
+    let (sender, receiver) = std::sync::mpsc::channel::<PathBuf>();
+    std::thread::Builder::new()
+        .name("log-deleter".into())
+        .spawn(move || {
+            for dir in receiver {
+                remove_deleted(&dir);
+            }
+        })?;
+    Ok(sender)
+}
+
+/// Removes a deleted log's directory. Its segment files are emptied first: that frees
+/// their page cache here, not in whichever request handler closes the last open handle of
+/// a big deleted file (which can take hundreds of milliseconds). Indexes are left whole, as
+/// a reader may still have one mapped.
+fn remove_deleted(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log")
+                && let Ok(file) = OpenOptions::new().write(true).open(&path)
+            {
+                let _ = file.set_len(0);
+            }
+        }
+    }
+    if let Err(error) = fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), %error, "could not remove the directory of a deleted log; the next start tries again");
     }
 }
