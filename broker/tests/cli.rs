@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::local::LocalCluster;
 use common::{Broker, PATIENCE, cli};
@@ -561,5 +561,47 @@ fn local_up_refuses_bad_manifests_and_busy_ports_before_starting() {
         "",
         "choose another port with --port",
     );
-    std::thread::sleep(Duration::from_millis(10));
+    // Broker 1 listens on --port + 1: a free port whose successor is taken.
+    let (taken, base) = loop {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let next = taken.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", next - 1)).is_ok() {
+            break (taken, (next - 1).to_string());
+        }
+    };
+    fails(
+        &[
+            "local",
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--port",
+            &base,
+            "--http-port",
+            "0",
+            "--controller-port",
+            "0",
+        ],
+        "",
+        "for broker 1 (gRPC) (is another cluster or program using it?); choose another port with --port (broker N listens on --port + N)",
+    );
+    drop((busy, taken));
+    for (args, says) in [
+        (
+            &["--brokers", "0"][..],
+            "--brokers 0: a local cluster has between 1 and 100 brokers",
+        ),
+        (
+            &["--brokers", "2", "--default-replication-factor", "3"][..],
+            "--default-replication-factor 3: it must be between 1 and the number of brokers (2)",
+        ),
+    ] {
+        let data = data.to_str().unwrap();
+        fails(
+            &[&["local", "up", "--data-dir", data][..], args].concat(),
+            "",
+            says,
+        );
+    }
+    assert!(!data.exists(), "nothing was started or created");
 }
