@@ -85,6 +85,7 @@ impl Log {
         };
 
         let mut state = self.state.write();
+        self.check_writable()?;
         // Decide every batch before writing any.
         let mut pending: HashMap<i64, (i16, i32)> = HashMap::new();
         let mut plans = Vec::with_capacity(batches.len());
@@ -199,6 +200,7 @@ impl Log {
             position += bytes.len();
         }
         let mut state = self.state.write();
+        self.check_writable()?;
         if let Some(&(first, _)) = batch_offsets.first()
             && first != state.next_offset
         {

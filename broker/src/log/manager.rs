@@ -269,6 +269,7 @@ impl LogManager {
                 source,
             }
         };
+        log.mark_deleted();
         let doomed = self.data_dir.join(format!(
             "{}.{}{DELETE_SUFFIX}",
             tp.dir_name(),

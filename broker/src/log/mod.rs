@@ -63,6 +63,8 @@ pub enum LogError {
         "{partition} is offline after a failed write that could not be undone; restart the broker to recover it"
     )]
     Offline { partition: TopicPartition },
+    #[error("{partition} was deleted from this broker")]
+    Deleted { partition: TopicPartition },
     #[error(
         "{partition}: producer {producer_id} sent sequence {found} where {expected} comes next; records were lost or reordered on the way"
     )]
@@ -177,6 +179,9 @@ pub struct Log {
     /// Serialises flushes so two of them never fsync the same data at once.
     flush_lock: Mutex<()>,
     offline: AtomicBool,
+    /// Set (under the state lock) when the log is deleted: nothing writes to it after that,
+    /// since its directory name may already belong to a new log.
+    deleted: AtomicBool,
 }
 
 impl std::fmt::Debug for Log {
@@ -328,6 +333,7 @@ impl Log {
             }),
             flush_lock: Mutex::new(()),
             offline: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
         };
         Ok((log, report))
     }
@@ -376,6 +382,29 @@ impl Log {
         self.offline.load(Ordering::Acquire)
     }
 
+    /// Whether this log may still change. Called with the state lock held, so that no
+    /// change starts after [`Log::mark_deleted`].
+    fn check_writable(&self) -> Result<(), LogError> {
+        if self.deleted.load(Ordering::Acquire) {
+            Err(LogError::Deleted {
+                partition: self.partition.clone(),
+            })
+        } else if self.is_offline() {
+            Err(LogError::Offline {
+                partition: self.partition.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops every later change to this log (its files are about to go); changes already
+    /// under way finish first.
+    pub(crate) fn mark_deleted(&self) {
+        let _state = self.state.write();
+        self.deleted.store(true, Ordering::Release);
+    }
+
     /// The latest leader epoch in this log and where it starts.
     pub fn latest_epoch(&self) -> Option<EpochEntry> {
         self.state.read().epochs.latest()
@@ -390,6 +419,7 @@ impl Log {
     /// Records that this replica leads from the log end on in `epoch`.
     pub fn begin_leader_epoch(&self, epoch: i32) -> Result<(), LogError> {
         let mut state = self.state.write();
+        self.check_writable()?;
         let end = state.next_offset;
         state
             .epochs
@@ -400,7 +430,9 @@ impl Log {
     /// Writes the producer state snapshot (at checkpoints and shutdown).
     pub fn write_producer_snapshot(&self) {
         let state = self.state.read();
-        self.save_producer_snapshot(&state);
+        if self.check_writable().is_ok() {
+            self.save_producer_snapshot(&state);
+        }
     }
 
     fn save_producer_snapshot(&self, state: &LogState) {
@@ -533,6 +565,7 @@ impl Log {
     pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let config = self.config();
         let mut state = self.state.write();
+        self.check_writable()?;
         if offset >= state.next_offset {
             // No record to cut, but an epoch that starts here holds nothing (a leader that
             // never wrote in it): forget it, or the logs would keep diverging there.
@@ -620,12 +653,10 @@ impl Log {
         self.truncate_to(first_base.min(offset))?;
         let config = self.config();
         let mut state = self.state.write();
+        self.check_writable()?;
         if state.next_offset != offset {
-            for segment in std::mem::take(&mut state.segments).into_values() {
-                segment
-                    .delete()
-                    .map_err(self.io_error("delete a segment"))?;
-            }
+            // The new segment first: if it cannot be created the log stays as it was. The
+            // old one is empty now (truncated above) and has another base offset.
             let segment = Segment::create(
                 &self.dir,
                 offset,
@@ -633,7 +664,17 @@ impl Log {
                 config.index_interval_bytes,
             )
             .map_err(self.io_error("create a segment"))?;
-            state.segments.insert(offset, Arc::new(segment));
+            let old = std::mem::replace(
+                &mut state.segments,
+                BTreeMap::from([(offset, Arc::new(segment))]),
+            );
+            for segment in old.into_values() {
+                if let Err(error) = segment.delete() {
+                    // A stray segment below the new log start would come back at restart.
+                    self.offline.store(true, Ordering::Release);
+                    return Err(self.io_error("delete a segment")(error));
+                }
+            }
         }
         state.next_offset = offset;
         state.log_start_offset = offset;
@@ -651,6 +692,7 @@ impl Log {
     ) -> Result<RetentionOutcome, LogError> {
         let config = self.config();
         let mut state = self.state.write();
+        self.check_writable()?;
         let expired = |segment: &Segment| -> Result<bool, LogError> {
             Ok(config.retention_ms >= 0
                 && segment

@@ -663,6 +663,31 @@ fn deleted_logs_disappear_and_their_name_can_be_reused() {
 }
 
 #[test]
+fn a_deleted_log_refuses_changes_through_handles_that_outlive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = LogManager::open(dir.path(), |_| LogConfig::default()).unwrap();
+    let stale = manager.get_or_create(&tp(), LogConfig::default()).unwrap();
+    fill(&stale, 3);
+    manager.delete(&tp()).unwrap();
+    // A log created again under the same name must not see writes meant for the old one.
+    let fresh = manager.get_or_create(&tp(), LogConfig::default()).unwrap();
+    let deleted = |result: Result<(), LogError>| {
+        assert!(
+            matches!(result, Err(LogError::Deleted { .. })),
+            "{result:?}"
+        )
+    };
+    deleted(stale.append_as_leader(&batch(2, 0, "late"), 0, 0).map(drop));
+    deleted(stale.truncate_to(0));
+    deleted(stale.reset_to(100));
+    deleted(stale.begin_leader_epoch(7));
+    stale.write_producer_snapshot();
+    assert_eq!(fresh.log_end_offset(), 0);
+    assert!(!fresh.dir().join("producer-state").exists());
+    assert_eq!(fresh.latest_epoch(), None);
+}
+
+#[test]
 fn a_roll_that_fails_midway_leaves_the_log_end_where_the_data_ends() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {

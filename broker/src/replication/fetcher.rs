@@ -87,10 +87,11 @@ impl Fetchers {
         if previous.is_some_and(|l| l != leader) {
             self.remove(&tp);
         }
+        // A fetcher whose task ended (it panicked) is replaced, not left silent.
         if self
             .by_leader
             .get(&leader)
-            .is_none_or(|f| f.address != address)
+            .is_none_or(|f| f.address != address || f.commands.is_closed())
         {
             self.replace_fetcher(leader, address);
         }

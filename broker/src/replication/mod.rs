@@ -402,7 +402,9 @@ impl ReplicaManager {
     }
 
     fn remove_partition(&self, tp: &TopicPartition) {
-        self.partitions.write().remove(tp);
+        if let Some(partition) = self.partitions.write().remove(tp) {
+            partition.retire();
+        }
         if let Err(error) = self.logs.delete(tp) {
             tracing::error!(partition = %tp, %error, "could not delete the log of a removed partition");
         } else {

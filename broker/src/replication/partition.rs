@@ -295,6 +295,16 @@ impl Partition {
         Ok((role, new_epoch))
     }
 
+    /// Takes the replica out of service before it is deleted: no role, so answers to fetches
+    /// still in flight are dropped and requests still holding it are refused.
+    pub(super) fn retire(&self) {
+        let mut state = self.state.write();
+        state.role = Role::Offline;
+        state.leader_epoch = -1;
+        state.pending_isr = None;
+        state.followers.clear();
+    }
+
     /// The high watermark: the smallest log end over the (maximal) ISR. It only moves
     /// forward, except that it never exceeds this replica's own log end.
     fn update_high_watermark(&self, state: &State) {

@@ -47,6 +47,7 @@ pub fn log_error_code(error: &LogError) -> ErrorCode {
         }
         LogError::InvalidBatch(_) => ErrorCode::InvalidRecord,
         LogError::Io { .. } | LogError::Offline { .. } => ErrorCode::StorageError,
+        LogError::Deleted { .. } => ErrorCode::UnknownTopicOrPartition,
         LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         LogError::ProducerFenced { .. } => ErrorCode::InvalidProducerEpoch,
         LogError::NotContiguous { .. } => ErrorCode::InvalidRecord,
