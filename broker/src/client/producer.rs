@@ -220,17 +220,23 @@ struct PartitionQueue {
     retry_at: Option<Instant>,
     /// Sequence number of the next batch to close, for idempotent producers.
     next_sequence: i32,
+    /// The producer id this partition's batches carry when it is not the producer's own:
+    /// after a sequence gap here, this partition alone starts over with a new one.
+    identity: Option<Identity>,
+    /// The leader reported a sequence gap: nothing is sent until the queue is restamped.
+    reset_pending: bool,
 }
 
 impl PartitionQueue {
-    /// Closes the open batch; an idempotent producer stamps it with its id and the
-    /// partition's next sequence, so batches carry sequences in the order they are sent.
-    fn close_open(&mut self, compression: Compression, identity: Option<Identity>) -> Result<()> {
+    /// Closes the open batch; an idempotent producer stamps it with its id (`producer`,
+    /// unless this partition has its own) and the partition's next sequence, so batches
+    /// carry sequences in the order they are sent.
+    fn close_open(&mut self, compression: Compression, producer: Option<Identity>) -> Result<()> {
         let Some(mut open) = self.open.take() else {
             return Ok(());
         };
         let records = open.builder.record_count();
-        if let Some(identity) = identity {
+        if let Some(identity) = self.identity.or(producer) {
             open.builder
                 .set_producer(identity.producer_id, identity.epoch, self.next_sequence);
             self.next_sequence = advance_sequence(self.next_sequence, records);
@@ -286,9 +292,6 @@ struct Accumulator {
     /// While positive, open batches are sent at once instead of lingering.
     flushing: usize,
     identity: Option<Identity>,
-    /// A leader reported a sequence gap: once nothing is in flight, take a new producer id
-    /// and restamp what is queued.
-    reset_pending: bool,
 }
 
 struct Inner {
@@ -529,7 +532,7 @@ impl Inner {
     fn take_due(&self, now: Instant) -> (Vec<Job>, Option<Instant>) {
         let mut accumulator = self.accumulator.lock();
         let force = accumulator.flushing > 0 || self.closed.load(Ordering::Acquire);
-        let (identity, resetting) = (accumulator.identity, accumulator.reset_pending);
+        let identity = accumulator.identity;
         let mut jobs = Vec::new();
         let mut next: Option<Instant> = None;
         let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
@@ -544,7 +547,7 @@ impl Inner {
                         due(expires);
                     }
                 }
-                if queue.sending || queue.ready.is_empty() || resetting {
+                if queue.sending || queue.ready.is_empty() || queue.reset_pending {
                     continue;
                 }
                 if let Some(at) = queue.retry_at.filter(|&at| at > now) {
@@ -583,11 +586,12 @@ impl Inner {
     }
 
     /// Ends a request: completed batches give back their memory; batches to retry go back to
-    /// the front of their queue, in order. `reset` asks for a new producer id first.
+    /// the front of their queue, in order. `reset` asks for a new producer id for the
+    /// partition first.
     fn finish(&self, tp: &TopicPartition, retry: Vec<ReadyBatch>, released: usize, reset: bool) {
         self.memory.add_permits(released);
         let mut accumulator = self.accumulator.lock();
-        accumulator.reset_pending |= reset;
+        let idempotent = accumulator.identity.is_some();
         if let Some(queue) = accumulator
             .topics
             .get_mut(&tp.topic)
@@ -595,6 +599,7 @@ impl Inner {
         {
             queue.sending = false;
             queue.in_flight.clear();
+            queue.reset_pending |= reset && idempotent;
             if !retry.is_empty() {
                 queue.retry_at = Some(Instant::now() + self.config.retry_backoff);
                 for batch in retry.into_iter().rev() {
@@ -606,48 +611,55 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    /// A reset is due once no request is in flight (so every batch is here to restamp).
+    /// Whether a partition waits for a new producer id after a sequence gap.
     fn reset_due(&self) -> bool {
         let accumulator = self.accumulator.lock();
-        accumulator.reset_pending
+        accumulator.identity.is_some()
             && accumulator
                 .topics
                 .values()
-                .all(|t| t.partitions.iter().all(|q| !q.sending))
+                .any(|t| t.partitions.iter().any(|q| q.reset_pending))
     }
 
-    /// Takes a new producer id and restamps every queued batch with it, each partition's
-    /// sequences starting again at 0 in queue order.
+    /// Takes a new producer id for the partitions that saw a sequence gap.
     async fn reset_producer_id(&self) -> Result<()> {
         let identity = init_producer_id(&self.cluster).await?;
-        let mut accumulator = self.accumulator.lock();
-        accumulator.identity = Some(identity);
-        for queue in accumulator
-            .topics
-            .values_mut()
-            .flat_map(|t| t.partitions.iter_mut())
-        {
-            let mut sequence = 0;
-            for batch in &mut queue.ready {
-                let mut bytes = batch.bytes.to_vec();
-                crate::record::set_producer(
-                    &mut bytes,
-                    identity.producer_id,
-                    identity.epoch,
-                    sequence,
-                );
-                batch.bytes = Bytes::from(bytes);
-                sequence = advance_sequence(sequence, batch.records);
-            }
-            queue.next_sequence = sequence;
-        }
-        accumulator.reset_pending = false;
+        let restarted = restart_sequences(&mut self.accumulator.lock(), identity);
         tracing::info!(
             producer_id = identity.producer_id,
+            partitions = restarted,
             "started over with a new producer id after a sequence gap"
         );
         Ok(())
     }
+}
+
+/// Gives every partition waiting for a reset the producer id `identity` and restamps its
+/// queued batches with it, sequences starting again at 0 in queue order; returns how many
+/// partitions started over. None of those batches is in the log: the leader refused the
+/// request with the gap, and a partition sends one request at a time. Other partitions
+/// keep their id and sequences, so a retry there is still recognized as one.
+fn restart_sequences(accumulator: &mut Accumulator, identity: Identity) -> usize {
+    let mut restarted = 0;
+    for queue in accumulator
+        .topics
+        .values_mut()
+        .flat_map(|t| t.partitions.iter_mut())
+        .filter(|q| q.reset_pending)
+    {
+        let mut sequence = 0;
+        for batch in &mut queue.ready {
+            let mut bytes = batch.bytes.to_vec();
+            crate::record::set_producer(&mut bytes, identity.producer_id, identity.epoch, sequence);
+            batch.bytes = Bytes::from(bytes);
+            sequence = advance_sequence(sequence, batch.records);
+        }
+        queue.next_sequence = sequence;
+        queue.identity = Some(identity);
+        queue.reset_pending = false;
+        restarted += 1;
+    }
+    restarted
 }
 
 async fn init_producer_id(cluster: &Cluster) -> Result<Identity> {
@@ -812,7 +824,80 @@ async fn send(inner: Arc<Inner>, job: Job) {
 
 #[cfg(test)]
 mod tests {
-    use super::advance_sequence;
+    use super::*;
+    use crate::record::{BatchHeader, validate_produced};
+
+    /// Closes a batch of `records` records on `queue`, for an idempotent `producer`.
+    fn push(queue: &mut PartitionQueue, producer: Identity, records: usize) {
+        let (done, outcome) = oneshot::channel();
+        let mut builder = BatchBuilder::new(Compression::None, 1 << 16);
+        for i in 0..records {
+            builder.append(0, None, Some(format!("r{i}").as_bytes()), &[]);
+        }
+        queue.open = Some(OpenBatch {
+            builder,
+            created: Instant::now(),
+            done,
+            outcome: outcome.shared(),
+            memory: 0,
+        });
+        queue.close_open(Compression::None, Some(producer)).unwrap();
+    }
+
+    /// (producer id, base sequence) of each queued batch, checked whole (CRC included),
+    /// and the queue's next sequence.
+    fn stamps(queue: &PartitionQueue) -> (Vec<(i64, i32)>, i32) {
+        let stamps = queue
+            .ready
+            .iter()
+            .map(|b| {
+                validate_produced(&b.bytes, usize::MAX).unwrap();
+                let header = BatchHeader::parse(&b.bytes).unwrap();
+                (header.producer_id(), header.base_sequence())
+            })
+            .collect();
+        (stamps, queue.next_sequence)
+    }
+
+    #[test]
+    fn a_sequence_gap_restarts_only_its_own_partition_with_a_new_producer_id() {
+        let old = Identity {
+            producer_id: 7,
+            epoch: 0,
+        };
+        let new = Identity {
+            producer_id: 8,
+            epoch: 0,
+        };
+        let mut accumulator = Accumulator {
+            identity: Some(old),
+            ..Accumulator::default()
+        };
+        let (mut gap, mut other) = (PartitionQueue::default(), PartitionQueue::default());
+        // Partition 0 had written sequences 0..40; the leader lost them and refuses 40.
+        gap.next_sequence = 40;
+        // Partition 1's batches wait for a retry after a lost answer: they may be in the
+        // log, so they must keep their id and sequences.
+        for _ in 0..2 {
+            push(&mut gap, old, 3);
+            push(&mut other, old, 3);
+        }
+        gap.reset_pending = true;
+        accumulator.topics.entry("t".into()).or_default().partitions = vec![gap, other];
+
+        assert_eq!(restart_sequences(&mut accumulator, new), 1);
+        let partitions = &mut accumulator.topics.get_mut("t").unwrap().partitions;
+        assert_eq!(stamps(&partitions[0]), (vec![(8, 0), (8, 3)], 6));
+        assert_eq!(stamps(&partitions[1]), (vec![(7, 0), (7, 3)], 6));
+        assert!(!partitions[0].reset_pending);
+
+        // Batches closed later carry each partition's own id.
+        for queue in partitions.iter_mut() {
+            push(queue, old, 1);
+        }
+        assert_eq!(stamps(&partitions[0]).0[2], (8, 6));
+        assert_eq!(stamps(&partitions[1]).0[2], (7, 6));
+    }
 
     #[test]
     fn sequences_advance_by_the_record_count_and_wrap_to_zero() {
