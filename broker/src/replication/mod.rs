@@ -626,11 +626,11 @@ impl ReplicaManager {
         }
     }
 
-    /// The controller answered an ISR proposal for `tp`; `state` is the partition as it is
-    /// now, when the controller said.
-    pub fn isr_answered(&self, tp: &TopicPartition, state: Option<&PartitionRecord>) {
-        if let Some(partition) = self.partition(tp) {
-            partition.isr_answered(state);
+    /// The controller answered the ISR proposal `change`; `state` is the partition as it
+    /// is now, when the controller said.
+    pub fn isr_answered(&self, change: &IsrChange, state: Option<&PartitionRecord>) {
+        if let Some(partition) = self.partition(&change.tp) {
+            partition.isr_answered(change, state);
         }
     }
 

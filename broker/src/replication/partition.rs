@@ -58,7 +58,7 @@ struct State {
     /// As the controller committed it.
     isr: Vec<i32>,
     /// An ISR change proposed to the controller and not yet answered.
-    pending_isr: Option<Vec<i32>>,
+    pending_isr: Option<IsrChange>,
     followers: HashMap<i32, FollowerState>,
     min_insync_replicas: u32,
 }
@@ -68,7 +68,7 @@ impl State {
     /// for all of them, so it never gets ahead of what a committed ISR has.
     fn maximal_isr(&self) -> Vec<i32> {
         let mut isr = self.isr.clone();
-        for r in self.pending_isr.iter().flatten() {
+        for r in self.pending_isr.iter().flat_map(|p| &p.new_isr) {
             if !isr.contains(r) {
                 isr.push(*r);
             }
@@ -478,13 +478,14 @@ impl Partition {
         {
             let mut new_isr = state.isr.clone();
             new_isr.push(follower);
-            state.pending_isr = Some(new_isr.clone());
-            proposals(IsrChange {
+            let change = IsrChange {
                 tp: self.tp.clone(),
                 leader_epoch: state.leader_epoch,
                 partition_epoch: state.partition_epoch,
                 new_isr,
-            });
+            };
+            state.pending_isr = Some(change.clone());
+            proposals(change);
         }
         self.update_high_watermark(&state);
         drop(state);
@@ -532,19 +533,24 @@ impl Partition {
             .filter(|r| !lagging.contains(r))
             .collect();
         tracing::info!(partition = %self.tp, ?lagging, "followers fell behind; proposing to shrink the ISR");
-        state.pending_isr = Some(new_isr.clone());
-        proposals(IsrChange {
+        let change = IsrChange {
             tp: self.tp.clone(),
             leader_epoch: state.leader_epoch,
             partition_epoch: state.partition_epoch,
             new_isr,
-        });
+        };
+        state.pending_isr = Some(change.clone());
+        proposals(change);
     }
 
-    /// The controller answered an ISR proposal: `committed` is the partition as it now is.
-    pub(super) fn isr_answered(&self, committed: Option<&PartitionRecord>) {
+    /// The controller answered the ISR proposal `change`: `committed` is the partition as it
+    /// now is. An answer to an older proposal (from before a leadership change) leaves a
+    /// newer one pending.
+    pub(super) fn isr_answered(&self, change: &IsrChange, committed: Option<&PartitionRecord>) {
         let mut state = self.state.write();
-        state.pending_isr = None;
+        if state.pending_isr.as_ref() == Some(change) {
+            state.pending_isr = None;
+        }
         if let Some(record) = committed
             && record.leader_epoch == state.leader_epoch
             && record.partition_epoch >= state.partition_epoch
@@ -622,5 +628,72 @@ impl Partition {
         self.log_end.send_replace(offset);
         self.set_high_watermark(offset);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::log::LogConfig;
+
+    fn leader_of(dir: &Path) -> Partition {
+        let tp = TopicPartition::new("t", 0);
+        let (log, _) = Log::open(dir, tp.clone(), LogConfig::default(), true, (None, None))
+            .expect("open the log");
+        Partition::new(tp, Uuid::new_v4(), 1, Arc::new(log), None)
+    }
+
+    fn record(leader_epoch: i32, partition_epoch: i32, isr: &[i32]) -> PartitionRecord {
+        PartitionRecord {
+            replicas: vec![1, 2],
+            isr: isr.to_vec(),
+            leader: 1,
+            leader_epoch,
+            partition_epoch,
+        }
+    }
+
+    /// Broker 2 fetches from the start at `epoch`; returns the ISR changes it set off.
+    fn fetch(partition: &Partition, epoch: i32) -> Vec<IsrChange> {
+        let proposed = RefCell::new(Vec::new());
+        partition
+            .replica_read(2, 0, epoch, -1, 1024, &|c| proposed.borrow_mut().push(c))
+            .expect("the fetch is answered");
+        proposed.into_inner()
+    }
+
+    #[test]
+    fn an_answer_to_an_older_isr_proposal_leaves_the_newer_one_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = leader_of(dir.path());
+        let config = TopicConfig::default();
+        partition.apply(&record(1, 1, &[1]), &config).unwrap();
+        let first = fetch(&partition, 1);
+        assert_eq!(
+            first.len(),
+            1,
+            "a caught-up follower is proposed for the ISR"
+        );
+        assert!(fetch(&partition, 1).is_empty(), "one proposal at a time");
+
+        // A new leader epoch (this broker again) drops the first proposal; the follower's
+        // next fetch proposes again, at the new epochs.
+        partition.apply(&record(2, 2, &[1]), &config).unwrap();
+        let second = fetch(&partition, 2);
+        assert_eq!(second.len(), 1);
+        assert_eq!((second[0].leader_epoch, second[0].partition_epoch), (2, 2));
+
+        // The controller's refusal of the first arrives late: the second stays pending.
+        partition.isr_answered(&first[0], Some(&record(2, 2, &[1])));
+        assert!(
+            fetch(&partition, 2).is_empty(),
+            "the second proposal is still pending"
+        );
+        assert_eq!(partition.status().isr, vec![1]);
+
+        partition.isr_answered(&second[0], Some(&record(2, 3, &[1, 2])));
+        assert_eq!(partition.status().isr, vec![1, 2]);
     }
 }

@@ -13,7 +13,6 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
-use crate::TopicPartition;
 use crate::controller::{
     Controller, FileStore, IsrProposal, MetadataSnapshot, NewTopic, PartitionRecord, Registration,
     TopicRecord,
@@ -23,7 +22,9 @@ use crate::replication::{IsrChange, ReplicaManager};
 use crate::server::status::status;
 
 /// The answer to one ISR proposal: whether it applied, and the partition as it now is.
-pub type IsrAnswer = (TopicPartition, Result<(), String>, Option<PartitionRecord>);
+/// The controller's answer to one ISR proposal: the proposal, the verdict, and the
+/// partition as it now is.
+pub type IsrAnswer = (IsrChange, Result<(), String>, Option<PartitionRecord>);
 
 #[derive(Clone)]
 pub enum ControllerLink {
@@ -140,7 +141,7 @@ impl ControllerLink {
                 Ok(changes
                     .into_iter()
                     .zip(outcomes)
-                    .map(|(c, (verdict, state))| (c.tp, verdict.map_err(|e| e.to_string()), state))
+                    .map(|(c, (verdict, state))| (c, verdict.map_err(|e| e.to_string()), state))
                     .collect())
             }
             Self::Remote { address, client } => {
@@ -163,17 +164,24 @@ impl ControllerLink {
                     .await
                     .map_err(|s| unreachable(address, s))?
                     .into_inner();
-                Ok(response
-                    .results
+                if response.results.len() != changes.len() {
+                    return Err(Status::internal(format!(
+                        "the controller at {address} answered {} of {} ISR proposals",
+                        response.results.len(),
+                        changes.len()
+                    )));
+                }
+                Ok(changes
                     .into_iter()
-                    .map(|r| {
+                    .zip(response.results)
+                    .map(|(change, r)| {
                         let verdict = if r.error_code == i32::from(ErrorCode::None) {
                             Ok(())
                         } else {
                             Err(r.error_message)
                         };
                         (
-                            TopicPartition::new(r.topic, r.partition),
+                            change,
                             verdict,
                             r.state.as_ref().map(convert::partition_from_proto),
                         )

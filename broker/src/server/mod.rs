@@ -383,20 +383,19 @@ async fn forward_isr_proposals(
         while let Ok(more) = proposals.try_recv() {
             batch.push(more);
         }
-        let partitions: Vec<_> = batch.iter().map(|c| c.tp.clone()).collect();
-        match link.alter_isr(broker, batch).await {
+        match link.alter_isr(broker, batch.clone()).await {
             Ok(answers) => {
-                for (tp, verdict, state) in answers {
+                for (change, verdict, state) in answers {
                     if let Err(why) = &verdict {
-                        tracing::info!(partition = %tp, %why, "the controller refused an ISR change");
+                        tracing::info!(partition = %change.tp, %why, "the controller refused an ISR change");
                     }
-                    replicas.isr_answered(&tp, state.as_ref());
+                    replicas.isr_answered(&change, state.as_ref());
                 }
             }
             Err(error) => {
                 tracing::warn!(error = %error.message(), "could not send ISR changes to the controller; they will be proposed again");
-                for tp in &partitions {
-                    replicas.isr_answered(tp, None);
+                for change in &batch {
+                    replicas.isr_answered(change, None);
                 }
                 tokio::select! { () = tokio::time::sleep(Duration::from_millis(500)) => {}, () = stop.cancelled() => return }
             }
