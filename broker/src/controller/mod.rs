@@ -441,7 +441,8 @@ impl<S: MetadataStore> Controller<S> {
         let timeout = self.config.session_timeout;
         // Checks run every SESSION_CHECK_INTERVAL. A long gap means this controller was
         // stalled (paused, starved of CPU), not that the brokers were: their heartbeats are
-        // waiting unread, so give every session a new timeout instead of fencing them all.
+        // waiting unread. The time the controller could not see does not count against any
+        // session (instead of fencing them all), but a broker silent before it still is.
         let now = Instant::now();
         let stalled = state
             .last_expiry_check
@@ -451,10 +452,11 @@ impl<S: MetadataStore> Controller<S> {
         if let Some(gap) = stalled {
             tracing::warn!(
                 ?gap,
-                "the controller was stalled; broker sessions start a new timeout"
+                "the controller was stalled; the stall does not count against broker sessions"
             );
+            let unseen = gap.saturating_sub(SESSION_CHECK_INTERVAL);
             for session in state.sessions.values_mut() {
-                session.last_seen = now;
+                session.last_seen = (session.last_seen + unseen).min(now);
             }
             return Ok(());
         }

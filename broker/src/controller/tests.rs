@@ -272,7 +272,7 @@ async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stalled_controller_gives_brokers_a_new_timeout_instead_of_fencing_them() {
+async fn a_stall_of_the_controller_does_not_count_against_broker_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, sessions) = cluster(dir.path(), 2).await;
     controller
@@ -296,6 +296,38 @@ async fn a_stalled_controller_gives_brokers_a_new_timeout_instead_of_fencing_the
     }
     let snapshot = controller.snapshot();
     assert!(snapshot.brokers.contains_key(&1) && !snapshot.brokers.contains_key(&2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, sessions) = cluster(dir.path(), 2).await;
+    controller
+        .create_topic(topic("t", 2, Some(2)), false)
+        .await
+        .unwrap();
+    let session = sessions[0];
+    let beat = |ticks: usize| {
+        let controller = &controller;
+        async move {
+            for _ in 0..ticks {
+                tokio::time::advance(Duration::from_millis(250)).await;
+                controller.heartbeat(1, session).await.unwrap();
+                controller.expire_sessions().await.unwrap();
+            }
+        }
+    };
+    // Broker 2 goes silent; four seconds later the controller stalls for ten.
+    beat(16).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    controller.expire_sessions().await.unwrap();
+    assert!(
+        controller.snapshot().brokers.contains_key(&2),
+        "not during the stall"
+    );
+    // Its six-second timeout ends two seconds (plus a check) after the stall, not six.
+    beat(12).await;
+    assert!(!controller.snapshot().brokers.contains_key(&2));
 }
 
 #[tokio::test]

@@ -604,22 +604,30 @@ impl ReplicaManager {
     /// Proposes dropping followers that have not caught up for `replica.lag.time.max.ms`.
     pub fn check_isr_lag(&self) {
         // Checks run every lag_check_interval. A long gap means this broker was stalled
-        // (paused, starved of CPU) and its followers' fetches wait unread: they get a new
-        // lag time instead of all leaving the ISR.
+        // (paused, starved of CPU) and its followers' fetches wait unread: the time it could
+        // not see does not count against them (instead of all leaving the ISR), but a
+        // follower behind before the stall still is.
         let now = std::time::Instant::now();
         let lag_max = self.config.replica_lag_max;
-        let stalled = self.last_lag_check.lock().replace(now).is_some_and(|last| {
-            now - last > (lag_max / 2).max(self.config.lag_check_interval() * 3)
-        });
-        if stalled {
-            tracing::warn!("this broker was stalled; followers start a new lag time");
+        let interval = self.config.lag_check_interval();
+        let stalled = self
+            .last_lag_check
+            .lock()
+            .replace(now)
+            .map(|last| now - last)
+            .filter(|&gap| gap > (lag_max / 2).max(interval * 3));
+        if let Some(gap) = stalled {
+            tracing::warn!(
+                ?gap,
+                "this broker was stalled; the stall does not count against followers' lag"
+            );
         }
         let propose = |change: IsrChange| {
             let _ = self.proposals.send(change);
         };
         for partition in self.partitions() {
-            if stalled {
-                partition.restart_lag_clocks(now);
+            if let Some(gap) = stalled {
+                partition.discount_stall(gap.saturating_sub(interval), now);
             } else {
                 partition.check_isr_lag(lag_max, &propose);
             }

@@ -498,10 +498,12 @@ impl Partition {
         })
     }
 
-    /// Counts every follower as caught up as of `now`.
-    pub(super) fn restart_lag_clocks(&self, now: Instant) {
+    /// Takes `unseen`, a time this broker was stalled, off every follower's lag (never
+    /// past `now`).
+    pub(super) fn discount_stall(&self, unseen: Duration, now: Instant) {
         for follower in self.state.write().followers.values_mut() {
-            follower.last_caught_up = follower.last_caught_up.max(now);
+            follower.last_caught_up = (follower.last_caught_up + unseen).min(now);
+            follower.last_fetch = (follower.last_fetch + unseen).min(now);
         }
     }
 

@@ -223,6 +223,11 @@ pub async fn run(
         tasks.clone(),
     ));
     let maintenance = tokio::spawn(maintain(replicas.clone(), config.clone(), tasks.clone()));
+    let lag_checks = tokio::spawn(check_isr_lag(
+        replicas.clone(),
+        config.replication.lag_check_interval(),
+        tasks.clone(),
+    ));
 
     let grpc_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
@@ -305,7 +310,7 @@ pub async fn run(
         },
     };
     tasks.cancel();
-    let _ = tokio::join!(session, proposals, maintenance);
+    let _ = tokio::join!(session, proposals, maintenance, lag_checks);
     let closing = replicas.clone();
     tokio::task::spawn_blocking(move || {
         closing.checkpoint();
@@ -403,14 +408,23 @@ async fn forward_isr_proposals(
     }
 }
 
-/// Flushes, retention, checkpoints and ISR lag checks on their intervals, off the async
-/// threads.
+/// Checks followers' lag on a timer of its own, so a slow flush or retention run never
+/// delays it (or looks like a stall of the broker).
+async fn check_isr_lag(replicas: Arc<ReplicaManager>, every: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! { _ = ticker.tick() => {}, () = stop.cancelled() => return }
+        replicas.check_isr_lag();
+    }
+}
+
+/// Flushes, retention and checkpoints on their intervals, off the async threads.
 async fn maintain(replicas: Arc<ReplicaManager>, config: BrokerConfig, stop: CancellationToken) {
     let mut flush = tokio::time::interval(config.flush_check_interval);
     let mut retention = tokio::time::interval(config.retention_check_interval);
     let mut checkpoint = tokio::time::interval(config.checkpoint_interval);
-    let mut isr = tokio::time::interval(config.replication.lag_check_interval());
-    for timer in [&mut flush, &mut retention, &mut checkpoint, &mut isr] {
+    for timer in [&mut flush, &mut retention, &mut checkpoint] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer.reset();
     }
@@ -420,7 +434,6 @@ async fn maintain(replicas: Arc<ReplicaManager>, config: BrokerConfig, stop: Can
             _ = flush.tick() => Box::new(move || replicas.logs().flush_due(crate::now_ms())),
             _ = retention.tick() => Box::new(move || replicas.apply_retention(crate::now_ms())),
             _ = checkpoint.tick() => Box::new(move || replicas.checkpoint()),
-            _ = isr.tick() => Box::new(move || replicas.check_isr_lag()),
             () = stop.cancelled() => return,
         };
         if tokio::task::spawn_blocking(work).await.is_err() {
