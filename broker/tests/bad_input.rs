@@ -502,3 +502,40 @@ fn a_port_in_use_or_a_second_broker_on_the_same_data_stops_with_a_clear_message(
         "{stderr}"
     );
 }
+
+#[test]
+fn a_second_controller_on_the_same_data_stops_before_it_says_it_listens() {
+    let dir = common::open_tempdir();
+    let data = dir.path().join("controller");
+    let start = || {
+        Command::new(common::CONTROLLER)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the controller")
+    };
+    let mut first = start();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(first.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.starts_with("listening: controller=0 grpc=127.0.0.1:"),
+        "{line:?}"
+    );
+
+    // A supervisor takes the listening line as "started": the second must not print it.
+    let second = start().wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&second.stdout), "", "{stderr}");
+    assert!(stderr.contains("another controller"), "{stderr}");
+
+    common::signal(first.id(), libc::SIGTERM);
+    assert!(common::wait_with_patience(&mut first).success());
+}

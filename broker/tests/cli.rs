@@ -518,6 +518,38 @@ fn local_up_runs_a_cluster_with_the_topics_of_a_manifest_and_stops_cleanly() {
 }
 
 #[test]
+fn local_up_stops_cleanly_on_hangup_and_a_second_ctrl_c_kills_what_does_not_stop() {
+    use common::local::Member;
+    let dir = common::open_tempdir();
+    let data = dir.path().join("local");
+    // Closing the terminal (SIGHUP) stops the cluster like Ctrl-C.
+    let mut cluster = LocalCluster::start(&data, &["--brokers", "1"], &[]);
+    cluster.signal(libc::SIGHUP);
+    let (code, output) = cluster.wait_exit();
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Tributary stopped cleanly."), "{output}");
+
+    // A paused broker cannot stop; Ctrl-C again kills it instead of waiting.
+    let mut cluster = LocalCluster::start(&data, &["--brokers", "1"], &[]);
+    let broker = cluster.pid(Member::Broker(0)).expect("broker 0 runs");
+    cluster.pause(Member::Broker(0));
+    cluster.signal(libc::SIGINT);
+    cluster.wait_for_output("press Ctrl-C again to kill");
+    cluster.signal(libc::SIGINT);
+    let (code, output) = cluster.wait_exit();
+    assert_ne!(code, 0, "{output}");
+    assert!(
+        output.contains("broker 0 was killed while it stopped"),
+        "{output}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{broker}")).exists(),
+        "the paused broker is gone:\n{output}"
+    );
+    assert!(!data.join("broker-0/pid").exists());
+}
+
+#[test]
 fn local_up_refuses_bad_manifests_and_busy_ports_before_starting() {
     let dir = common::open_tempdir();
     let bad = dir.path().join("bad.yaml");

@@ -92,9 +92,10 @@ struct Args {
         default_value_t = 500
     )]
     replica_fetch_wait_max_ms: u64,
-    /// Stop (as on SIGTERM) when the parent process exits; for supervisors.
-    #[arg(long, hide = true)]
-    stop_with_parent: bool,
+    /// Stop (as on SIGTERM) when the parent process, whose id this is, exits; for
+    /// supervisors.
+    #[arg(long, hide = true, value_name = "PARENT_PID")]
+    stop_with_parent: Option<u32>,
 }
 
 async fn bind(what: &str, address: &str, flag: &str) -> Result<TcpListener, String> {
@@ -169,8 +170,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     server::raise_open_file_limit();
-    if args.stop_with_parent {
-        server::stop_with_parent();
+    if let Some(parent) = args.stop_with_parent {
+        server::stop_with_parent(parent);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

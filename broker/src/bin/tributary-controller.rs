@@ -49,9 +49,10 @@ struct Args {
         value_delimiter = ','
     )]
     config: Vec<String>,
-    /// Stop (as on SIGTERM) when the parent process exits; for supervisors.
-    #[arg(long, hide = true)]
-    stop_with_parent: bool,
+    /// Stop (as on SIGTERM) when the parent process, whose id this is, exits; for
+    /// supervisors.
+    #[arg(long, hide = true, value_name = "PARENT_PID")]
+    stop_with_parent: Option<u32>,
 }
 
 async fn start(args: Args) -> Result<(), String> {
@@ -68,9 +69,9 @@ async fn start(args: Args) -> Result<(), String> {
         )
     })?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening: controller={} grpc={address}", args.id);
+    let id = args.id;
     let config = ControllerProcessConfig {
-        id: args.id,
+        id,
         data_dir: args.data_dir,
         controller: ControllerConfig {
             default_replication_factor: args.default_replication_factor,
@@ -82,7 +83,10 @@ async fn start(args: Args) -> Result<(), String> {
         server::stop_signal().await;
         tracing::info!("stop signal received; stopping the controller");
     };
-    server::run_controller(config, listener, shutdown)
+    // One line on stdout for supervisors and scripts, once the metadata is open: a second
+    // controller on the same directory fails before it says it listens.
+    let started = || println!("listening: controller={id} grpc={address}");
+    server::run_controller(config, listener, started, shutdown)
         .await
         .map_err(|e| e.to_string())
 }
@@ -97,8 +101,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if args.stop_with_parent {
-        server::stop_with_parent();
+    if let Some(parent) = args.stop_with_parent {
+        server::stop_with_parent(parent);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -452,13 +452,17 @@ pub struct ControllerProcessConfig {
 }
 
 /// Runs the cluster controller on an already bound listener until `shutdown` completes.
+/// `started` is called once the metadata store is open (and locked) and the controller has
+/// taken its epoch, just before it serves.
 pub async fn run_controller(
     config: ControllerProcessConfig,
     listener: TcpListener,
+    started: impl FnOnce(),
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BrokerError> {
     let store = FileStore::open(&config.data_dir.join("metadata.json"))?;
     let controller = Arc::new(Controller::start(config.id, store, config.controller).await?);
+    started();
     let stop = CancellationToken::new();
     let expiry = {
         let controller = controller.clone();
@@ -503,15 +507,15 @@ pub async fn stop_signal() {
 }
 
 /// Asks for SIGTERM when the parent process dies (the children of `tributary local up`
-/// stop with it), and sends it now if the parent is already gone.
-pub fn stop_with_parent() {
-    let parent = rustix::process::getppid();
+/// stop with it), and sends it now if the parent, `parent` (its process id, as the parent
+/// passed it), is already gone: it may have died before this process could ask.
+pub fn stop_with_parent(parent: u32) {
     if rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
         .is_err()
     {
         tracing::warn!("cannot ask to stop with the parent process");
     }
-    if rustix::process::getppid() != parent {
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
     }

@@ -159,8 +159,31 @@ impl LocalCluster {
 
     /// Ctrl-C, and waits for `local up` to exit; returns its exit code and output.
     pub fn stop(&mut self) -> (i32, String) {
+        self.signal(libc::SIGINT);
+        self.wait_exit()
+    }
+
+    /// Sends `signal` to `local up` itself.
+    pub fn signal(&self, signal: i32) {
+        super::signal(self.child.as_ref().expect("running").id(), signal);
+    }
+
+    /// Waits until `local up` has printed a line containing `text`.
+    pub fn wait_for_output(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "local up never printed {text:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for `local up` to exit; returns its exit code and output.
+    pub fn wait_exit(&mut self) -> (i32, String) {
         let mut child = self.child.take().expect("running");
-        super::signal(child.id(), libc::SIGINT);
         let status = super::wait_with_patience(&mut child);
         // The output threads end with the process.
         std::thread::sleep(Duration::from_millis(50));

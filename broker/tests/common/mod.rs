@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const BROKER: &str = env!("CARGO_BIN_EXE_tributary-broker");
 pub const CLI: &str = env!("CARGO_BIN_EXE_tributary");
+pub const CONTROLLER: &str = env!("CARGO_BIN_EXE_tributary-controller");
 
 /// How long anything in a test may take before the test fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(60);

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::client::{Admin, Error as ClientError, ErrorCode, NewTopic};
 use tributary_broker::config::TopicConfig;
 use tributary_broker::manifest::{self, Manifest, TopicManifest};
-use tributary_broker::server;
 
 use supervisor::{Event, Listen, Spec, Started, Stopped};
 
@@ -106,35 +106,32 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
         controller_program: program("tributary-controller")?,
     };
 
+    let mut signals = StopSignals::new()?;
     let (events, mut event_rx) = mpsc::unbounded_channel();
     let mut cluster = Processes::new(events);
     let started = tokio::select! {
         started = cluster.start(&plan) => Some(started),
-        () = server::stop_signal() => None,
+        () = signals.next() => None,
     };
     match started {
         Some(Ok(summary)) => println!("{summary}"),
         Some(Err(error)) => {
-            cluster.stop().await;
+            cluster.stop(&mut signals).await;
             return Err(error);
         }
         None => {
-            println!("stopping...");
-            cluster.stop().await;
+            cluster.stop(&mut signals).await;
             bail!("stopped before the cluster was up");
         }
     }
 
-    let stop = server::stop_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => break,
+            () = signals.next() => break,
             Some(event) = event_rx.recv() => report(event),
         }
     }
-    println!("stopping...");
-    let failures = cluster.stop().await;
+    let failures = cluster.stop(&mut signals).await;
     if failures.is_empty() {
         println!("Tributary stopped cleanly.");
         Ok(())
@@ -143,6 +140,33 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
             "the cluster did not stop cleanly:\n  {}",
             failures.join("\n  ")
         )
+    }
+}
+
+/// What stops `local up`: Ctrl-C, SIGTERM, or SIGHUP (its terminal was closed). Listened
+/// for from the start, so a signal that comes between two waits is not missed.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        let listen = |kind: SignalKind| signal(kind).context("cannot listen for signals");
+        Ok(Self {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+            hangup: listen(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
     }
 }
 
@@ -250,6 +274,8 @@ struct Processes {
     controller: Option<Supervised>,
     brokers: Vec<Supervised>,
     events: mpsc::UnboundedSender<Event>,
+    /// Cancelled to kill every process at once instead of waiting for it to stop.
+    kill: CancellationToken,
 }
 
 impl Processes {
@@ -258,6 +284,7 @@ impl Processes {
             controller: None,
             brokers: Vec::new(),
             events,
+            kill: CancellationToken::new(),
         }
     }
 
@@ -267,6 +294,7 @@ impl Processes {
         let task = tokio::spawn(supervisor::supervise(
             spec,
             stop.clone(),
+            self.kill.clone(),
             first,
             self.events.clone(),
         ));
@@ -401,9 +429,24 @@ impl Processes {
         Ok(summary.join("\n"))
     }
 
-    /// Stops the brokers (each hands its leaderships over first), then the controller.
-    /// Returns what did not stop cleanly.
-    async fn stop(self) -> Vec<String> {
+    /// Stops the brokers (each hands its leaderships over first), then the controller; a
+    /// second stop request (Ctrl-C again) kills them all at once. Returns what did not stop
+    /// cleanly.
+    async fn stop(self, signals: &mut StopSignals) -> Vec<String> {
+        println!("stopping... (press Ctrl-C again to kill the processes at once)");
+        let kill = self.kill.clone();
+        let stopping = self.stop_in_order();
+        tokio::pin!(stopping);
+        tokio::select! {
+            failures = &mut stopping => return failures,
+            () = signals.next() => {}
+        }
+        println!("killing the processes...");
+        kill.cancel();
+        stopping.await
+    }
+
+    async fn stop_in_order(self) -> Vec<String> {
         let mut failures = Vec::new();
         for broker in &self.brokers {
             broker.stop.cancel();

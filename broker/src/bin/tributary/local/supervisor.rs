@@ -97,15 +97,17 @@ pub enum Stopped {
 }
 
 /// Keeps `spec` running until `stop` is cancelled, then stops it with SIGTERM (SIGKILL
-/// after `STOP_TIMEOUT`). The first start's outcome goes to `first`; when it fails the
-/// supervisor gives up, since the same arguments would fail again.
+/// after `STOP_TIMEOUT`, or as soon as `kill` is cancelled). The first start's outcome goes
+/// to `first`; when it fails the supervisor gives up, since the same arguments would fail
+/// again.
 pub async fn supervise(
     mut spec: Spec,
     stop: CancellationToken,
+    kill: CancellationToken,
     first: oneshot::Sender<anyhow::Result<Started>>,
     events: mpsc::UnboundedSender<Event>,
 ) -> Stopped {
-    let mut running = match start(&mut spec, &stop).await {
+    let mut running = match start(&mut spec, &stop, &kill).await {
         Ok(running) => {
             let _ = first.send(Ok(running.started.clone()));
             running
@@ -119,7 +121,7 @@ pub async fn supervise(
     loop {
         let status = tokio::select! {
             status = running.child.wait() => status,
-            () = stop.cancelled() => return running.stop(&spec).await,
+            () = stop.cancelled() => return running.stop(&spec, &kill).await,
         };
         let pid = running.started.pid;
         let _ = std::fs::remove_file(spec.pid_file());
@@ -149,7 +151,7 @@ pub async fn supervise(
                 () = stop.cancelled() => return Stopped::Cleanly,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            match start(&mut spec, &stop).await {
+            match start(&mut spec, &stop, &kill).await {
                 Ok(running) => {
                     let _ = events.send(Event::Restarted {
                         name: spec.name.clone(),
@@ -177,26 +179,34 @@ struct Running {
 }
 
 impl Running {
-    async fn stop(mut self, spec: &Spec) -> Stopped {
+    async fn stop(mut self, spec: &Spec, kill: &CancellationToken) -> Stopped {
         let pid = self.started.pid;
         let _ = rustix::process::kill_process(pid_of(pid), rustix::process::Signal::TERM);
-        let outcome = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(Ok(status)) if status.success() => Stopped::Cleanly,
-            Ok(Ok(status)) => Stopped::Failed(format!(
+        let waited = tokio::select! {
+            waited = tokio::time::timeout(STOP_TIMEOUT, self.child.wait()) => waited.ok(),
+            () = kill.cancelled() => None,
+        };
+        let outcome = match waited {
+            Some(Ok(status)) if status.success() => Stopped::Cleanly,
+            Some(Ok(status)) => Stopped::Failed(format!(
                 "{} stopped with {}; see {}",
                 spec.name,
                 describe(&status),
                 spec.log_file().display()
             )),
-            Ok(Err(error)) => Stopped::Failed(format!("{}: {error}", spec.name)),
-            Err(_) => {
+            Some(Err(error)) => Stopped::Failed(format!("{}: {error}", spec.name)),
+            None => {
                 let _ = self.child.kill().await;
-                Stopped::Failed(format!(
-                    "{} did not stop within {}s and was killed; see {}",
-                    spec.name,
-                    STOP_TIMEOUT.as_secs(),
-                    spec.log_file().display()
-                ))
+                Stopped::Failed(if kill.is_cancelled() {
+                    format!("{} was killed while it stopped", spec.name)
+                } else {
+                    format!(
+                        "{} did not stop within {}s and was killed; see {}",
+                        spec.name,
+                        STOP_TIMEOUT.as_secs(),
+                        spec.log_file().display()
+                    )
+                })
             }
         };
         let _ = std::fs::remove_file(spec.pid_file());
@@ -209,15 +219,23 @@ fn pid_of(pid: u32) -> rustix::process::Pid {
 }
 
 /// Starts the child and waits until it listens (and is ready, when it says how).
-async fn start(spec: &mut Spec, stop: &CancellationToken) -> anyhow::Result<Running> {
-    let started = start_once(spec, stop).await;
+async fn start(
+    spec: &mut Spec,
+    stop: &CancellationToken,
+    kill: &CancellationToken,
+) -> anyhow::Result<Running> {
+    let started = start_once(spec, stop, kill).await;
     if started.is_err() {
         let _ = std::fs::remove_file(spec.pid_file());
     }
     started
 }
 
-async fn start_once(spec: &mut Spec, stop: &CancellationToken) -> anyhow::Result<Running> {
+async fn start_once(
+    spec: &mut Spec,
+    stop: &CancellationToken,
+    kill: &CancellationToken,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&spec.dir)
         .with_context(|| format!("cannot create {}", spec.dir.display()))?;
     let log_path = spec.log_file();
@@ -234,6 +252,7 @@ async fn start_once(spec: &mut Spec, stop: &CancellationToken) -> anyhow::Result
     }
     command
         .arg("--stop-with-parent")
+        .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -264,7 +283,7 @@ async fn start_once(spec: &mut Spec, stop: &CancellationToken) -> anyhow::Result
     let read = tokio::select! {
         read = tokio::time::timeout_at(deadline, stdout.read_line(&mut line)) => read,
         status = child.wait() => return Err(failed(format!("exited with {}", describe(&status?)))),
-        () = stop.cancelled() => return Err(terminate(child).await),
+        () = stop.cancelled() => return Err(terminate(child, kill).await),
     };
     if !matches!(read, Ok(Ok(n)) if n > 0) {
         let _ = child.kill().await;
@@ -313,7 +332,7 @@ async fn start_once(spec: &mut Spec, stop: &CancellationToken) -> anyhow::Result
             tokio::select! {
                 status = child.wait() => return Err(failed(format!("exited with {}", describe(&status?)))),
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                () = stop.cancelled() => return Err(terminate(child).await),
+                () = stop.cancelled() => return Err(terminate(child, kill).await),
             }
         }
     }
@@ -325,14 +344,15 @@ async fn start_once(spec: &mut Spec, stop: &CancellationToken) -> anyhow::Result
 }
 
 /// Stops a child that was still starting when `local up` was asked to stop.
-async fn terminate(mut child: Child) -> anyhow::Error {
+async fn terminate(mut child: Child, kill: &CancellationToken) -> anyhow::Error {
     if let Some(pid) = child.id() {
         let _ = rustix::process::kill_process(pid_of(pid), rustix::process::Signal::TERM);
     }
-    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-        .await
-        .is_err()
-    {
+    let stopped = tokio::select! {
+        waited = tokio::time::timeout(STOP_TIMEOUT, child.wait()) => waited.is_ok(),
+        () = kill.cancelled() => false,
+    };
+    if !stopped {
         let _ = child.kill().await;
     }
     anyhow::anyhow!("stopped while starting")
@@ -364,12 +384,25 @@ async fn ready(address: SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
-/// The last lines a child wrote to its log since `from`, to show why it failed.
+/// The last lines a child wrote to its log since `from`, to show why it failed. Reads at
+/// most the last 64 KiB: the log of a long-running broker can be large.
 fn log_tail(path: &Path, from: u64) -> String {
-    let Ok(text) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX_TAIL_BYTES: u64 = 64 * 1024;
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(
+            from.max(len.saturating_sub(MAX_TAIL_BYTES)),
+        ))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_TAIL_BYTES).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let Ok(bytes) = read() else {
         return String::new();
     };
-    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(10)..]
         .iter()
