@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/tributary/v1/admin.proto",
     "proto/tributary/v1/replication.proto",
     "proto/tributary/v1/controller.proto",
+    "proto/tributary/v1/group.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -15,6 +15,7 @@ pub mod proto {
 }
 
 pub mod controller;
+pub mod group;
 pub mod replication;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in the record format.

@@ -682,6 +682,24 @@ impl Log {
         Ok(())
     }
 
+    /// Base offset of the active segment (the one appended to).
+    pub fn active_segment_base(&self) -> i64 {
+        self.state.read().active().base_offset()
+    }
+
+    /// Moves the log start offset forward to `offset` (never past the log end): records
+    /// below it are no longer read, and whole segments below it are deleted by the next
+    /// retention pass. Followers call this with their leader's log start.
+    pub fn advance_log_start(&self, offset: i64) -> Result<(), LogError> {
+        let mut state = self.state.write();
+        self.check_writable()?;
+        let offset = offset.min(state.next_offset);
+        if offset > state.log_start_offset {
+            state.log_start_offset = offset;
+        }
+        Ok(())
+    }
+
     /// Deletes sealed segments that retention no longer keeps, oldest first, never touching
     /// records at or above `max_offset` (the high watermark). The active segment is rolled
     /// first when all of it has expired, so a quiet topic's old data goes too.

@@ -346,12 +346,21 @@ fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFe
     }
     let code = ErrorCode::try_from(answer.error_code).unwrap_or(ErrorCode::Unknown);
     let result = match code {
-        ErrorCode::None => partition.append_as_follower(
-            from,
-            &answer.records,
-            answer.high_watermark,
-            crate::now_ms(),
-        ),
+        // The follower's log starts where the leader's does (retention there, or the
+        // offsets coordinator compacting its log).
+        ErrorCode::None => partition
+            .append_as_follower(
+                from,
+                &answer.records,
+                answer.high_watermark,
+                crate::now_ms(),
+            )
+            .and_then(|()| {
+                partition
+                    .log()
+                    .advance_log_start(answer.log_start_offset)
+                    .map_err(ReplicaError::Log)
+            }),
         ErrorCode::OffsetOutOfRange => {
             let leo = partition.log().log_end_offset();
             if leo < answer.log_start_offset {
