@@ -41,6 +41,15 @@ struct Args {
         default_value_t = 1
     )]
     default_replication_factor: u32,
+    /// Partitions of __consumer_offsets (committed offsets of consumer groups), created
+    /// when a group is first used.
+    #[arg(
+        long,
+        env = "TRIBUTARY_OFFSETS_TOPIC_PARTITIONS",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    offsets_topic_partitions: u32,
     /// Cluster default for a topic configuration key, as KEY=VALUE (repeatable).
     #[arg(
         long = "config",
@@ -77,6 +86,7 @@ async fn start(args: Args) -> Result<(), String> {
             default_replication_factor: args.default_replication_factor,
             topic_config,
             session_timeout: Duration::from_millis(args.session_timeout_ms.max(1)),
+            offsets_topic_partitions: args.offsets_topic_partitions,
         },
     };
     let shutdown = async {

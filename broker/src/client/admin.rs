@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::cluster::{Cluster, ClusterView};
 use super::error::{Error, Result};
+use super::group::{Coordinator, commit as group_commit, from_proto};
 use super::offsets::{Found, OffsetQuery, list_offsets, list_offsets_each};
 use crate::TopicPartition;
 pub use crate::controller::NewTopic;
@@ -194,6 +195,193 @@ impl Admin {
     pub async fn cluster(&self) -> Result<std::sync::Arc<ClusterView>> {
         self.cluster.refresh().await
     }
+
+    /// Every consumer group of the cluster (each broker lists those it coordinates).
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        let view = self.cluster.refresh().await?;
+        let mut groups = BTreeMap::new();
+        for address in view.brokers.values() {
+            let mut client = self.cluster.group_client(address)?;
+            let listed = client
+                .list_groups(proto::ListGroupsRequest {})
+                .await
+                .map_err(|s| Error::from_status(s, address))?
+                .into_inner();
+            for g in listed.groups {
+                groups.insert(
+                    g.group_id.clone(),
+                    GroupListing {
+                        group: g.group_id,
+                        state: g.state,
+                        members: g.members,
+                        coordinator: g.coordinator,
+                    },
+                );
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// A group's members and, per partition it has an offset for or reads, the member that
+    /// has it, the committed offset, the log end offset and the lag.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let coordinator = Coordinator::new(group);
+        let request = proto::DescribeGroupRequest {
+            group_id: group.to_string(),
+        };
+        let described = coordinator
+            .call(&self.cluster, |mut client, _| {
+                let request = request.clone();
+                async move { client.describe_group(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        let mut owners: BTreeMap<TopicPartition, String> = BTreeMap::new();
+        let members: Vec<GroupMemberDescription> = described
+            .members
+            .into_iter()
+            .map(|m| {
+                let assigned: Vec<TopicPartition> =
+                    from_proto(m.assigned).into_iter().collect();
+                for tp in &assigned {
+                    owners.insert(tp.clone(), m.member_id.clone());
+                }
+                GroupMemberDescription {
+                    member_id: m.member_id,
+                    client_id: m.client_id,
+                    member_epoch: m.member_epoch,
+                    subscribed: m.subscribed_topics,
+                    assigned,
+                }
+            })
+            .collect();
+        let committed: BTreeMap<TopicPartition, i64> = described
+            .offsets
+            .into_iter()
+            .map(|o| (TopicPartition::new(o.topic, o.partition), o.offset))
+            .collect();
+        let partitions: Vec<TopicPartition> = committed
+            .keys()
+            .chain(owners.keys())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ends = list_offsets_each(
+            &self.cluster,
+            &partitions,
+            OffsetQuery::Latest,
+            Duration::from_secs(5),
+        )
+        .await;
+        let partitions = partitions
+            .into_iter()
+            .map(|tp| {
+                let log_end_offset = ends
+                    .get(&tp)
+                    .and_then(|r| r.as_ref().ok().copied().flatten())
+                    .map(|(o, _)| o);
+                let committed_offset = committed.get(&tp).copied();
+                GroupPartition {
+                    member: owners.get(&tp).cloned(),
+                    lag: log_end_offset.map(|end| (end - committed_offset.unwrap_or(0)).max(0)),
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    committed_offset,
+                    log_end_offset,
+                }
+            })
+            .collect();
+        Ok(GroupDescription {
+            group: described.group_id,
+            state: described.state,
+            coordinator: described.coordinator,
+            members,
+            partitions,
+        })
+    }
+
+    /// Sets a group's committed offsets for the partitions of `topic` (only while the
+    /// group has no members). Returns what was committed.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        let count = self.cluster.partition_count(topic).await?;
+        let partitions: Vec<TopicPartition> =
+            (0..count).map(|p| TopicPartition::new(topic, p)).collect();
+        let offsets: BTreeMap<TopicPartition, i64> = match to {
+            ResetTo::Offset(n) if n < 0 => {
+                return Err(Error::Invalid(format!(
+                    "cannot reset to offset {n}: offsets start at 0"
+                )));
+            }
+            ResetTo::Offset(n) => partitions.into_iter().map(|tp| (tp, n)).collect(),
+            ResetTo::Earliest | ResetTo::Latest => {
+                let query = if to == ResetTo::Earliest {
+                    OffsetQuery::Earliest
+                } else {
+                    OffsetQuery::Latest
+                };
+                list_offsets(&self.cluster, &partitions, query)
+                    .await?
+                    .into_iter()
+                    .map(|(tp, found)| (tp, found.map_or(0, |(o, _)| o)))
+                    .collect()
+            }
+        };
+        let coordinator = Coordinator::new(group);
+        group_commit(&self.cluster, &coordinator, "", -1, &offsets).await?;
+        Ok(offsets)
+    }
+}
+
+/// Where `reset_group_offsets` moves a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupListing {
+    pub group: String,
+    pub state: String,
+    pub members: u32,
+    pub coordinator: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupDescription {
+    pub group: String,
+    pub state: String,
+    pub coordinator: i32,
+    pub members: Vec<GroupMemberDescription>,
+    pub partitions: Vec<GroupPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupMemberDescription {
+    pub member_id: String,
+    pub client_id: String,
+    pub member_epoch: i32,
+    pub subscribed: Vec<String>,
+    pub assigned: Vec<TopicPartition>,
+}
+
+/// One partition of `group describe --output json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// The member reading it, if any.
+    pub member: Option<String>,
+    pub committed_offset: Option<i64>,
+    pub log_end_offset: Option<i64>,
+    /// Log end offset minus the committed offset (all of it when nothing is committed).
+    pub lag: Option<i64>,
 }
 
 fn describe(

@@ -188,6 +188,13 @@ impl Cluster {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
+    pub fn group_client(
+        &self,
+        address: &str,
+    ) -> Result<crate::proto::group_client::GroupClient<Channel>> {
+        Ok(crate::proto::group_client::GroupClient::new(self.channel(address)?))
+    }
+
     pub fn admin_client(&self, address: &str) -> Result<AdminClient<Channel>> {
         Ok(AdminClient::new(self.channel(address)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

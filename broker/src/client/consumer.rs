@@ -3,7 +3,7 @@
 //! they arrived and the next fetch is sent at once; `poll` decodes queued batches while
 //! that fetch is on its way.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use tokio::time::Instant;
 
 use super::cluster::Cluster;
 use super::error::{Error, Result};
+use super::group;
+use super::membership::{self, Membership};
 use super::offsets::{OffsetQuery, list_offsets};
 use crate::TopicPartition;
 use crate::proto::{self, ErrorCode};
@@ -42,6 +44,21 @@ pub struct ConsumerConfig {
     pub auto_offset_reset: OffsetReset,
     pub request_timeout: Duration,
     pub retry_backoff: Duration,
+    /// The consumer group `subscribe` joins; None for a consumer that assigns partitions
+    /// itself.
+    pub group_id: Option<String>,
+    /// Commit the positions of the records `poll` returned every `auto_commit_interval`
+    /// (and before giving partitions up, and on `close`): at-least-once delivery.
+    pub enable_auto_commit: bool,
+    pub auto_commit_interval: Duration,
+    /// The coordinator removes a member it has not heard from for this long; its
+    /// partitions go to the others.
+    pub session_timeout: Duration,
+    /// How long the consumer may take to give up revoked partitions (its `poll` must run)
+    /// before it is removed from the group.
+    pub rebalance_timeout: Duration,
+    /// Shown by `group describe`.
+    pub client_id: String,
 }
 
 impl ConsumerConfig {
@@ -57,6 +74,12 @@ impl ConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(100),
+            group_id: None,
+            enable_auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(45),
+            rebalance_timeout: Duration::from_secs(300),
+            client_id: "tributary-consumer".into(),
         }
     }
 }
@@ -128,6 +151,9 @@ pub struct Consumer {
     records: VecDeque<ConsumerRecord>,
     fetches: JoinSet<FetchOutcome>,
     topic_names: HashMap<String, Arc<str>>,
+    /// Set by `subscribe`: the group membership that decides the assignment.
+    membership: Option<Membership>,
+    next_auto_commit: Instant,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -155,7 +181,181 @@ impl Consumer {
             records: VecDeque::new(),
             fetches: JoinSet::new(),
             topic_names: HashMap::new(),
+            membership: None,
+            next_auto_commit: Instant::now(),
         })
+    }
+
+    /// Joins the consumer group of `group_id` reading `topics`: the group's coordinator
+    /// assigns partitions, and each starts at the group's committed offset (or per
+    /// `auto_offset_reset` when it has none).
+    pub async fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
+        let Some(group) = self.config.group_id.clone() else {
+            return Err(Error::Invalid(
+                "subscribe needs a group: set group_id in the ConsumerConfig".into(),
+            ));
+        };
+        crate::group::validate_group_id(&group).map_err(|e| Error::Invalid(e.to_string()))?;
+        if topics.is_empty() {
+            return Err(Error::Invalid("subscribe to at least one topic".into()));
+        }
+        if self.membership.is_some() || !self.partitions.is_empty() {
+            return Err(Error::Invalid(
+                "this consumer already reads partitions; subscribe once, on a new consumer".into(),
+            ));
+        }
+        for topic in topics {
+            self.cluster.partition_count(topic).await?;
+        }
+        let settings = membership::Settings {
+            topics: topics.iter().map(ToString::to_string).collect(),
+            session_timeout: self.config.session_timeout,
+            rebalance_timeout: self.config.rebalance_timeout,
+            client_id: self.config.client_id.clone(),
+        };
+        self.membership = Some(Membership::start(self.cluster.clone(), &group, settings));
+        self.next_auto_commit = Instant::now() + self.config.auto_commit_interval;
+        Ok(())
+    }
+
+    /// The member id the group gave this consumer (empty before it joined).
+    pub fn member_id(&self) -> Option<String> {
+        Some(self.membership.as_ref()?.state.lock().member_id.clone())
+    }
+
+    /// Takes up what the coordinator assigned: revoked partitions are committed (with
+    /// auto-commit) and dropped, new ones start from the committed offsets. Then tells the
+    /// coordinator what the consumer owns.
+    async fn follow_assignment(&mut self) -> Result<()> {
+        let Some(membership) = &self.membership else {
+            return Ok(());
+        };
+        let (assignment, lost) = {
+            let mut state = membership.state.lock();
+            let lost = std::mem::take(&mut state.lost);
+            (state.assignment.clone(), lost)
+        };
+        let owned: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
+        let mut changed = false;
+        if lost && !owned.is_empty() {
+            tracing::info!(partitions = owned.len(), "lost the group's partitions; dropping them without committing");
+            self.drop_partitions(&owned);
+            changed = true;
+        }
+        let owned: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
+        let revoked: BTreeSet<TopicPartition> = owned.difference(&assignment).cloned().collect();
+        if !revoked.is_empty() {
+            if self.config.enable_auto_commit
+                && let Err(error) = self.commit_positions(&revoked).await
+            {
+                tracing::warn!(%error, "could not commit partitions being given up");
+            }
+            self.drop_partitions(&revoked);
+            changed = true;
+        }
+        let added: Vec<TopicPartition> = assignment.difference(&owned).cloned().collect();
+        if !added.is_empty() {
+            let membership = self.membership.as_ref().expect("checked");
+            let committed =
+                group::committed(&self.cluster, &membership.coordinator, &added).await?;
+            for tp in added {
+                self.topic_names
+                    .entry(tp.topic.clone())
+                    .or_insert_with(|| Arc::from(tp.topic.as_str()));
+                let position = committed.get(&tp).copied();
+                self.partitions.insert(
+                    tp,
+                    PartitionState {
+                        fetch_position: position,
+                        ..PartitionState::default()
+                    },
+                );
+            }
+            changed = true;
+        }
+        if changed {
+            let membership = self.membership.as_ref().expect("checked");
+            membership.state.lock().owned = self.partitions.keys().cloned().collect();
+            membership.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn drop_partitions(&mut self, gone: &BTreeSet<TopicPartition>) {
+        self.partitions.retain(|tp, _| !gone.contains(tp));
+        self.chunks.retain(|c| !gone.contains(&c.tp));
+        self.records.retain(|r| !gone.iter().any(|tp| is_of(r, tp)));
+    }
+
+    /// Commits the positions of the consumer's partitions to its group: every record
+    /// `poll` returned before counts as processed.
+    pub async fn commit(&mut self) -> Result<()> {
+        let owned: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
+        self.commit_positions(&owned).await
+    }
+
+    /// Commits the given offsets (of the next records to read) to the consumer's group.
+    pub async fn commit_offsets(&mut self, offsets: BTreeMap<TopicPartition, i64>) -> Result<()> {
+        let Some(membership) = &self.membership else {
+            return Err(Error::Invalid(
+                "commit needs a group: set group_id and subscribe first".into(),
+            ));
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        for attempt in 0..2 {
+            let (member_id, epoch) = {
+                let state = membership.state.lock();
+                (state.member_id.clone(), state.epoch)
+            };
+            let answered = membership.answered.notified();
+            match group::commit(
+                &self.cluster,
+                &membership.coordinator,
+                &member_id,
+                epoch,
+                &offsets,
+            )
+            .await
+            {
+                // A heartbeat moved the epoch while the commit was on its way: once its
+                // answer is here, commit again if the partitions are still ours.
+                Err(error)
+                    if attempt == 0 && error.code() == Some(ErrorCode::StaleMemberEpoch) =>
+                {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
+                    let state = membership.state.lock();
+                    if !offsets.keys().all(|tp| state.assignment.contains(tp)) {
+                        return Err(error);
+                    }
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn commit_positions(&mut self, partitions: &BTreeSet<TopicPartition>) -> Result<()> {
+        let offsets: BTreeMap<TopicPartition, i64> = partitions
+            .iter()
+            .filter_map(|tp| Some((tp.clone(), self.position(tp)?)))
+            .collect();
+        self.commit_offsets(offsets).await
+    }
+
+    /// Commits (with auto-commit), leaves the group so its partitions move to the other
+    /// members at once, and stops heartbeating.
+    pub async fn close(mut self) -> Result<()> {
+        let committed = if self.config.enable_auto_commit && self.membership.is_some() {
+            self.commit().await
+        } else {
+            Ok(())
+        };
+        if let Some(membership) = self.membership.take() {
+            membership.leave().await;
+        }
+        committed
     }
 
     /// The partitions of `topic`, in order.
@@ -260,13 +460,31 @@ impl Consumer {
     /// Waits up to `timeout` for records and returns them (at most `max_poll_records`), in
     /// offset order per partition. An empty answer means none arrived in time.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
-        if self.partitions.is_empty() {
+        if self.partitions.is_empty() && self.membership.is_none() {
             return Err(Error::Invalid(
-                "no partitions are assigned: call assign() first".into(),
+                "no partitions are assigned: call assign() or subscribe() first".into(),
             ));
         }
         let deadline = Instant::now() + timeout;
         loop {
+            if self.membership.is_some() {
+                self.follow_assignment().await?;
+                if self.config.enable_auto_commit && Instant::now() >= self.next_auto_commit {
+                    self.next_auto_commit = Instant::now() + self.config.auto_commit_interval;
+                    if let Err(error) = self.commit().await {
+                        tracing::warn!(%error, "auto-commit failed; the next one will try again");
+                    }
+                }
+                if self.partitions.is_empty() {
+                    // Nothing assigned yet (or any more): wait for the coordinator.
+                    let membership = self.membership.as_ref().expect("checked");
+                    let answered = membership.answered.notified();
+                    if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                        return Ok(Vec::new());
+                    }
+                    continue;
+                }
+            }
             self.reset_positions().await?;
             self.start_fetches().await?;
             if self.records.is_empty() {

@@ -30,6 +30,8 @@ mod admin;
 mod cluster;
 mod consumer;
 mod error;
+mod group;
+mod membership;
 mod offsets;
 mod partitioner;
 mod producer;
@@ -37,7 +39,10 @@ mod producer;
 pub use crate::TopicPartition;
 pub use crate::proto::ErrorCode;
 pub use crate::record::{Compression, Header};
-pub use admin::{Admin, NewTopic, PartitionDescription, TopicDescription, TopicSummary};
+pub use admin::{
+    Admin, GroupDescription, GroupListing, GroupMemberDescription, GroupPartition, NewTopic,
+    PartitionDescription, ResetTo, TopicDescription, TopicSummary,
+};
 pub use cluster::{ClusterView, PartitionView, TopicView, parse_bootstrap};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};
 pub use error::{Error, Result};

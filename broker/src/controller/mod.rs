@@ -76,6 +76,8 @@ pub struct ControllerConfig {
     pub topic_config: TopicConfig,
     /// A broker that has not heartbeated for this long is fenced.
     pub session_timeout: Duration,
+    /// Partitions of `__consumer_offsets`, created when a consumer group is first used.
+    pub offsets_topic_partitions: u32,
 }
 
 impl Default for ControllerConfig {
@@ -84,6 +86,7 @@ impl Default for ControllerConfig {
             default_replication_factor: 1,
             topic_config: TopicConfig::default(),
             session_timeout: Duration::from_secs(6),
+            offsets_topic_partitions: 16,
         }
     }
 }
@@ -653,13 +656,54 @@ impl<S: MetadataStore> Controller<S> {
                 topic.name
             )));
         }
+        self.create(topic, validate_only, false).await
+    }
+
+    /// Creates `__consumer_offsets`, the topic of committed offsets, unless it exists:
+    /// replication factor 3 (or the number of brokers, if smaller), acks=all commits
+    /// needing two in-sync replicas when there are three, and no retention (the group
+    /// coordinators keep it small).
+    pub async fn create_offsets_topic(&self) -> Result<TopicRecord, ControllerError> {
+        if let Some(existing) = self.snapshot().topics.get(crate::group::OFFSETS_TOPIC) {
+            return Ok(existing.clone());
+        }
+        let topic = NewTopic {
+            name: crate::group::OFFSETS_TOPIC.into(),
+            partitions: self.config.offsets_topic_partitions,
+            replication_factor: None,
+            config: BTreeMap::from([
+                ("retention.ms".to_string(), "-1".to_string()),
+                ("retention.bytes".to_string(), "-1".to_string()),
+                ("segment.bytes".to_string(), (16 << 20).to_string()),
+            ]),
+        };
+        match self.create(topic, false, true).await {
+            Err(ControllerError::TopicExists(_)) => self
+                .snapshot()
+                .topics
+                .get(crate::group::OFFSETS_TOPIC)
+                .cloned()
+                .ok_or_else(|| ControllerError::TopicExists(crate::group::OFFSETS_TOPIC.into())),
+            other => other.map(|(record, _)| record),
+        }
+    }
+
+    /// Creates a topic; an internal one gets a replication factor of up to 3, as many as
+    /// there are brokers, and min.insync.replicas 2 when it has 3.
+    async fn create(
+        &self,
+        mut topic: NewTopic,
+        validate_only: bool,
+        internal: bool,
+    ) -> Result<(TopicRecord, u64), ControllerError> {
         if topic.partitions == 0 || topic.partitions > MAX_PARTITIONS {
             return Err(ControllerError::InvalidPartitions(format!(
                 "{} requested; a topic has from 1 to {MAX_PARTITIONS} partitions",
                 topic.partitions
             )));
         }
-        let config = TopicConfig::resolve(&self.config.topic_config, &topic.config)?;
+        // Checked before waiting for brokers, so a bad config fails at once.
+        TopicConfig::resolve(&self.config.topic_config, &topic.config)?;
         let replication_factor = topic
             .replication_factor
             .unwrap_or(self.config.default_replication_factor)
@@ -669,6 +713,7 @@ impl<S: MetadataStore> Controller<S> {
         let mut updates = self.subscribe();
         updates.borrow_and_update();
         let grace_end = self.started + self.config.session_timeout;
+        let replication_factor = if internal { 3 } else { replication_factor };
         let mut state = loop {
             let state = self.state.lock().await;
             let registering = state.eligible().len() < replication_factor
@@ -684,6 +729,17 @@ impl<S: MetadataStore> Controller<S> {
             return Err(ControllerError::TopicExists(topic.name));
         }
         let eligible = state.eligible();
+        let replication_factor = if internal {
+            let rf = replication_factor.min(eligible.len());
+            topic.config.insert(
+                "min.insync.replicas".into(),
+                if rf >= 3 { "2" } else { "1" }.into(),
+            );
+            rf
+        } else {
+            replication_factor
+        };
+        let config = TopicConfig::resolve(&self.config.topic_config, &topic.config)?;
         if eligible.is_empty() {
             return Err(ControllerError::InvalidReplicationFactor(
                 "no broker is registered with the controller; start brokers (or wait until they have registered) and try again".into(),

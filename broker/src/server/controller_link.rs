@@ -99,6 +99,23 @@ impl ControllerLink {
         }
     }
 
+    /// Creates `__consumer_offsets` unless it exists.
+    pub async fn create_offsets_topic(&self) -> Result<TopicRecord, Status> {
+        match self {
+            Self::Local(controller) => Ok(controller.create_offsets_topic().await?),
+            Self::Remote { address, client } => {
+                let description = client
+                    .clone()
+                    .create_offsets_topic(proto::CreateOffsetsTopicRequest {})
+                    .await
+                    .map_err(|s| unreachable(address, s))?
+                    .into_inner();
+                convert::topic_from_description(description)
+                    .map_err(|e| status(ErrorCode::Unknown, e))
+            }
+        }
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<(), Status> {
         match self {
             Self::Local(controller) => controller

@@ -171,6 +171,14 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
         Ok(Response::new(convert::topic_description(&record)))
     }
 
+    async fn create_offsets_topic(
+        &self,
+        _request: Request<proto::CreateOffsetsTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let record = self.controller.create_offsets_topic().await?;
+        Ok(Response::new(convert::topic_description(&record)))
+    }
+
     async fn delete_topic(
         &self,
         request: Request<proto::DeleteTopicRequest>,

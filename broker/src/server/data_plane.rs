@@ -71,6 +71,7 @@ impl proto::broker_server::Broker for BrokerService {
             0 => DEFAULT_PRODUCE_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
         };
+        super::group_service::refuse_internal(&request.topic)?;
         let tp = TopicPartition::new(request.topic, request.partition);
         let info = self
             .replicas

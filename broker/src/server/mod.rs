@@ -7,6 +7,7 @@ mod controller_link;
 mod controller_service;
 mod convert;
 mod data_plane;
+mod group_service;
 mod grpc_only;
 mod http;
 mod identity;
@@ -34,7 +35,9 @@ use crate::log::{LogManager, LogManagerError};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
 use crate::proto::controller_server::ControllerServer;
+use crate::proto::group_server::GroupServer;
 use crate::proto::replication_server::ReplicationServer;
+use crate::group::{GroupConfig, GroupCoordinator};
 use crate::replication::{ReplicaManager, ReplicationConfig};
 pub use controller_link::ControllerLink;
 pub use data_plane::{
@@ -186,6 +189,7 @@ pub async fn run(
                 default_replication_factor: config.default_replication_factor,
                 topic_config: topic_defaults.clone(),
                 session_timeout: config.session_timeout,
+                ..ControllerConfig::default()
             };
             ControllerLink::Local(Arc::new(
                 Controller::start(config.broker_id, store, controller_config).await?,
@@ -223,6 +227,8 @@ pub async fn run(
         tasks.clone(),
     ));
     let maintenance = tokio::spawn(maintain(replicas.clone(), config.clone(), tasks.clone()));
+    let groups = Arc::new(GroupCoordinator::new(replicas.clone(), GroupConfig::default()));
+    let group_ticks = tokio::spawn(groups.clone().run(tasks.clone()));
     let lag_checks = tokio::spawn(check_isr_lag(
         replicas.clone(),
         config.replication.lag_check_interval(),
@@ -257,6 +263,12 @@ pub async fn run(
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(GroupServer::new(group_service::GroupService {
+            coordinator: groups,
+            replicas: replicas.clone(),
+            link: link.clone(),
+            creating: Arc::new(AtomicBool::new(false)),
+        }))
         .add_service(
             ReplicationServer::new(replication_service::ReplicationService {
                 replicas: replicas.clone(),
@@ -310,7 +322,7 @@ pub async fn run(
         },
     };
     tasks.cancel();
-    let _ = tokio::join!(session, proposals, maintenance, lag_checks);
+    let _ = tokio::join!(session, proposals, maintenance, lag_checks, group_ticks);
     let closing = replicas.clone();
     tokio::task::spawn_blocking(move || {
         closing.checkpoint();

@@ -5,6 +5,7 @@
 use tonic::{Code, Status};
 
 use crate::controller::ControllerError;
+use crate::group::GroupError;
 use crate::log::LogError;
 use crate::proto::ErrorCode;
 use crate::replication::ReplicaError;
@@ -25,6 +26,13 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
         | ErrorCode::BrokerNotAvailable
         | ErrorCode::BrokerShuttingDown => Code::Unavailable,
         ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
+        ErrorCode::CoordinatorNotAvailable | ErrorCode::NotCoordinator => Code::Unavailable,
+        ErrorCode::GroupIdNotFound => Code::NotFound,
+        ErrorCode::UnknownMemberId
+        | ErrorCode::StaleMemberEpoch
+        | ErrorCode::FencedMemberEpoch
+        | ErrorCode::NonEmptyGroup
+        | ErrorCode::PartitionNotAssigned => Code::FailedPrecondition,
         ErrorCode::StorageError | ErrorCode::Unknown => Code::Internal,
         ErrorCode::FencedLeaderEpoch
         | ErrorCode::UnknownLeaderEpoch
@@ -93,6 +101,30 @@ impl From<ControllerError> for Status {
             ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControllerError::Store(_) => ErrorCode::StorageError,
             ControllerError::NoSession(_) => ErrorCode::BrokerNotAvailable,
+        };
+        status(code, error.to_string())
+    }
+}
+
+impl From<GroupError> for Status {
+    fn from(error: GroupError) -> Self {
+        let code = match &error {
+            GroupError::CoordinatorNotAvailable { .. } => ErrorCode::CoordinatorNotAvailable,
+            GroupError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+            GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+            GroupError::StaleEpoch { .. } => ErrorCode::StaleMemberEpoch,
+            GroupError::FencedEpoch { .. } => ErrorCode::FencedMemberEpoch,
+            GroupError::NotFound(_) => ErrorCode::GroupIdNotFound,
+            GroupError::NotEmpty { .. } => ErrorCode::NonEmptyGroup,
+            GroupError::NotAssigned { .. } => ErrorCode::PartitionNotAssigned,
+            GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+            GroupError::Invalid(_) => ErrorCode::InvalidRequest,
+            GroupError::UnknownPartition(_) => ErrorCode::UnknownTopicOrPartition,
+            // The offsets partition moved while the commit waited: the coordinator moved.
+            GroupError::Replica(
+                ReplicaError::NotLeader { .. } | ReplicaError::UnknownTopicOrPartition(_),
+            ) => ErrorCode::NotCoordinator,
+            GroupError::Replica(e) => replica_error_code(e),
         };
         status(code, error.to_string())
     }

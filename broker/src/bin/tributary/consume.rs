@@ -41,6 +41,12 @@ pub struct ConsumeArgs {
     /// Separator between key and value with --format kv.
     #[arg(long, default_value = "\t")]
     key_separator: String,
+    /// Read as a member of this consumer group: the group's partitions are shared among
+    /// its members, reading starts at the group's committed offsets, and offsets are
+    /// committed every 5 s and on exit. Without a committed offset a partition starts at
+    /// the end (at the beginning with --from-beginning).
+    #[arg(long, conflicts_with_all = ["offset", "partition"])]
+    group: Option<String>,
 }
 
 fn text(bytes: &Option<bytes::Bytes>) -> Option<String> {
@@ -101,6 +107,15 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
         (_, Some(_)) => OffsetReset::None,
         _ => OffsetReset::Latest,
     };
+    if let Some(group) = &args.group {
+        config.group_id = Some(group.clone());
+        config.client_id = "tributary-cli".into();
+        let mut consumer = Consumer::connect(config).await?;
+        consumer.subscribe(&[args.topic.as_str()]).await?;
+        let result = read(&mut consumer, &args).await;
+        consumer.close().await?;
+        return result;
+    }
     let mut consumer = Consumer::connect(config).await?;
     let partitions = match args.partition {
         Some(p) => vec![TopicPartition::new(&args.topic, p)],
@@ -121,7 +136,11 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             consumer.seek(tp, Offset::Beginning).await?;
         }
     }
+    read(&mut consumer, &args).await
+}
 
+/// Prints records until --max-messages, --timeout-ms or Ctrl-C.
+async fn read(consumer: &mut Consumer, args: &ConsumeArgs) -> anyhow::Result<()> {
     let idle_limit = args.timeout_ms.map(Duration::from_millis);
     let mut last_record = Instant::now();
     let mut count = 0u64;
@@ -147,7 +166,7 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
         last_record = Instant::now();
         let mut out = stdout.lock();
         for record in &records {
-            print(&mut out, record, &args)?;
+            print(&mut out, record, args)?;
             count += 1;
             if args.max_messages.is_some_and(|max| count >= max) {
                 out.flush()?;

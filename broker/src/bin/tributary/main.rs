@@ -1,6 +1,7 @@
 //! `tributary`: the command-line tool for Tributary clusters.
 
 mod consume;
+mod group;
 mod local;
 mod output;
 mod perf;
@@ -42,6 +43,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records from a topic.
     Consume(consume::ConsumeArgs),
+    /// List and describe consumer groups; reset their offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Perf(perf::PerfCommand),
@@ -55,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(command) => topic::run(&cli.bootstrap, cli.output, command).await,
         Command::Produce(args) => produce::run(&cli.bootstrap, args).await,
         Command::Consume(args) => consume::run(&cli.bootstrap, args).await,
+        Command::Group(command) => group::run(&cli.bootstrap, cli.output, command).await,
         Command::Perf(command) => perf::run(&cli.bootstrap, command).await,
         Command::Local(command) => local::run(command).await,
     }

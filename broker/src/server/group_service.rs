@@ -1,0 +1,231 @@
+//! The `Group` gRPC service: consumer-group requests, converted for the group coordinator.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::controller_link::ControllerLink;
+use super::status::status;
+use crate::TopicPartition;
+use crate::group::state::Heartbeat;
+use crate::group::{GroupCoordinator, GroupError, OffsetCommit, validate_group_id};
+use crate::proto::{self, ErrorCode};
+use crate::replication::ReplicaManager;
+
+pub struct GroupService {
+    pub(super) coordinator: Arc<GroupCoordinator>,
+    pub(super) replicas: Arc<ReplicaManager>,
+    pub(super) link: ControllerLink,
+    /// Whether this broker is asking the controller for the offsets topic already.
+    pub(super) creating: Arc<AtomicBool>,
+}
+
+fn to_partitions(groups: Vec<proto::GroupTopicPartitions>) -> BTreeSet<TopicPartition> {
+    groups
+        .into_iter()
+        .flat_map(|g| {
+            let topic = g.topic;
+            g.partitions
+                .into_iter()
+                .map(move |p| TopicPartition::new(topic.clone(), p))
+        })
+        .collect()
+}
+
+fn from_partitions<'a>(
+    partitions: impl IntoIterator<Item = &'a TopicPartition>,
+) -> Vec<proto::GroupTopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for tp in partitions {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| proto::GroupTopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
+}
+
+impl GroupService {
+    /// Asks the controller for `__consumer_offsets` in the background, once at a time.
+    fn create_offsets_topic(&self) {
+        if self.creating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (link, creating) = (self.link.clone(), self.creating.clone());
+        tokio::spawn(async move {
+            if let Err(error) = link.create_offsets_topic().await {
+                tracing::warn!(error = %error.message(), "could not create the offsets topic");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            creating.store(false, Ordering::Release);
+        });
+    }
+}
+
+#[tonic::async_trait]
+impl proto::group_server::Group for GroupService {
+    async fn find_coordinator(
+        &self,
+        request: Request<proto::FindCoordinatorRequest>,
+    ) -> Result<Response<proto::FindCoordinatorResponse>, Status> {
+        let group = request.into_inner().group_id;
+        let tp = match self.coordinator.offsets_partition(&group) {
+            Ok(tp) => tp,
+            Err(error @ GroupError::CoordinatorNotAvailable { .. }) => {
+                self.create_offsets_topic();
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let metadata = self.replicas.metadata();
+        let leader = metadata.partition(&tp).map_or(-1, |(_, p)| p.leader);
+        let Some(broker) = metadata.brokers.get(&leader) else {
+            return Err(GroupError::CoordinatorNotAvailable {
+                group,
+                why: format!("{tp} has no leader right now"),
+            }
+            .into());
+        };
+        Ok(Response::new(proto::FindCoordinatorResponse {
+            broker_id: broker.id,
+            host: broker.host.clone(),
+            port: u32::from(broker.port),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::GroupHeartbeatRequest>,
+    ) -> Result<Response<proto::GroupHeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let heartbeat = Heartbeat {
+            member_id: r.member_id,
+            member_epoch: r.member_epoch,
+            client_id: r.client_id,
+            subscribed: r.subscribed_topics.into_iter().collect(),
+            owned: to_partitions(r.owned),
+            session_timeout: Duration::from_millis(u64::from(r.session_timeout_ms)),
+            rebalance_timeout: Duration::from_millis(u64::from(r.rebalance_timeout_ms)),
+        };
+        let answer = self.coordinator.heartbeat(&r.group_id, heartbeat).await?;
+        Ok(Response::new(proto::GroupHeartbeatResponse {
+            member_id: answer.member_id,
+            member_epoch: answer.member_epoch,
+            heartbeat_interval_ms: answer.heartbeat_interval.as_millis() as u32,
+            assignment: from_partitions(&answer.assignment),
+        }))
+    }
+
+    async fn offset_commit(
+        &self,
+        request: Request<proto::OffsetCommitRequest>,
+    ) -> Result<Response<proto::OffsetCommitResponse>, Status> {
+        let r = request.into_inner();
+        let offsets = r
+            .offsets
+            .into_iter()
+            .map(|o| OffsetCommit {
+                tp: TopicPartition::new(o.topic, o.partition),
+                offset: o.offset,
+                metadata: o.metadata,
+            })
+            .collect();
+        self.coordinator
+            .commit(&r.group_id, &r.member_id, r.member_epoch, offsets)
+            .await?;
+        Ok(Response::new(proto::OffsetCommitResponse {}))
+    }
+
+    async fn offset_fetch(
+        &self,
+        request: Request<proto::OffsetFetchRequest>,
+    ) -> Result<Response<proto::OffsetFetchResponse>, Status> {
+        let r = request.into_inner();
+        let partitions: Vec<TopicPartition> = to_partitions(r.partitions).into_iter().collect();
+        let committed = self.coordinator.committed(&r.group_id, &partitions).await?;
+        Ok(Response::new(proto::OffsetFetchResponse {
+            offsets: committed
+                .into_iter()
+                .map(|(tp, c)| proto::CommittedOffset {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    offset: c.offset,
+                    metadata: c.metadata,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<proto::ListGroupsRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        let broker = self.replicas.broker_id();
+        let groups = self.coordinator.list().await;
+        Ok(Response::new(proto::ListGroupsResponse {
+            groups: groups
+                .into_iter()
+                .map(|g| proto::GroupListing {
+                    group_id: g.group_id,
+                    state: g.state.as_str().into(),
+                    members: g.members.len() as u32,
+                    coordinator: broker,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<proto::DescribeGroupRequest>,
+    ) -> Result<Response<proto::DescribeGroupResponse>, Status> {
+        let group = request.into_inner().group_id;
+        validate_group_id(&group)?;
+        let g = self.coordinator.describe(&group).await?;
+        Ok(Response::new(proto::DescribeGroupResponse {
+            group_id: g.group_id,
+            state: g.state.as_str().into(),
+            group_epoch: g.epoch,
+            coordinator: self.replicas.broker_id(),
+            members: g
+                .members
+                .into_iter()
+                .map(|m| proto::GroupMember {
+                    member_id: m.member_id,
+                    client_id: m.client_id,
+                    member_epoch: m.epoch,
+                    subscribed_topics: m.subscribed,
+                    assigned: from_partitions(&m.assigned),
+                    revoking: from_partitions(&m.revoking),
+                })
+                .collect(),
+            offsets: g
+                .offsets
+                .into_iter()
+                .map(|(tp, offset)| proto::CommittedOffset {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Client produce requests may not write internal topics.
+pub fn refuse_internal(topic: &str) -> Result<(), Status> {
+    if topic.starts_with("__") {
+        return Err(status(
+            ErrorCode::InvalidTopic,
+            format!("'{topic}' is an internal topic; only the brokers write to it"),
+        ));
+    }
+    Ok(())
+}
