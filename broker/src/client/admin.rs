@@ -240,8 +240,7 @@ impl Admin {
             .members
             .into_iter()
             .map(|m| {
-                let assigned: Vec<TopicPartition> =
-                    from_proto(m.assigned).into_iter().collect();
+                let assigned: Vec<TopicPartition> = from_proto(m.assigned).into_iter().collect();
                 for tp in &assigned {
                     owners.insert(tp.clone(), m.member_id.clone());
                 }
@@ -266,6 +265,8 @@ impl Admin {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        // Leaders may have moved since this client last looked.
+        let _ = self.cluster.refresh().await;
         let ends = list_offsets_each(
             &self.cluster,
             &partitions,

@@ -192,7 +192,9 @@ impl Cluster {
         &self,
         address: &str,
     ) -> Result<crate::proto::group_client::GroupClient<Channel>> {
-        Ok(crate::proto::group_client::GroupClient::new(self.channel(address)?))
+        Ok(crate::proto::group_client::GroupClient::new(
+            self.channel(address)?,
+        ))
     }
 
     pub fn admin_client(&self, address: &str) -> Result<AdminClient<Channel>> {

@@ -238,7 +238,10 @@ impl Consumer {
         let owned: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
         let mut changed = false;
         if lost && !owned.is_empty() {
-            tracing::info!(partitions = owned.len(), "lost the group's partitions; dropping them without committing");
+            tracing::info!(
+                partitions = owned.len(),
+                "lost the group's partitions; dropping them without committing"
+            );
             self.drop_partitions(&owned);
             changed = true;
         }
@@ -321,9 +324,7 @@ impl Consumer {
             {
                 // A heartbeat moved the epoch while the commit was on its way: once its
                 // answer is here, commit again if the partitions are still ours.
-                Err(error)
-                    if attempt == 0 && error.code() == Some(ErrorCode::StaleMemberEpoch) =>
-                {
+                Err(error) if attempt == 0 && error.code() == Some(ErrorCode::StaleMemberEpoch) => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
                     let state = membership.state.lock();
                     if !offsets.keys().all(|tp| state.assignment.contains(tp)) {

@@ -69,7 +69,12 @@ impl Coordinator {
             let result = match self.find(cluster).await {
                 Ok(address) => {
                     let client = cluster.group_client(&address)?;
-                    match tokio::time::timeout(cluster.request_timeout(), call(client, address.clone())).await {
+                    match tokio::time::timeout(
+                        cluster.request_timeout(),
+                        call(client, address.clone()),
+                    )
+                    .await
+                    {
                         Ok(result) => result.map_err(|s| Error::from_status(s, &address)),
                         Err(_) => Err(Error::Timeout {
                             what: format!("the coordinator of group '{}' at {address}", self.group),

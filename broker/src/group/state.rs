@@ -287,6 +287,8 @@ impl Group {
             }
         }
         let reconciled = member.revoking.is_empty() && member.assigned == target;
+        // Three heartbeats per session timeout, so that one lost heartbeat is not fatal.
+        let interval = interval.min(member.session_timeout / 3);
         // A joining member gets the group epoch (at least 1, so never the 0 of a join).
         if joining || member.assigned != before || reconciled {
             member.epoch = epoch;

@@ -31,13 +31,13 @@ use crate::config::TopicConfig;
 use crate::controller::{
     BrokerInfo, Controller, ControllerConfig, ControllerError, FileStore, Registration, StoreError,
 };
+use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::{LogManager, LogManagerError};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
 use crate::proto::controller_server::ControllerServer;
 use crate::proto::group_server::GroupServer;
 use crate::proto::replication_server::ReplicationServer;
-use crate::group::{GroupConfig, GroupCoordinator};
 use crate::replication::{ReplicaManager, ReplicationConfig};
 pub use controller_link::ControllerLink;
 pub use data_plane::{
@@ -227,7 +227,10 @@ pub async fn run(
         tasks.clone(),
     ));
     let maintenance = tokio::spawn(maintain(replicas.clone(), config.clone(), tasks.clone()));
-    let groups = Arc::new(GroupCoordinator::new(replicas.clone(), GroupConfig::default()));
+    let groups = Arc::new(GroupCoordinator::new(
+        replicas.clone(),
+        GroupConfig::default(),
+    ));
     let group_ticks = tokio::spawn(groups.clone().run(tasks.clone()));
     let lag_checks = tokio::spawn(check_isr_lag(
         replicas.clone(),

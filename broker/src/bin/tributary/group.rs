@@ -67,7 +67,14 @@ pub async fn run(bootstrap: &str, format: Output, command: GroupCommand) -> anyh
                     );
                     let dash = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
                     output::table(
-                        &["TOPIC", "PARTITION", "MEMBER", "COMMITTED", "LOG-END", "LAG"],
+                        &[
+                            "TOPIC",
+                            "PARTITION",
+                            "MEMBER",
+                            "COMMITTED",
+                            "LOG-END",
+                            "LAG",
+                        ],
                         &described
                             .partitions
                             .iter()
