@@ -7,11 +7,12 @@ use serde::Serialize;
 
 use super::cluster::{Cluster, ClusterView};
 use super::error::{Error, Result};
-use super::group::{Coordinator, commit as group_commit, from_proto};
+use super::group::{Coordinator, commit as group_commit};
 use super::offsets::{Found, OffsetQuery, list_offsets, list_offsets_each};
 use crate::TopicPartition;
 pub use crate::controller::NewTopic;
 use crate::proto;
+use crate::server::convert::group_partitions_from_proto;
 
 /// How long a describe waits for the partition leaders' offsets.
 const DESCRIBE_OFFSETS_WAIT: Duration = Duration::from_secs(5);
@@ -92,13 +93,7 @@ impl Admin {
     }
 
     async fn create(&self, topic: NewTopic, validate_only: bool) -> Result<TopicDescription> {
-        let request = proto::CreateTopicRequest {
-            name: topic.name,
-            partitions: topic.partitions,
-            replication_factor: topic.replication_factor.unwrap_or(0),
-            config: topic.config.into_iter().collect(),
-            validate_only,
-        };
+        let request = crate::server::convert::create_topic_request(topic, validate_only);
         let created = self
             .call(|mut c| {
                 let request = request.clone();
@@ -240,7 +235,9 @@ impl Admin {
             .members
             .into_iter()
             .map(|m| {
-                let assigned: Vec<TopicPartition> = from_proto(m.assigned).into_iter().collect();
+                let assigned: Vec<TopicPartition> = group_partitions_from_proto(m.assigned)
+                    .into_iter()
+                    .collect();
                 for tp in &assigned {
                     owners.insert(tp.clone(), m.member_id.clone());
                 }

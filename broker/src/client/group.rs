@@ -11,6 +11,7 @@ use super::cluster::Cluster;
 use super::error::{Error, Result};
 use crate::TopicPartition;
 use crate::proto::{self, ErrorCode};
+use crate::server::convert::group_partitions_to_proto;
 
 /// How long a call waits for a coordinator to become available before it gives up.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(30);
@@ -115,33 +116,6 @@ fn coordinator_moved(error: &Error) -> bool {
         )
 }
 
-pub(crate) fn to_proto(
-    partitions: impl IntoIterator<Item = TopicPartition>,
-) -> Vec<proto::GroupTopicPartitions> {
-    let mut by_topic: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for tp in partitions {
-        by_topic.entry(tp.topic).or_default().push(tp.partition);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| proto::GroupTopicPartitions { topic, partitions })
-        .collect()
-}
-
-pub(crate) fn from_proto(
-    groups: Vec<proto::GroupTopicPartitions>,
-) -> std::collections::BTreeSet<TopicPartition> {
-    groups
-        .into_iter()
-        .flat_map(|g| {
-            let topic = g.topic;
-            g.partitions
-                .into_iter()
-                .map(move |p| TopicPartition::new(topic.clone(), p))
-        })
-        .collect()
-}
-
 /// The committed offsets of `group` for `partitions` (all when empty).
 pub(crate) async fn committed(
     cluster: &Cluster,
@@ -150,7 +124,7 @@ pub(crate) async fn committed(
 ) -> Result<BTreeMap<TopicPartition, i64>> {
     let request = proto::OffsetFetchRequest {
         group_id: coordinator.group.clone(),
-        partitions: to_proto(partitions.iter().cloned()),
+        partitions: group_partitions_to_proto(partitions),
     };
     let response = coordinator
         .call(cluster, |mut client, _| {

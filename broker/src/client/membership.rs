@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 
 use super::cluster::Cluster;
 use super::error::Error;
-use super::group::{Coordinator, from_proto, to_proto};
+use super::group::Coordinator;
 use crate::TopicPartition;
 use crate::proto::{self, ErrorCode};
+use crate::server::convert::{group_partitions_from_proto, group_partitions_to_proto};
 
 #[derive(Debug, Default)]
 pub(crate) struct MemberState {
@@ -132,7 +133,7 @@ async fn heartbeats(
                 owned: if state.lost {
                     Vec::new()
                 } else {
-                    to_proto(state.owned.iter().cloned())
+                    group_partitions_to_proto(&state.owned)
                 },
                 session_timeout_ms: settings.session_timeout.as_millis() as u32,
                 rebalance_timeout_ms: settings.rebalance_timeout.as_millis() as u32,
@@ -150,7 +151,7 @@ async fn heartbeats(
                 let mut state = state.lock();
                 state.member_id = answer.member_id;
                 state.epoch = answer.member_epoch;
-                state.assignment = from_proto(answer.assignment);
+                state.assignment = group_partitions_from_proto(answer.assignment);
                 state.error = None;
                 Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(10)))
             }

@@ -9,10 +9,9 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::controller_link::ControllerLink;
-use super::convert::topic_description;
+use super::convert::{self, topic_description};
 use super::metrics::Metrics;
 use super::status::status;
-use crate::controller::NewTopic;
 use crate::proto::{self, ErrorCode};
 use crate::replication::ReplicaManager;
 
@@ -40,18 +39,10 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let mut timer = self.metrics.timer("create_topic");
         let request = request.into_inner();
-        let topic = NewTopic {
-            name: request.name,
-            partitions: request.partitions,
-            replication_factor: (request.replication_factor > 0)
-                .then_some(request.replication_factor),
-            config: request.config.into_iter().collect(),
-        };
-        let record = self
-            .controller
-            .create_topic(topic, request.validate_only)
-            .await?;
-        if !request.validate_only {
+        let validate_only = request.validate_only;
+        let topic = convert::new_topic_from_request(request);
+        let record = self.controller.create_topic(topic, validate_only).await?;
+        if !validate_only {
             let (name, id) = (record.name.clone(), record.id);
             let applied = self
                 .replicas

@@ -80,13 +80,7 @@ impl ControllerLink {
         match self {
             Self::Local(controller) => Ok(controller.create_topic(topic, validate_only).await?.0),
             Self::Remote { address, client } => {
-                let request = proto::CreateTopicRequest {
-                    name: topic.name,
-                    partitions: topic.partitions,
-                    replication_factor: topic.replication_factor.unwrap_or(0),
-                    config: topic.config.into_iter().collect(),
-                    validate_only,
-                };
+                let request = convert::create_topic_request(topic, validate_only);
                 let description = client
                     .clone()
                     .create_topic(request)

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use super::status::status;
 use crate::controller::{
-    Controller, IsrProposal, IsrRejection, MetadataSnapshot, MetadataStore, NewTopic, Registration,
+    Controller, IsrProposal, IsrRejection, MetadataSnapshot, MetadataStore, Registration,
 };
 use crate::proto::{self, ErrorCode};
 
@@ -157,16 +157,10 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
         request: Request<proto::CreateTopicRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let request = request.into_inner();
-        let topic = NewTopic {
-            name: request.name,
-            partitions: request.partitions,
-            replication_factor: (request.replication_factor > 0)
-                .then_some(request.replication_factor),
-            config: request.config.into_iter().collect(),
-        };
+        let validate_only = request.validate_only;
         let (record, _) = self
             .controller
-            .create_topic(topic, request.validate_only)
+            .create_topic(convert::new_topic_from_request(request), validate_only)
             .await?;
         Ok(Response::new(convert::topic_description(&record)))
     }

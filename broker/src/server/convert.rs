@@ -1,7 +1,63 @@
-//! Cluster metadata between the controller's types and the wire.
+//! Cluster metadata (and the requests that change it) between the engine's types and the
+//! wire; the client uses it too.
 
-use crate::controller::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
+use std::collections::BTreeSet;
+
+use crate::TopicPartition;
+use crate::controller::{BrokerInfo, MetadataSnapshot, NewTopic, PartitionRecord, TopicRecord};
 use crate::proto;
+
+/// A topic creation as sent to a broker or the controller (replication factor 0 means the
+/// cluster default).
+pub fn create_topic_request(topic: NewTopic, validate_only: bool) -> proto::CreateTopicRequest {
+    proto::CreateTopicRequest {
+        name: topic.name,
+        partitions: topic.partitions,
+        replication_factor: topic.replication_factor.unwrap_or(0),
+        config: topic.config.into_iter().collect(),
+        validate_only,
+    }
+}
+
+pub fn new_topic_from_request(request: proto::CreateTopicRequest) -> NewTopic {
+    NewTopic {
+        name: request.name,
+        partitions: request.partitions,
+        replication_factor: (request.replication_factor > 0).then_some(request.replication_factor),
+        config: request.config.into_iter().collect(),
+    }
+}
+
+/// Partitions grouped by topic, as consumer-group requests carry them.
+pub fn group_partitions_to_proto<'a>(
+    partitions: impl IntoIterator<Item = &'a TopicPartition>,
+) -> Vec<proto::GroupTopicPartitions> {
+    let mut by_topic: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+    for tp in partitions {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| proto::GroupTopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
+}
+
+pub fn group_partitions_from_proto(
+    groups: Vec<proto::GroupTopicPartitions>,
+) -> BTreeSet<TopicPartition> {
+    groups
+        .into_iter()
+        .flat_map(|g| {
+            let topic = g.topic;
+            g.partitions
+                .into_iter()
+                .map(move |p| TopicPartition::new(topic.clone(), p))
+        })
+        .collect()
+}
 
 pub fn partition_to_proto(index: u32, p: &PartitionRecord) -> proto::PartitionMetadata {
     proto::PartitionMetadata {

@@ -1,6 +1,5 @@
 //! The `Group` gRPC service: consumer-group requests, converted for the group coordinator.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,6 +7,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::controller_link::ControllerLink;
+use super::convert;
 use super::status::status;
 use crate::TopicPartition;
 use crate::group::state::Heartbeat;
@@ -21,34 +21,6 @@ pub struct GroupService {
     pub(super) link: ControllerLink,
     /// Whether this broker is asking the controller for the offsets topic already.
     pub(super) creating: Arc<AtomicBool>,
-}
-
-fn to_partitions(groups: Vec<proto::GroupTopicPartitions>) -> BTreeSet<TopicPartition> {
-    groups
-        .into_iter()
-        .flat_map(|g| {
-            let topic = g.topic;
-            g.partitions
-                .into_iter()
-                .map(move |p| TopicPartition::new(topic.clone(), p))
-        })
-        .collect()
-}
-
-fn from_partitions<'a>(
-    partitions: impl IntoIterator<Item = &'a TopicPartition>,
-) -> Vec<proto::GroupTopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for tp in partitions {
-        by_topic.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| proto::GroupTopicPartitions {
-            topic: topic.to_string(),
-            partitions,
-        })
-        .collect()
 }
 
 impl GroupService {
@@ -109,7 +81,7 @@ impl proto::group_server::Group for GroupService {
             member_epoch: r.member_epoch,
             client_id: r.client_id,
             subscribed: r.subscribed_topics.into_iter().collect(),
-            owned: to_partitions(r.owned),
+            owned: convert::group_partitions_from_proto(r.owned),
             session_timeout: Duration::from_millis(u64::from(r.session_timeout_ms)),
             rebalance_timeout: Duration::from_millis(u64::from(r.rebalance_timeout_ms)),
         };
@@ -118,7 +90,7 @@ impl proto::group_server::Group for GroupService {
             member_id: answer.member_id,
             member_epoch: answer.member_epoch,
             heartbeat_interval_ms: answer.heartbeat_interval.as_millis() as u32,
-            assignment: from_partitions(&answer.assignment),
+            assignment: convert::group_partitions_to_proto(&answer.assignment),
         }))
     }
 
@@ -147,7 +119,9 @@ impl proto::group_server::Group for GroupService {
         request: Request<proto::OffsetFetchRequest>,
     ) -> Result<Response<proto::OffsetFetchResponse>, Status> {
         let r = request.into_inner();
-        let partitions: Vec<TopicPartition> = to_partitions(r.partitions).into_iter().collect();
+        let partitions: Vec<TopicPartition> = convert::group_partitions_from_proto(r.partitions)
+            .into_iter()
+            .collect();
         let committed = self.coordinator.committed(&r.group_id, &partitions).await?;
         Ok(Response::new(proto::OffsetFetchResponse {
             offsets: committed
@@ -201,8 +175,8 @@ impl proto::group_server::Group for GroupService {
                     client_id: m.client_id,
                     member_epoch: m.epoch,
                     subscribed_topics: m.subscribed,
-                    assigned: from_partitions(&m.assigned),
-                    revoking: from_partitions(&m.revoking),
+                    assigned: convert::group_partitions_to_proto(&m.assigned),
+                    revoking: convert::group_partitions_to_proto(&m.revoking),
                 })
                 .collect(),
             offsets: g

@@ -5,7 +5,7 @@
 mod admin;
 mod controller_link;
 mod controller_service;
-mod convert;
+pub(crate) mod convert;
 mod data_plane;
 mod group_service;
 mod grpc_only;
