@@ -505,6 +505,47 @@ pub async fn run_controller(
     served.map_err(BrokerError::Serve)
 }
 
+/// Logs to stderr, at the level `TRIBUTARY_LOG` says (`default` without it), in colour
+/// on a terminal.
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs a server process's `main` future on a multi-threaded runtime; a failure is
+/// printed as `program: message` with a failing exit code.
+pub fn run_process(
+    program: &str,
+    main: impl Future<Output = Result<(), String>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{program}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{program}: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on SIGTERM or Ctrl-C (SIGINT): what stops a broker or a local cluster.
 pub async fn stop_signal() {
     let terminate = async {
