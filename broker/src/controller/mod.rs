@@ -293,9 +293,18 @@ impl<S: MetadataStore> Controller<S> {
         state.snapshot.version
     }
 
-    fn unclean_allowed(&self, topic: &TopicRecord) -> bool {
-        TopicConfig::resolve(&self.config.topic_config, &topic.config)
-            .is_ok_and(|c| c.unclean_leader_election)
+    /// Topics that allow unclean leader election.
+    fn unclean_topics(&self, state: &State) -> BTreeSet<String> {
+        state
+            .snapshot
+            .topics
+            .values()
+            .filter(|t| {
+                TopicConfig::resolve(&self.config.topic_config, &t.config)
+                    .is_ok_and(|c| c.unclean_leader_election)
+            })
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// Applies `change` to every partition, persists the topics it changed, then swaps them
@@ -394,13 +403,7 @@ impl<S: MetadataStore> Controller<S> {
             .brokers
             .insert(id, registration.broker.clone());
         let eligible = state.eligible();
-        let unclean: BTreeSet<String> = state
-            .snapshot
-            .topics
-            .values()
-            .filter(|t| self.unclean_allowed(t))
-            .map(|t| t.name.clone())
-            .collect();
+        let unclean = self.unclean_topics(&state);
         self.change_partitions(&mut state, |topic, _, p| {
             election::elect_if_leaderless(
                 p,
@@ -496,13 +499,7 @@ impl<S: MetadataStore> Controller<S> {
         state.sessions.remove(&broker);
         state.snapshot.brokers.remove(&broker);
         let eligible = state.eligible();
-        let unclean: BTreeSet<String> = state
-            .snapshot
-            .topics
-            .values()
-            .filter(|t| self.unclean_allowed(t))
-            .map(|t| t.name.clone())
-            .collect();
+        let unclean = self.unclean_topics(state);
         self.change_partitions(state, |topic, _, p| {
             election::remove_broker(
                 p,

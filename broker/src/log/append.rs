@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::producer_state::{BatchSequence, SequenceCheck, last_sequence};
+use super::producer_state::{SequenceCheck, last_sequence};
 use super::segment::{AppendFailure, Segment};
 use super::{AppendInfo, Log, LogConfig, LogError, LogState};
 use crate::record::{self, BatchError, BatchHeader, HEADER_LEN, TimestampType};
@@ -315,16 +315,7 @@ impl Log {
             {
                 tracing::warn!(partition = %self.partition, %error, "could not write the leader epoch checkpoint");
             }
-            state.producers.record(
-                header.producer_id(),
-                header.producer_epoch(),
-                BatchSequence {
-                    first_seq: header.base_sequence(),
-                    last_seq: last_sequence(header.base_sequence(), header.records_count()),
-                    first_offset: header.base_offset(),
-                    last_offset: header.last_offset(),
-                },
-            );
+            state.producers.record_batch(&header);
         }
         state.next_offset = run.end;
         state.unflushed_messages += run.records;

@@ -33,7 +33,7 @@ pub use manager::{LogManager, LogManagerError};
 use crate::TopicPartition;
 use crate::record::{self, BatchError, BatchHeader, HEADER_LEN};
 use epoch_cache::EpochCache;
-use producer_state::{BatchSequence, ProducerState, last_sequence};
+use producer_state::ProducerState;
 use segment::Segment;
 
 /// Idempotent producer state snapshot, in the partition directory.
@@ -855,18 +855,7 @@ fn load_producer_state(
         .next_back()
         .map_or(from, |(base, _)| *base);
     for segment in segments.range(start..).map(|(_, s)| s) {
-        segment.visit_headers_from(from, |header| {
-            producers.record(
-                header.producer_id(),
-                header.producer_epoch(),
-                BatchSequence {
-                    first_seq: header.base_sequence(),
-                    last_seq: last_sequence(header.base_sequence(), header.records_count()),
-                    first_offset: header.base_offset(),
-                    last_offset: header.last_offset(),
-                },
-            );
-        })?;
+        segment.visit_headers_from(from, |header| producers.record_batch(header))?;
     }
     Ok(producers)
 }

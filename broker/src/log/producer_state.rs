@@ -138,6 +138,20 @@ impl ProducerState {
         }
     }
 
+    /// Records the appended batch `header` describes (with its offsets assigned).
+    pub fn record_batch(&mut self, header: &crate::record::BatchHeader<'_>) {
+        self.record(
+            header.producer_id(),
+            header.producer_epoch(),
+            BatchSequence {
+                first_seq: header.base_sequence(),
+                last_seq: last_sequence(header.base_sequence(), header.records_count()),
+                first_offset: header.base_offset(),
+                last_offset: header.last_offset(),
+            },
+        );
+    }
+
     /// Records an appended batch (leaders after checking, followers as they copy).
     pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchSequence) {
         if producer_id < 0 {
