@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::PATIENCE;
 use common::local::{LocalCluster, Member};
+use common::{PATIENCE, eventually, eventually_with};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tributary_broker::client::*;
@@ -83,38 +83,31 @@ async fn produce(bootstrap: &str, from: usize, to: usize) {
 
 /// Waits until the records seen hold every value of `0..n`.
 async fn wait_for_all(seen: &Seen, n: usize, what: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually_with(what, || async {
         let values: BTreeSet<String> = seen.lock().unwrap().iter().map(|r| r.3.clone()).collect();
         if values.len() == n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{} of {n} records read", values.len()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} of {n} records read",
-            values.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until the group's committed offsets reach the log end on every partition.
 async fn wait_committed(admin: &Admin, group: &str) -> GroupDescription {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let described = admin.describe_group(group).await;
-        if let Ok(d) = &described
-            && d.partitions.len() == PARTITIONS as usize
-            && d.partitions.iter().all(|p| p.lag == Some(0))
-        {
-            return d.clone();
+    eventually_with("the group committed everything", || async {
+        match admin.describe_group(group).await {
+            Ok(d)
+                if d.partitions.len() == PARTITIONS as usize
+                    && d.partitions.iter().all(|p| p.lag == Some(0)) =>
+            {
+                Ok(d)
+            }
+            other => Err(format!("{other:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the group never committed everything: {described:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -208,16 +201,16 @@ async fn a_group_shares_partitions_and_a_dead_members_partitions_move_on_from_it
         seen.clone(),
         stop.clone(),
     );
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    let d = eventually_with("c2 got partitions", || async {
         let d = admin.describe_group("readers").await.unwrap();
         if d.state == "Stable" && d.members.len() == 3 {
-            assert!(d.members.iter().all(|m| m.assigned.len() == 2), "{d:?}");
-            break;
+            Ok(d)
+        } else {
+            Err(format!("{d:?}"))
         }
-        assert!(Instant::now() < deadline, "c2 never got partitions: {d:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert!(d.members.iter().all(|m| m.assigned.len() == 2), "{d:?}");
     produce(&cluster.bootstrap, 6000, 6600).await;
     wait_for_all(&seen, 6600, "after c came back").await;
     assert_eq!(
@@ -274,11 +267,10 @@ async fn the_group_finds_a_new_coordinator_when_its_broker_is_killed_and_keeps_i
         stop.clone(),
     );
     produce(&cluster.bootstrap, 4000, 4010).await;
-    let deadline = Instant::now() + PATIENCE;
-    while seen_again.lock().unwrap().len() < 10 {
-        assert!(Instant::now() < deadline, "the late member read nothing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the late member read the new records", || async {
+        (seen_again.lock().unwrap().len() >= 10).then_some(())
+    })
+    .await;
     stop.cancel();
     late.await.unwrap();
     let values: BTreeSet<String> = seen_again
@@ -343,20 +335,22 @@ async fn stale_and_confused_members_and_bad_admin_requests_are_refused_with_reas
         client_id: "raw".into(),
     };
     // The offsets topic is created on first use: retry until the coordinator is there.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let find = proto::FindCoordinatorRequest {
-            group_id: "solo".into(),
-        };
-        match client.find_coordinator(find).await {
-            Ok(_) => break,
-            Err(s) if code(&s) == Some(ErrorCode::CoordinatorNotAvailable) => {
-                assert!(Instant::now() < deadline, "{s:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually_with("the coordinator is there", || {
+        let mut client = client.clone();
+        async move {
+            let find = proto::FindCoordinatorRequest {
+                group_id: "solo".into(),
+            };
+            match client.find_coordinator(find).await {
+                Ok(_) => Ok(()),
+                Err(s) if code(&s) == Some(ErrorCode::CoordinatorNotAvailable) => {
+                    Err(format!("{s:?}"))
+                }
+                Err(s) => panic!("{s:?}"),
             }
-            Err(s) => panic!("{s:?}"),
         }
-    }
+    })
+    .await;
     let joined = client
         .heartbeat(heartbeat("", 0, vec![]))
         .await

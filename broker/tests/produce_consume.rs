@@ -268,18 +268,11 @@ async fn retention_deletes_old_segments_and_moves_the_log_start() {
     }
     producer.close().await;
     let admin = Admin::connect(&broker.grpc).await.unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let partition = loop {
+    let partition = common::eventually("retention ran", || async {
         let partition = admin.describe_topic("short").await.unwrap().partitions[0].clone();
-        if partition.log_start_offset > 0 {
-            break partition;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retention never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (partition.log_start_offset > 0).then_some(partition)
+    })
+    .await;
     assert_eq!(partition.high_watermark, 2000);
     let records = read_all(
         &broker.grpc,

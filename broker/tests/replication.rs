@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::PATIENCE;
 use common::local::{LocalCluster, Member};
+use common::{PATIENCE, eventually};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
@@ -38,22 +38,6 @@ async fn create_topic(cluster: &LocalCluster, name: &str, partitions: u32) {
 
 async fn describe(admin: &Admin, topic: &str) -> Vec<PartitionDescription> {
     admin.describe_topic(topic).await.unwrap().partitions
-}
-
-/// Polls `check` until it returns Some, failing the test after PATIENCE.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until every partition of `topic` has all three replicas in sync.

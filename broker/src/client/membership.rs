@@ -52,6 +52,28 @@ pub(crate) struct Settings {
     pub client_id: String,
 }
 
+impl Settings {
+    /// A heartbeat of member `member_id` at `epoch` (0 joins, -1 leaves) owning `owned`.
+    fn heartbeat(
+        &self,
+        group: &str,
+        member_id: String,
+        epoch: i32,
+        owned: Vec<proto::GroupTopicPartitions>,
+    ) -> proto::GroupHeartbeatRequest {
+        proto::GroupHeartbeatRequest {
+            group_id: group.to_string(),
+            member_id,
+            member_epoch: epoch,
+            subscribed_topics: self.topics.clone(),
+            owned,
+            session_timeout_ms: self.session_timeout.as_millis() as u32,
+            rebalance_timeout_ms: self.rebalance_timeout.as_millis() as u32,
+            client_id: self.client_id.clone(),
+        }
+    }
+}
+
 impl Membership {
     pub fn start(cluster: Cluster, group: &str, settings: Settings) -> Self {
         let coordinator = Arc::new(Coordinator::new(group));
@@ -84,16 +106,9 @@ impl Membership {
         if member_id.is_empty() {
             return;
         }
-        let request = proto::GroupHeartbeatRequest {
-            group_id: self.coordinator.group.clone(),
-            member_id,
-            member_epoch: -1,
-            subscribed_topics: self.settings.topics.clone(),
-            owned: Vec::new(),
-            session_timeout_ms: self.settings.session_timeout.as_millis() as u32,
-            rebalance_timeout_ms: self.settings.rebalance_timeout.as_millis() as u32,
-            client_id: self.settings.client_id.clone(),
-        };
+        let request = self
+            .settings
+            .heartbeat(&self.coordinator.group, member_id, -1, Vec::new());
         let left = self
             .coordinator
             .call(&self.cluster, |mut client, _| {
@@ -124,21 +139,18 @@ async fn heartbeats(
     loop {
         let request = {
             let state = state.lock();
-            proto::GroupHeartbeatRequest {
-                group_id: coordinator.group.clone(),
-                member_id: state.member_id.clone(),
-                member_epoch: state.epoch,
-                subscribed_topics: settings.topics.clone(),
-                // Lost partitions are not the member's any more, whatever `poll` has done.
-                owned: if state.lost {
-                    Vec::new()
-                } else {
-                    group_partitions_to_proto(&state.owned)
-                },
-                session_timeout_ms: settings.session_timeout.as_millis() as u32,
-                rebalance_timeout_ms: settings.rebalance_timeout.as_millis() as u32,
-                client_id: settings.client_id.clone(),
-            }
+            // Lost partitions are not the member's any more, whatever `poll` has done.
+            let owned = if state.lost {
+                Vec::new()
+            } else {
+                group_partitions_to_proto(&state.owned)
+            };
+            settings.heartbeat(
+                &coordinator.group,
+                state.member_id.clone(),
+                state.epoch,
+                owned,
+            )
         };
         let result = coordinator
             .call(&cluster, |mut client, _| {

@@ -16,6 +16,7 @@ use super::records::{self, OffsetValue};
 use super::state::{Committed, Group, GroupState, Heartbeat, HeartbeatAnswer};
 use super::{GroupConfig, GroupError, OFFSETS_TOPIC, offsets_partition_for, validate_group_id};
 use crate::TopicPartition;
+use crate::controller::MetadataSnapshot;
 use crate::record;
 use crate::replication::{Acks, Partition, ReplicaManager};
 
@@ -80,14 +81,12 @@ impl GroupCoordinator {
     /// The offsets partition that holds `group`, or why there is none yet.
     pub fn offsets_partition(&self, group: &str) -> Result<TopicPartition, GroupError> {
         validate_group_id(group)?;
-        let metadata = self.replicas.metadata();
-        let Some(topic) = metadata.topics.get(OFFSETS_TOPIC) else {
+        let Some(partitions) = partition_count(&self.replicas.metadata(), OFFSETS_TOPIC) else {
             return Err(GroupError::CoordinatorNotAvailable {
                 group: group.to_string(),
                 why: "the offsets topic is being created".into(),
             });
         };
-        let partitions = topic.partitions.len() as u32;
         Ok(TopicPartition::new(
             OFFSETS_TOPIC,
             offsets_partition_for(group, partitions),
@@ -177,14 +176,6 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    fn partition_count(&self, topic: &str) -> Option<u32> {
-        self.replicas
-            .metadata()
-            .topics
-            .get(topic)
-            .map(|t| t.partitions.len() as u32)
-    }
-
     pub async fn heartbeat(
         &self,
         group_id: &str,
@@ -204,12 +195,7 @@ impl GroupCoordinator {
             request.rebalance_timeout = request.session_timeout;
         }
         let metadata = self.replicas.metadata();
-        let counts = |topic: &str| {
-            metadata
-                .topics
-                .get(topic)
-                .map(|t| t.partitions.len() as u32)
-        };
+        let counts = |topic: &str| partition_count(&metadata, topic);
         let mut guard = shard.groups.lock().await;
         let groups = guard.as_mut().expect("loaded");
         let group = match groups.get_mut(group_id) {
@@ -250,8 +236,9 @@ impl GroupCoordinator {
         offsets: Vec<OffsetCommit>,
     ) -> Result<(), GroupError> {
         let shard = self.shard(group_id).await?;
+        let metadata = self.replicas.metadata();
         for commit in &offsets {
-            match self.partition_count(&commit.tp.topic) {
+            match partition_count(&metadata, &commit.tp.topic) {
                 Some(n) if commit.tp.partition < n => {}
                 _ => return Err(GroupError::UnknownPartition(commit.tp.clone())),
             }
@@ -384,20 +371,10 @@ impl GroupCoordinator {
     }
 
     async fn tick(&self) {
-        let partitions = self
-            .replicas
-            .metadata()
-            .topics
-            .get(OFFSETS_TOPIC)
-            .map_or(0, |t| t.partitions.len() as u32);
-        self.shards.lock().retain(|p, _| *p < partitions);
         let metadata = self.replicas.metadata();
-        let counts = |topic: &str| {
-            metadata
-                .topics
-                .get(topic)
-                .map(|t| t.partitions.len() as u32)
-        };
+        let partitions = partition_count(&metadata, OFFSETS_TOPIC).unwrap_or(0);
+        self.shards.lock().retain(|p, _| *p < partitions);
+        let counts = |topic: &str| partition_count(&metadata, topic);
         for partition in 0..partitions {
             let Some(shard) = self.shard_at(partition) else {
                 continue;
@@ -476,6 +453,14 @@ impl GroupCoordinator {
             .map_err(crate::replication::ReplicaError::Log)?;
         Ok(())
     }
+}
+
+/// The number of partitions of `topic`, None when it does not exist.
+fn partition_count(metadata: &MetadataSnapshot, topic: &str) -> Option<u32> {
+    metadata
+        .topics
+        .get(topic)
+        .map(|t| t.partitions.len() as u32)
 }
 
 fn apply(groups: &mut HashMap<String, Group>, record: &record::Record) {

@@ -478,14 +478,7 @@ impl Partition {
         {
             let mut new_isr = state.isr.clone();
             new_isr.push(follower);
-            let change = IsrChange {
-                tp: self.tp.clone(),
-                leader_epoch: state.leader_epoch,
-                partition_epoch: state.partition_epoch,
-                new_isr,
-            };
-            state.pending_isr = Some(change.clone());
-            proposals(change);
+            self.propose(&mut state, new_isr, proposals);
         }
         self.update_high_watermark(&state);
         drop(state);
@@ -535,6 +528,11 @@ impl Partition {
             .filter(|r| !lagging.contains(r))
             .collect();
         tracing::info!(partition = %self.tp, ?lagging, "followers fell behind; proposing to shrink the ISR");
+        self.propose(&mut state, new_isr, proposals);
+    }
+
+    /// Proposes `new_isr` at the current epochs and keeps it as the pending change.
+    fn propose(&self, state: &mut State, new_isr: Vec<i32>, proposals: &dyn Fn(IsrChange)) {
         let change = IsrChange {
             tp: self.tp.clone(),
             leader_epoch: state.leader_epoch,

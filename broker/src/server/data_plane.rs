@@ -71,7 +71,7 @@ impl proto::broker_server::Broker for BrokerService {
             0 => DEFAULT_PRODUCE_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
         };
-        super::group_service::refuse_internal(&request.topic)?;
+        refuse_internal(&request.topic)?;
         let tp = TopicPartition::new(request.topic, request.partition);
         let info = self
             .replicas
@@ -278,4 +278,15 @@ fn metadata_response(snapshot: &MetadataSnapshot, wanted: &[String]) -> proto::M
         controller_id: snapshot.controller_id,
         topics,
     }
+}
+
+/// Client produce requests may not write internal topics.
+fn refuse_internal(topic: &str) -> Result<(), Status> {
+    if topic.starts_with("__") {
+        return Err(status(
+            ErrorCode::InvalidTopic,
+            format!("'{topic}' is an internal topic; only the brokers write to it"),
+        ));
+    }
+    Ok(())
 }

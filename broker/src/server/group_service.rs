@@ -8,11 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::controller_link::ControllerLink;
 use super::convert;
-use super::status::status;
 use crate::TopicPartition;
 use crate::group::state::Heartbeat;
 use crate::group::{GroupCoordinator, GroupError, OffsetCommit, validate_group_id};
-use crate::proto::{self, ErrorCode};
+use crate::proto;
 use crate::replication::ReplicaManager;
 
 pub struct GroupService {
@@ -191,15 +190,4 @@ impl proto::group_server::Group for GroupService {
                 .collect(),
         }))
     }
-}
-
-/// Client produce requests may not write internal topics.
-pub fn refuse_internal(topic: &str) -> Result<(), Status> {
-    if topic.starts_with("__") {
-        return Err(status(
-            ErrorCode::InvalidTopic,
-            format!("'{topic}' is an internal topic; only the brokers write to it"),
-        ));
-    }
-    Ok(())
 }

@@ -19,6 +19,40 @@ pub const CONTROLLER: &str = env!("CARGO_BIN_EXE_tributary-controller");
 /// How long anything in a test may take before the test fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Polls `check` until it returns Ok, failing the test after PATIENCE with `what` and the
+/// last thing `check` saw (its Err).
+pub async fn eventually_with<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}{}{seen}",
+                if seen.is_empty() { "" } else { ": " }
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it returns Some, failing the test after PATIENCE.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_with(what, || {
+        let checked = check();
+        async move { checked.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
 pub struct Broker {
     child: Option<Child>,
     pub data_dir: PathBuf,
