@@ -214,16 +214,20 @@ impl Group {
             member.subscribed = request.subscribed;
             changed = true;
         }
-        let subscribed: BTreeSet<&String> =
-            self.members.values().flat_map(|m| &m.subscribed).collect();
-        let counts_now: BTreeMap<String, u32> = subscribed
-            .into_iter()
-            .filter_map(|t| Some((t.clone(), counts(t)?)))
-            .collect();
-        if changed || counts_now != self.partition_counts {
+        if changed || self.subscribed_counts(counts) != self.partition_counts {
             self.recompute(counts);
         }
         Ok(self.reconcile(&member_id, joining, now, heartbeat_interval))
+    }
+
+    /// The partition counts of the topics members subscribe to (those that exist).
+    fn subscribed_counts(&self, counts: &dyn Fn(&str) -> Option<u32>) -> BTreeMap<String, u32> {
+        let subscribed: BTreeSet<&String> =
+            self.members.values().flat_map(|m| &m.subscribed).collect();
+        subscribed
+            .into_iter()
+            .filter_map(|t| Some((t.clone(), counts(t)?)))
+            .collect()
     }
 
     /// Bumps the group epoch and computes a new target assignment, starting from what the
@@ -243,11 +247,7 @@ impl Group {
                 )
             })
             .collect();
-        let subscribed: BTreeSet<&String> = specs.values().flat_map(|m| &m.subscribed).collect();
-        self.partition_counts = subscribed
-            .into_iter()
-            .filter_map(|t| Some((t.clone(), counts(t)?)))
-            .collect();
+        self.partition_counts = self.subscribed_counts(counts);
         self.target = assignor::assign(&specs, &self.partition_counts);
         tracing::info!(group = %self.id, epoch = self.epoch, members = self.members.len(), "new target assignment");
     }
