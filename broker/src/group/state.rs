@@ -443,6 +443,18 @@ mod tests {
         }
     }
 
+    /// A group whose two members have settled on three partitions each.
+    fn two_settled_members(now: Instant) -> (Group, Client, Client) {
+        let mut group = Group::new("g");
+        let mut a = Client::join(&mut group, now);
+        let mut b = Client::join(&mut group, now);
+        for _ in 0..3 {
+            a.beat(&mut group, now);
+            b.beat(&mut group, now);
+        }
+        (group, a, b)
+    }
+
     /// No partition is owned by two clients at once, ever.
     fn check_exclusive(clients: &[&Client]) {
         let mut seen = BTreeSet::new();
@@ -487,13 +499,7 @@ mod tests {
     #[test]
     fn a_silent_member_is_removed_and_its_partitions_go_to_the_others() {
         let now = Instant::now();
-        let mut group = Group::new("g");
-        let mut a = Client::join(&mut group, now);
-        let mut b = Client::join(&mut group, now);
-        for _ in 0..3 {
-            a.beat(&mut group, now);
-            b.beat(&mut group, now);
-        }
+        let (mut group, mut a, b) = two_settled_members(now);
         assert_eq!((a.owned.len(), b.owned.len()), (3, 3));
         let later = now + SESSION - Duration::from_millis(1);
         a.beat(&mut group, later);
@@ -538,13 +544,7 @@ mod tests {
     #[test]
     fn a_member_that_rejoins_with_its_partitions_keeps_them() {
         let now = Instant::now();
-        let mut group = Group::new("g");
-        let mut a = Client::join(&mut group, now);
-        let mut b = Client::join(&mut group, now);
-        for _ in 0..3 {
-            a.beat(&mut group, now);
-            b.beat(&mut group, now);
-        }
+        let (_, mut a, mut b) = two_settled_members(now);
         // A new coordinator knows nobody: both join again with what they own.
         let mut fresh = Group::new("g");
         for c in [&mut a, &mut b] {
@@ -563,13 +563,7 @@ mod tests {
     #[test]
     fn a_member_that_leaves_hands_its_partitions_over_at_once() {
         let now = Instant::now();
-        let mut group = Group::new("g");
-        let mut a = Client::join(&mut group, now);
-        let mut b = Client::join(&mut group, now);
-        for _ in 0..3 {
-            a.beat(&mut group, now);
-            b.beat(&mut group, now);
-        }
+        let (mut group, mut a, b) = two_settled_members(now);
         group
             .heartbeat(beat(&b.id, -1, &BTreeSet::new()), now, &counts, INTERVAL)
             .unwrap();
