@@ -486,3 +486,76 @@ async fn stale_and_confused_members_and_bad_admin_requests_are_refused_with_reas
         "{stdout}"
     );
 }
+
+/// The CLI end to end: `consume --group` reads and commits, `group describe` shows the
+/// lag per partition, and `perf consume --group` reads only what the group has not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_reads_as_a_group_and_shows_its_committed_offsets_and_lag() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    common::create_topic(&cluster.bootstrap, "events", PARTITIONS, &[]).await;
+    produce(&cluster.bootstrap, 0, 60).await;
+    let b = ["--bootstrap", cluster.bootstrap.as_str()];
+    let run = |args: &[&str]| {
+        let (code, stdout, stderr) = common::cli(&[&b[..], args].concat(), "");
+        assert_eq!(code, 0, "tributary {args:?}: {stderr}");
+        stdout
+    };
+
+    let read = run(&[
+        "consume",
+        "events",
+        "--group",
+        "cli",
+        "--from-beginning",
+        "--max-messages",
+        "60",
+    ]);
+    let values: BTreeSet<&str> = read.lines().collect();
+    let expected: Vec<String> = (0..60).map(|i| format!("v{i}")).collect();
+    assert_eq!(values, expected.iter().map(String::as_str).collect());
+
+    produce(&cluster.bootstrap, 60, 70).await;
+    let described: Vec<serde_json::Value> =
+        serde_json::from_str(&run(&["--output", "json", "group", "describe", "cli"])).unwrap();
+    assert_eq!(described.len(), PARTITIONS as usize, "{described:?}");
+    let mut lag = 0;
+    for p in &described {
+        let keys: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        let expected = [
+            "committed_offset",
+            "lag",
+            "log_end_offset",
+            "member",
+            "partition",
+            "topic",
+        ];
+        assert_eq!(keys, expected.into_iter().collect(), "{p}");
+        assert_eq!(
+            p["log_end_offset"].as_i64().unwrap() - p["committed_offset"].as_i64().unwrap(),
+            p["lag"].as_i64().unwrap(),
+            "{p}"
+        );
+        lag += p["lag"].as_i64().unwrap();
+    }
+    assert_eq!(
+        lag, 10,
+        "the ten records produced after the group read: {described:?}"
+    );
+    assert!(run(&["group", "list"]).contains("cli"));
+
+    let perf = run(&[
+        "perf",
+        "consume",
+        "events",
+        "--group",
+        "cli",
+        "--num-records",
+        "10",
+    ]);
+    assert!(
+        perf.contains("assigned partitions [0, 1, 2, 3, 4, 5] at "),
+        "{perf}"
+    );
+    assert!(perf.contains("total: 10 records consumed"), "{perf}");
+}

@@ -9,8 +9,8 @@ use clap::Subcommand;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tributary_broker::client::{
-    Acks, Compression, Consumer, ConsumerConfig, DeliveryFuture, Offset, OffsetReset, Producer,
-    ProducerConfig, ProducerRecord,
+    Acks, Compression, Consumer, ConsumerConfig, ConsumerRecord, DeliveryFuture, Offset,
+    OffsetReset, Producer, ProducerConfig, ProducerRecord,
 };
 
 use crate::produce::parse_acks;
@@ -45,18 +45,32 @@ pub enum PerfCommand {
         #[arg(long, default_value_t = 32 * 1024 * 1024)]
         buffer_memory: usize,
     },
-    /// Read records from the beginning of every partition and report throughput.
+    /// Read records from the beginning of every partition and report throughput; with
+    /// --group, read as one member of a consumer group and report throughput, lag,
+    /// end-to-end latency and every change of the member's partitions.
     Consume {
         topic: String,
-        #[arg(long)]
-        num_records: u64,
-        /// Give up when no record has arrived for this long.
+        /// Stop after this many records (without --group, where it is required).
+        #[arg(long, required_unless_present = "group")]
+        num_records: Option<u64>,
+        /// Without --group: give up when no record has arrived for this long. With
+        /// --group: stop (commit and leave the group) when none has arrived for this long
+        /// since the last record or the last change of the member's partitions.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
         #[arg(long, default_value_t = 50 * 1024 * 1024)]
         fetch_max_bytes: usize,
         #[arg(long, default_value_t = 1024 * 1024)]
         max_partition_fetch_bytes: usize,
+        /// Read as a member of this consumer group, from its committed offsets (else from
+        /// the beginning), committing as `consume --group` does. Start several to share
+        /// the topic's partitions.
+        #[arg(long)]
+        group: Option<String>,
+        /// The group member's session timeout: how long the coordinator waits for its
+        /// heartbeats before giving its partitions to the other members.
+        #[arg(long, default_value_t = 45_000, requires = "group")]
+        session_timeout_ms: u64,
     },
 }
 
@@ -89,19 +103,25 @@ pub async fn run(bootstrap: &str, command: PerfCommand) -> anyhow::Result<()> {
             timeout_ms,
             fetch_max_bytes,
             max_partition_fetch_bytes,
+            group,
+            session_timeout_ms,
         } => {
             let mut config = ConsumerConfig::new(bootstrap);
             config.auto_offset_reset = OffsetReset::Earliest;
             config.fetch_max_bytes = fetch_max_bytes;
             config.max_partition_fetch_bytes = max_partition_fetch_bytes;
             config.max_poll_records = 10_000;
-            consume(
-                config,
-                &topic,
-                num_records,
-                Duration::from_millis(timeout_ms),
-            )
-            .await
+            let idle_limit = Duration::from_millis(timeout_ms);
+            match (group, num_records) {
+                (Some(group), num_records) => {
+                    config.group_id = Some(group);
+                    config.client_id = "tributary-perf".into();
+                    config.session_timeout = Duration::from_millis(session_timeout_ms);
+                    consume_in_group(config, &topic, num_records, idle_limit).await
+                }
+                (None, Some(num_records)) => consume(config, &topic, num_records, idle_limit).await,
+                (None, None) => unreachable!("clap requires --num-records without --group"),
+            }
         }
     }
 }
@@ -268,5 +288,132 @@ async fn consume(
         records as f64 / seconds,
         bytes as f64 / MB / seconds
     );
+    Ok(())
+}
+
+/// What one group member read over a window or the whole run.
+struct MemberWindow {
+    /// End-to-end latency (consumed now, produced at the record's timestamp), in ms.
+    latency: Histogram<u64>,
+    started: Instant,
+    /// When the first and the last record arrived.
+    first: Option<Instant>,
+    last: Option<Instant>,
+    records: u64,
+    bytes: u64,
+}
+
+impl MemberWindow {
+    fn new() -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid bounds"),
+            started: Instant::now(),
+            first: None,
+            last: None,
+            records: 0,
+            bytes: 0,
+        }
+    }
+
+    fn record(&mut self, record: &ConsumerRecord, now: Instant, now_ms: i64) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.latency
+            .saturating_record((now_ms - record.timestamp).max(1) as u64);
+        self.records += 1;
+        self.bytes += (record.key.as_ref().map_or(0, |k| k.len())
+            + record.value.as_ref().map_or(0, |v| v.len())) as u64;
+    }
+
+    /// "N records consumed, R records/sec (M MB/sec)" over `seconds`, and the latency
+    /// percentiles.
+    fn summary(&self, seconds: f64) -> String {
+        let seconds = seconds.max(1e-9);
+        format!(
+            "{} records consumed, {:.1} records/sec ({:.2} MB/sec), end-to-end latency {} ms 50th, {} ms 99th, {} ms max",
+            self.records,
+            self.records as f64 / seconds,
+            self.bytes as f64 / MB / seconds,
+            self.latency.value_at_quantile(0.50),
+            self.latency.value_at_quantile(0.99),
+            self.latency.max(),
+        )
+    }
+}
+
+/// Reads as one member of a consumer group until `num_records`, `idle_limit` without a
+/// record, or Ctrl-C; then commits and leaves. Prints each change of the member's
+/// partitions with the wall-clock time, so a benchmark can time rebalances.
+async fn consume_in_group(
+    config: ConsumerConfig,
+    topic: &str,
+    num_records: Option<u64>,
+    idle_limit: Duration,
+) -> anyhow::Result<()> {
+    let mut consumer = Consumer::connect(config).await?;
+    consumer.subscribe(&[topic]).await?;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    let (mut total, mut window) = (MemberWindow::new(), MemberWindow::new());
+    let mut assignment = Vec::new();
+    let mut last_record = Instant::now();
+    let mut last_record_ms = 0;
+    let result = loop {
+        if num_records.is_some_and(|n| total.records >= n) || last_record.elapsed() >= idle_limit {
+            break Ok(());
+        }
+        let records = tokio::select! {
+            records = consumer.poll(Duration::from_millis(200)) => records,
+            _ = &mut stop => break Ok(()),
+        };
+        let records = match records {
+            Ok(records) => records,
+            Err(error) => break Err(anyhow::Error::new(error).context("reading in the group")),
+        };
+        let (now, now_ms) = (Instant::now(), tributary_broker::now_ms());
+        let owned: Vec<u32> = consumer
+            .assignment()
+            .iter()
+            .map(|tp| tp.partition)
+            .collect();
+        if owned != assignment {
+            println!("assigned partitions {owned:?} at {now_ms} ms");
+            assignment = owned;
+            // New partitions get the whole idle time to deliver their first records.
+            last_record = now;
+        }
+        if !records.is_empty() {
+            last_record = now;
+            last_record_ms = now_ms;
+        }
+        for record in &records {
+            total.record(record, now, now_ms);
+            window.record(record, now, now_ms);
+        }
+        if window.started.elapsed() >= REPORT_EVERY {
+            let lag: i64 = consumer
+                .assignment()
+                .iter()
+                .filter_map(|tp| {
+                    Some((consumer.high_watermark(tp) - consumer.position(tp)?).max(0))
+                })
+                .sum();
+            let seconds = window.started.elapsed().as_secs_f64();
+            println!("{}, {lag} records behind.", window.summary(seconds));
+            window = MemberWindow::new();
+        }
+    };
+    let closed = consumer.close().await;
+    // The rate over the time records were arriving, not the wait before or after.
+    let reading = match (total.first, total.last) {
+        (Some(first), Some(last)) => (last - first).as_secs_f64(),
+        _ => 0.0,
+    };
+    println!(
+        "total: {}, last record at {last_record_ms} ms.",
+        total.summary(reading)
+    );
+    result?;
+    closed.context("leaving the group")?;
     Ok(())
 }
