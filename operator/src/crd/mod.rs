@@ -1,0 +1,60 @@
+//! The custom resources: `Cluster` and `Topic` (group `tributary.dev`, version `v1alpha1`).
+//! Validation the API server can do at `kubectl apply` time is in the schema as CEL rules;
+//! what needs the cluster's state is reported in status conditions.
+
+mod cluster;
+mod condition;
+mod topic;
+
+pub use cluster::*;
+pub use condition::*;
+pub use topic::*;
+
+use kube::CustomResourceExt;
+use kube::core::crd::merge_crds;
+
+pub const GROUP: &str = "tributary.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// Every CRD the operator serves, with the file name it has in `crds/`.
+pub fn all() -> Vec<(
+    String,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
+    [Cluster::crd(), Topic::crd()]
+        .into_iter()
+        .map(|crd| {
+            let crd = merge_crds(vec![crd], VERSION).expect("one version per CRD merges");
+            let file = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
+            (file, crd)
+        })
+        .collect()
+}
+
+/// One CRD as YAML, as `tributary-operator crd` prints it and `crds/` holds it.
+pub fn to_yaml(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    serde_yaml::to_string(crd).expect("a CRD serializes")
+}
+
+/// A CEL rule that every key of the map at `path` is a topic configuration key.
+pub fn config_keys_rule(path: &str) -> kube::core::Rule {
+    let keys: Vec<String> = tributary_broker::config::KEYS
+        .iter()
+        .map(|k| format!("'{}'", k.name))
+        .collect();
+    let names: Vec<&str> = tributary_broker::config::KEYS
+        .iter()
+        .map(|k| k.name)
+        .collect();
+    let message = format!(
+        "unknown topic configuration key; the keys are: {}",
+        names.join(", ")
+    );
+    kube::core::Rule::new(format!("{path}.all(k, k in [{}])", keys.join(", ")))
+        .message(message.as_str())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,4 @@
+//! The Tributary operator: `Cluster` and `Topic` custom resources, the objects a Cluster
+//! becomes, and (hosted here) the cluster controller.
+
+pub mod crd;
