@@ -650,3 +650,28 @@ async fn a_broker_back_with_an_empty_disk_rebuilds_its_replicas_from_the_leaders
         .sum();
     assert_eq!(read, values.len());
 }
+
+/// Kubernetes calls `/prestop` before it stops a broker pod: the broker stops answering
+/// ready and answers only once the other in-sync replicas lead its partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prestop_hands_every_leadership_over_before_it_answers() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path(), &[]);
+    create_topic(&cluster, "orders", 6).await;
+    let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
+    let partitions = fully_in_sync(&admin, "orders").await;
+    let leaving = partitions[0].leader;
+    let http = cluster.brokers[leaving as usize].1.clone();
+
+    let answer = blocking(|| common::http_get_blocking(&http, "/prestop"));
+    assert_eq!(answer.map(|(code, _)| code), Some(200));
+    let partitions = describe(&admin, "orders").await;
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p.leader != leaving && p.leader >= 0),
+        "broker {leaving} still leads (or a partition has no leader): {partitions:?}"
+    );
+    let ready = blocking(|| common::http_get_blocking(&http, "/readyz"));
+    assert_eq!(ready.map(|(code, _)| code), Some(503));
+}

@@ -1,6 +1,9 @@
 //! Health and metrics over plain HTTP: `/healthz` (the process is up), `/readyz` (the
-//! broker serves requests) and `/metrics` (Prometheus).
+//! broker serves requests), `/metrics` (Prometheus) and `/prestop` (hand leaderships over
+//! before a stop: Kubernetes calls it as the pod's preStop hook).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,11 +17,16 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::Metrics;
 use crate::replication::ReplicaManager;
 
+/// Prepares the broker to stop: stops answering ready and hands its leaderships over.
+pub(super) type PrestopHook =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 #[derive(Clone)]
 pub(super) struct HttpState {
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     replicas: Arc<OnceLock<Arc<ReplicaManager>>>,
+    prestop: Arc<OnceLock<PrestopHook>>,
 }
 
 impl HttpState {
@@ -27,7 +35,13 @@ impl HttpState {
             ready,
             metrics,
             replicas: Arc::new(OnceLock::new()),
+            prestop: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// What `/prestop` does, once the broker can do it.
+    pub fn attach_prestop(&self, hook: PrestopHook) {
+        let _ = self.prestop.set(hook);
     }
 
     /// Partition metrics become available once the logs are loaded.
@@ -51,6 +65,24 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
+/// Answers once the broker leads nothing it could hand over (or the handover timed out),
+/// so the stop that follows does not leave partitions leaderless.
+async fn prestop(State(state): State<HttpState>) -> impl IntoResponse {
+    match state.prestop.get() {
+        Some(hook) => {
+            hook().await;
+            (StatusCode::OK, "not ready; leaderships handed over\n")
+        }
+        None => {
+            state.ready.store(false, Ordering::Release);
+            (
+                StatusCode::OK,
+                "not ready; still starting, so nothing to hand over\n",
+            )
+        }
+    }
+}
+
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let body = match state.replicas.get() {
         Some(replicas) => {
@@ -70,6 +102,7 @@ pub(super) async fn serve(listener: TcpListener, state: HttpState, stop: Cancell
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/prestop", get(prestop))
         .with_state(state);
     if let Err(error) = axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())

@@ -203,6 +203,23 @@ pub async fn run(
         config.replication.clone(),
     ));
     http_state.attach(replicas.clone());
+    http_state.attach_prestop({
+        let (link, replicas, ready) = (link.clone(), replicas.clone(), ready.clone());
+        let (broker, wait, remote) = (
+            config.broker_id,
+            config.shutdown_timeout / 2,
+            config.controller.is_some(),
+        );
+        Arc::new(move || {
+            let (link, replicas, ready) = (link.clone(), replicas.clone(), ready.clone());
+            Box::pin(async move {
+                ready.store(false, Ordering::Release);
+                if remote {
+                    controlled_shutdown(&link, &replicas, broker, wait).await;
+                }
+            })
+        })
+    });
 
     let tasks = CancellationToken::new();
     let registration = Registration {
