@@ -2,3 +2,4 @@
 //! becomes, and (hosted here) the cluster controller.
 
 pub mod crd;
+pub mod resources;

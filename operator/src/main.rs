@@ -1,10 +1,16 @@
-//! `tributary-operator`: prints the CRDs (`crd`); running the operator has its own command.
+//! `tributary-operator`: prints the CRDs (`crd`) and the objects a Cluster becomes
+//! (`manifests`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tributary_operator::crd;
+use tributary_operator::crd::{self, Cluster};
+use tributary_operator::resources::{self, Settings};
+
+/// Where brokers reach the controller the operator runs, unless told otherwise: the
+/// Service the Helm chart creates.
+const DEFAULT_CONTROLLER_ADDRESS: &str = "tributary-operator-controller.tributary-system.svc:9093";
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The Tributary Kubernetes operator")]
@@ -21,6 +27,53 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },
+    /// Print the objects the operator makes of each Cluster in a manifest file (what it
+    /// would apply), as YAML.
+    Manifests {
+        /// A file with Cluster resources (other kinds are skipped).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The controller address brokers are given.
+        #[arg(long, env = "TRIBUTARY_CONTROLLER_ADDRESS", default_value = DEFAULT_CONTROLLER_ADDRESS)]
+        controller_address: String,
+    },
+}
+
+fn manifests(file: &std::path::Path, settings: &Settings) -> Result<String, String> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| {
+            format!(
+                "{}, document {}: not valid YAML: {e}",
+                file.display(),
+                i + 1
+            )
+        })?;
+        if value.get("kind").and_then(|k| k.as_str()) != Some("Cluster") {
+            continue;
+        }
+        let mut cluster: Cluster = serde_yaml::from_value(value)
+            .map_err(|e| format!("{}, document {}: {e}", file.display(), i + 1))?;
+        cluster
+            .metadata
+            .namespace
+            .get_or_insert_with(|| "default".into());
+        // What the API server would have given it, so owner references can be shown.
+        cluster
+            .metadata
+            .uid
+            .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+        for object in resources::owned(&cluster, settings).to_json() {
+            out.push(serde_yaml::to_string(&object).expect("objects serialize"));
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{} has no Cluster resource", file.display()));
+    }
+    Ok(out.join("---\n"))
 }
 
 fn main() -> ExitCode {
@@ -42,5 +95,18 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Manifests {
+            file,
+            controller_address,
+        } => match manifests(&file, &Settings { controller_address }) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
