@@ -1,5 +1,9 @@
 //! The Tributary operator: `Cluster` and `Topic` custom resources, the objects a Cluster
 //! becomes, and (hosted here) the cluster controller.
 
+pub mod cluster_reconciler;
 pub mod crd;
 pub mod resources;
+
+#[cfg(test)]
+mod fake_api;

@@ -3,11 +3,11 @@
 //! what needs the cluster's state is reported in status conditions.
 
 mod cluster;
-mod condition;
+pub mod condition;
 mod topic;
 
 pub use cluster::*;
-pub use condition::*;
+
 pub use topic::*;
 
 use kube::CustomResourceExt;

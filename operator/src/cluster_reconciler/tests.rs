@@ -1,0 +1,213 @@
+use serde_json::Value;
+
+use super::*;
+use crate::fake_api::FakeApi;
+
+const CLUSTER: &str = "/apis/tributary.dev/v1alpha1/namespaces/streams/clusters/demo";
+const STATEFULSET: &str = "/apis/apps/v1/namespaces/streams/statefulsets/demo-broker";
+const OWNED: [&str; 6] = [
+    "/api/v1/namespaces/streams/serviceaccounts/demo-broker",
+    "/api/v1/namespaces/streams/services/demo-brokers",
+    "/api/v1/namespaces/streams/services/demo",
+    "/api/v1/namespaces/streams/configmaps/demo-broker-config",
+    STATEFULSET,
+    "/apis/policy/v1/namespaces/streams/poddisruptionbudgets/demo-broker",
+];
+
+fn settings() -> Settings {
+    Settings {
+        controller_address: "controller.tributary-system.svc:9093".into(),
+    }
+}
+
+fn cluster_json(replicas: i32, default_rf: Option<i32>) -> Value {
+    let mut config = serde_json::Map::new();
+    if let Some(rf) = default_rf {
+        config.insert("defaultReplicationFactor".into(), rf.into());
+    }
+    json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": "demo", "namespace": "streams"},
+        "spec": {"replicas": replicas, "config": config},
+    })
+}
+
+/// Reconciles the Cluster as it is stored now, as the controller would on a change.
+async fn reconcile_stored(api: &FakeApi) -> Result<Action, Error> {
+    let cluster: Cluster = serde_json::from_value(api.get(CLUSTER).unwrap()).unwrap();
+    let ctx = Arc::new(Context {
+        client: api.client(),
+        settings: settings(),
+    });
+    reconcile(Arc::new(cluster), ctx).await
+}
+
+fn ready_condition(api: &FakeApi) -> Value {
+    api.get(CLUSTER).unwrap()["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap()
+}
+
+fn version(api: &FakeApi, path: &str) -> Value {
+    api.get(path).unwrap()["metadata"]["resourceVersion"].clone()
+}
+
+#[tokio::test]
+async fn a_cluster_produces_exactly_its_owned_objects_and_reports_them_rolling_out() {
+    let api = FakeApi::new();
+    api.put(CLUSTER, cluster_json(3, None));
+    reconcile_stored(&api).await.unwrap();
+
+    let applied: Vec<String> = api
+        .writes()
+        .into_iter()
+        .filter(|c| c.method == "PATCH" && !c.path.ends_with("/status"))
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(applied, OWNED);
+    let cluster: Cluster = serde_json::from_value(api.get(CLUSTER).unwrap()).unwrap();
+    let expected = resources::owned(&cluster, &settings()).to_json();
+    for (path, object) in OWNED.iter().zip(expected) {
+        let stored = api.get(path).unwrap();
+        assert_eq!(stored["spec"], object["spec"], "{path}");
+        assert_eq!(stored["metadata"]["ownerReferences"][0]["name"], "demo");
+    }
+    let status = &api.get(CLUSTER).unwrap()["status"];
+    assert_eq!(status["phase"], "Reconciling");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(ready_condition(&api)["status"], "False");
+    assert_eq!(ready_condition(&api)["message"], "0 of 3 brokers are ready");
+}
+
+#[tokio::test]
+async fn reconciling_again_changes_nothing() {
+    let api = FakeApi::new();
+    api.put(CLUSTER, cluster_json(3, None));
+    reconcile_stored(&api).await.unwrap();
+    // Conditions set long ago keep their time when their status stays the same.
+    let mut cluster = api.get(CLUSTER).unwrap();
+    for condition in cluster["status"]["conditions"].as_array_mut().unwrap() {
+        condition["lastTransitionTime"] = "2020-01-01T00:00:00Z".into();
+    }
+    api.put(CLUSTER, cluster);
+    let before: Vec<Value> = OWNED
+        .iter()
+        .chain([&CLUSTER])
+        .map(|p| version(&api, p))
+        .collect();
+    reconcile_stored(&api).await.unwrap();
+    let after: Vec<Value> = OWNED
+        .iter()
+        .chain([&CLUSTER])
+        .map(|p| version(&api, p))
+        .collect();
+    assert_eq!(before, after, "a second reconcile wrote something");
+}
+
+#[tokio::test]
+async fn changing_replicas_changes_the_statefulset() {
+    let api = FakeApi::new();
+    api.put(CLUSTER, cluster_json(3, None));
+    reconcile_stored(&api).await.unwrap();
+    let mut cluster = api.get(CLUSTER).unwrap();
+    cluster["spec"]["replicas"] = 5.into();
+    cluster["metadata"]["generation"] = 2.into();
+    api.put(CLUSTER, cluster);
+    reconcile_stored(&api).await.unwrap();
+    assert_eq!(api.get(STATEFULSET).unwrap()["spec"]["replicas"], 5);
+    assert_eq!(api.get(CLUSTER).unwrap()["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn a_ready_statefulset_makes_the_cluster_ready() {
+    let api = FakeApi::new();
+    api.put(CLUSTER, cluster_json(3, None));
+    reconcile_stored(&api).await.unwrap();
+    let mut sts = api.get(STATEFULSET).unwrap();
+    let generation = sts["metadata"]["generation"].clone();
+    sts["status"] = json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "observedGeneration": generation});
+    api.put(STATEFULSET, sts);
+    reconcile_stored(&api).await.unwrap();
+    let status = &api.get(CLUSTER).unwrap()["status"];
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(status["readyReplicas"], 3);
+    assert_eq!(ready_condition(&api)["status"], "True");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_sets_the_condition_and_changes_nothing() {
+    let api = FakeApi::new();
+    api.put(CLUSTER, cluster_json(3, None));
+    reconcile_stored(&api).await.unwrap();
+    let before: Vec<Value> = OWNED.iter().map(|p| api.get(p).unwrap()).collect();
+
+    let mut cluster = api.get(CLUSTER).unwrap();
+    cluster["spec"]["replicas"] = 2.into();
+    cluster["spec"]["config"]["defaultReplicationFactor"] = 3.into();
+    api.put(CLUSTER, cluster);
+    api.clear_calls();
+    reconcile_stored(&api).await.unwrap();
+
+    let writes = api.writes();
+    assert_eq!(writes.len(), 1, "only the status is written: {writes:?}");
+    assert_eq!(writes[0].path, format!("{CLUSTER}/status"));
+    let after: Vec<Value> = OWNED.iter().map(|p| api.get(p).unwrap()).collect();
+    assert_eq!(
+        before, after,
+        "an invalid spec must not change or delete anything"
+    );
+    let ready = ready_condition(&api);
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "InvalidSpec");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("defaultReplicationFactor is 3 but replicas is 2")
+            && message.contains("raise replicas to at least 3"),
+        "{message}"
+    );
+    assert_eq!(api.get(CLUSTER).unwrap()["status"]["phase"], "Invalid");
+}
+
+#[tokio::test]
+async fn a_topic_with_more_replicas_than_brokers_makes_the_spec_invalid() {
+    let api = FakeApi::new();
+    api.put(CLUSTER, cluster_json(2, Some(1)));
+    api.put(
+        "/apis/tributary.dev/v1alpha1/namespaces/streams/topics/orders",
+        json!({
+            "apiVersion": "tributary.dev/v1alpha1", "kind": "Topic",
+            "metadata": {"name": "orders", "namespace": "streams"},
+            "spec": {"cluster": "demo", "partitions": 3, "replicationFactor": 3},
+        }),
+    );
+    reconcile_stored(&api).await.unwrap();
+    let message = ready_condition(&api)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("topic 'orders' has replicationFactor 3 but replicas is 2"),
+        "{message}"
+    );
+    assert!(
+        api.get(STATEFULSET).is_none(),
+        "nothing is created for an invalid spec"
+    );
+}
+
+#[tokio::test]
+async fn a_status_write_that_fails_is_an_error_the_controller_retries_and_the_retry_lands() {
+    let api = FakeApi::new();
+    api.put(CLUSTER, cluster_json(3, None));
+    api.conflict_once(CLUSTER);
+    let error = reconcile_stored(&api).await.unwrap_err();
+    assert!(error.to_string().contains("has been modified"), "{error}");
+    assert!(api.get(CLUSTER).unwrap().get("status").is_none());
+    reconcile_stored(&api).await.unwrap();
+    assert_eq!(api.get(CLUSTER).unwrap()["status"]["phase"], "Reconciling");
+}
