@@ -38,6 +38,31 @@ fn env<'a>(container: &'a Container, name: &str) -> Option<&'a k8s_openapi::api:
     container.env.as_ref()?.iter().find(|e| e.name == name)
 }
 
+/// The topology key the brokers' anti-affinity spreads them across.
+fn spread_key(owned: &Owned) -> String {
+    let pod = owned
+        .statefulset
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let anti = pod
+        .affinity
+        .as_ref()
+        .unwrap()
+        .pod_anti_affinity
+        .as_ref()
+        .unwrap();
+    let terms = anti
+        .preferred_during_scheduling_ignored_during_execution
+        .as_ref()
+        .unwrap();
+    terms[0].pod_affinity_term.topology_key.clone()
+}
+
 #[test]
 fn a_cluster_becomes_exactly_these_objects_all_owned_by_it() {
     let cluster = example("cluster.yaml");
@@ -148,21 +173,7 @@ fn the_statefulset_runs_one_broker_per_replica_with_its_own_volume() {
         Some("$(POD_NAME).demo-brokers.$(POD_NAMESPACE).svc:9095")
     );
     assert!(env(container, "TRIBUTARY_RACK").is_none());
-    let anti = pod
-        .affinity
-        .as_ref()
-        .unwrap()
-        .pod_anti_affinity
-        .as_ref()
-        .unwrap();
-    let term = &anti
-        .preferred_during_scheduling_ignored_during_execution
-        .as_ref()
-        .unwrap()[0];
-    assert_eq!(
-        term.pod_affinity_term.topology_key,
-        "kubernetes.io/hostname"
-    );
+    assert_eq!(spread_key(&owned), "kubernetes.io/hostname");
 }
 
 #[test]
@@ -183,21 +194,7 @@ fn racks_overrides_and_storage_class_reach_the_pods() {
             .field_path,
         "metadata.labels['topology.kubernetes.io/zone']"
     );
-    let anti = pod
-        .affinity
-        .as_ref()
-        .unwrap()
-        .pod_anti_affinity
-        .as_ref()
-        .unwrap();
-    let term = &anti
-        .preferred_during_scheduling_ignored_during_execution
-        .as_ref()
-        .unwrap()[0];
-    assert_eq!(
-        term.pod_affinity_term.topology_key,
-        "topology.kubernetes.io/zone"
-    );
+    assert_eq!(spread_key(&owned), "topology.kubernetes.io/zone");
     assert_eq!(pod.node_selector.as_ref().unwrap()["workload"], "streaming");
     assert_eq!(
         pod.tolerations.as_ref().unwrap()[0].key.as_deref(),
