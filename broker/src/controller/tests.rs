@@ -46,6 +46,19 @@ fn topic(name: &str, partitions: u32, rf: Option<u32>) -> NewTopic {
     }
 }
 
+/// Creates a topic that must be accepted, and returns its record.
+async fn create(
+    c: &Controller<FileStore>,
+    name: &str,
+    partitions: u32,
+    rf: Option<u32>,
+) -> TopicRecord {
+    c.create_topic(topic(name, partitions, rf), false)
+        .await
+        .unwrap()
+        .0
+}
+
 fn partition(c: &Controller<FileStore>, name: &str, p: usize) -> PartitionRecord {
     c.snapshot().topics[name].partitions[p].clone()
 }
@@ -85,10 +98,7 @@ async fn topics_are_stored_published_and_survive_a_controller_restart() {
 async fn bad_topics_are_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, _) = cluster(dir.path(), 1).await;
-    controller
-        .create_topic(topic("t", 1, None), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 1, None).await;
     let min_isr = BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]);
     let cases = [
         (topic("t", 1, None), "already exists"),
@@ -134,16 +144,10 @@ async fn validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_i
         .await
         .unwrap();
     assert!(controller.snapshot().topics.is_empty());
-    let (first, _) = controller
-        .create_topic(topic("t", 1, None), false)
-        .await
-        .unwrap();
+    let first = create(&controller, "t", 1, None).await;
     controller.delete_topic("t").await.unwrap();
     assert!(!controller.snapshot().topics.contains_key("t"));
-    let (second, _) = controller
-        .create_topic(topic("t", 1, None), false)
-        .await
-        .unwrap();
+    let second = create(&controller, "t", 1, None).await;
     assert_ne!(first.id, second.id);
 }
 
@@ -151,14 +155,8 @@ async fn validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_i
 async fn replicas_are_placed_evenly_over_live_brokers() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, _) = cluster(dir.path(), 3).await;
-    controller
-        .create_topic(topic("a", 7, Some(3)), false)
-        .await
-        .unwrap();
-    controller
-        .create_topic(topic("b", 5, Some(2)), false)
-        .await
-        .unwrap();
+    create(&controller, "a", 7, Some(3)).await;
+    create(&controller, "b", 5, Some(2)).await;
     let snapshot = controller.snapshot();
     let mut replicas = BTreeMap::<i32, usize>::new();
     let mut leaders = BTreeMap::<i32, usize>::new();
@@ -181,10 +179,7 @@ async fn replicas_are_placed_evenly_over_live_brokers() {
 async fn a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, sessions) = cluster(dir.path(), 3).await;
-    controller
-        .create_topic(topic("t", 1, Some(3)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 1, Some(3)).await;
     let before = partition(&controller, "t", 0);
     let leader = before.leader;
     controller
@@ -209,10 +204,7 @@ async fn a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoc
 async fn a_silent_broker_is_fenced_after_the_session_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, sessions) = cluster(dir.path(), 2).await;
-    controller
-        .create_topic(topic("t", 2, Some(2)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 2, Some(2)).await;
     tokio::time::advance(Duration::from_secs(4)).await;
     controller.heartbeat(1, sessions[0]).await.unwrap();
     tokio::time::advance(Duration::from_secs(3)).await;
@@ -234,10 +226,7 @@ async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return(
     let dir = tempfile::tempdir().unwrap();
     {
         let (controller, _) = cluster(dir.path(), 2).await;
-        controller
-            .create_topic(topic("t", 2, Some(2)), false)
-            .await
-            .unwrap();
+        create(&controller, "t", 2, Some(2)).await;
     }
     let controller = controller(dir.path()).await;
     let leaders: Vec<i32> = controller.snapshot().topics["t"]
@@ -275,10 +264,7 @@ async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return(
 async fn a_stall_of_the_controller_does_not_count_against_broker_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, sessions) = cluster(dir.path(), 2).await;
-    controller
-        .create_topic(topic("t", 2, Some(2)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 2, Some(2)).await;
     controller.expire_sessions().await.unwrap();
     let before = controller.snapshot();
     // Paused for longer than a session timeout: the brokers' heartbeats wait unread.
@@ -302,10 +288,7 @@ async fn a_stall_of_the_controller_does_not_count_against_broker_sessions() {
 async fn a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, sessions) = cluster(dir.path(), 2).await;
-    controller
-        .create_topic(topic("t", 2, Some(2)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 2, Some(2)).await;
     let session = sessions[0];
     let beat = |ticks: usize| {
         let controller = &controller;
@@ -334,10 +317,7 @@ async fn a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up
 async fn a_partition_without_in_sync_replicas_waits_for_one_and_then_elects_it() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, sessions) = cluster(dir.path(), 2).await;
-    controller
-        .create_topic(topic("t", 1, Some(2)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 1, Some(2)).await;
     let p = partition(&controller, "t", 0);
     let (leader, follower) = (p.leader, p.replicas[1]);
     controller
@@ -410,10 +390,7 @@ async fn unclean_election_lets_an_out_of_sync_replica_lead_when_the_topic_allows
 async fn a_broker_back_with_an_empty_disk_is_out_of_sync_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, _) = cluster(dir.path(), 3).await;
-    controller
-        .create_topic(topic("t", 3, Some(3)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 3, Some(3)).await;
     controller
         .register_broker(Registration {
             broker: broker(2),
@@ -432,10 +409,7 @@ async fn a_broker_back_with_an_empty_disk_is_out_of_sync_everywhere() {
 async fn isr_changes_apply_only_from_the_current_leader_at_the_current_epochs() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, sessions) = cluster(dir.path(), 3).await;
-    controller
-        .create_topic(topic("t", 1, Some(3)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 1, Some(3)).await;
     let p = partition(&controller, "t", 0);
     let leader = p.leader;
     let follower = p.replicas.iter().copied().find(|r| *r != leader).unwrap();
@@ -520,14 +494,8 @@ async fn isr_changes_apply_only_from_the_current_leader_at_the_current_epochs() 
 async fn a_controlled_shutdown_moves_leaderships_away() {
     let dir = tempfile::tempdir().unwrap();
     let (controller, _) = cluster(dir.path(), 3).await;
-    controller
-        .create_topic(topic("t", 6, Some(2)), false)
-        .await
-        .unwrap();
-    controller
-        .create_topic(topic("single", 3, Some(1)), false)
-        .await
-        .unwrap();
+    create(&controller, "t", 6, Some(2)).await;
+    create(&controller, "single", 3, Some(1)).await;
     let alone = controller.snapshot().topics["single"]
         .partitions
         .iter()
