@@ -492,13 +492,25 @@ impl ReplicaManager {
             {
                 return results;
             }
-            let changed =
-                futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-            tokio::select! {
-                _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.shutdown.cancelled() => return self.read_once(params),
+            if !self.wait_for_change(&mut watchers, deadline).await {
+                return self.read_once(params);
             }
+        }
+    }
+
+    /// The wait of a long-poll fetch: until one of `watchers` changes or `deadline` passes.
+    /// False when the broker is shutting down instead.
+    async fn wait_for_change(
+        &self,
+        watchers: &mut [watch::Receiver<i64>],
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let changed =
+            futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+        tokio::select! {
+            _ = changed => true,
+            _ = tokio::time::sleep_until(deadline) => true,
+            _ = self.shutdown.cancelled() => false,
         }
     }
 
@@ -591,12 +603,8 @@ impl ReplicaManager {
             {
                 return results;
             }
-            let changed =
-                futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-            tokio::select! {
-                _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.shutdown.cancelled() => return results,
+            if !self.wait_for_change(&mut watchers, deadline).await {
+                return results;
             }
         }
     }
