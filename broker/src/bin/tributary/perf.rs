@@ -277,8 +277,7 @@ async fn consume(
         last = Instant::now();
         for record in &batch {
             records += 1;
-            bytes += (record.key.as_ref().map_or(0, |k| k.len())
-                + record.value.as_ref().map_or(0, |v| v.len())) as u64;
+            bytes += payload_bytes(record);
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -289,6 +288,12 @@ async fn consume(
         bytes as f64 / MB / seconds
     );
     Ok(())
+}
+
+/// The bytes of a record's key and value: what consume throughput counts.
+fn payload_bytes(record: &ConsumerRecord) -> u64 {
+    (record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len()))
+        as u64
 }
 
 /// What one group member read over a window or the whole run.
@@ -321,8 +326,7 @@ impl MemberWindow {
         self.latency
             .saturating_record((now_ms - record.timestamp).max(1) as u64);
         self.records += 1;
-        self.bytes += (record.key.as_ref().map_or(0, |k| k.len())
-            + record.value.as_ref().map_or(0, |v| v.len())) as u64;
+        self.bytes += payload_bytes(record);
     }
 
     /// "N records consumed, R records/sec (M MB/sec)" over `seconds`, and the latency
