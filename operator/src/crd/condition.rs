@@ -42,8 +42,3 @@ pub fn merge(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
         })
         .collect()
 }
-
-/// The condition of `type_`, if set.
-pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}

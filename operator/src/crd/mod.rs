@@ -10,21 +10,17 @@ pub use cluster::*;
 
 pub use topic::*;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use kube::core::crd::merge_crds;
 
 pub const GROUP: &str = "tributary.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD the operator serves, with the file name it has in `crds/`.
-pub fn all() -> Vec<(
-    String,
-    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-)> {
+pub fn all() -> Vec<(String, CustomResourceDefinition)> {
     [Cluster::crd(), Topic::crd()]
         .into_iter()
         .map(|crd| {
-            let crd = merge_crds(vec![crd], VERSION).expect("one version per CRD merges");
             let file = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
             (file, crd)
         })
@@ -32,9 +28,7 @@ pub fn all() -> Vec<(
 }
 
 /// One CRD as YAML, as `tributary-operator crd` prints it and `crds/` holds it.
-pub fn to_yaml(
-    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> String {
+pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
     serde_yaml::to_string(crd).expect("a CRD serializes")
 }
 
