@@ -29,6 +29,17 @@ fn three_brokers(dir: &Path) -> LocalCluster {
     )
 }
 
+/// `events`: PARTITIONS partitions on all three brokers, min.insync.replicas=2.
+async fn create_events(cluster: &LocalCluster) {
+    common::create_topic(
+        &cluster.bootstrap,
+        "events",
+        PARTITIONS,
+        &[("min.insync.replicas", "2")],
+    )
+    .await;
+}
+
 /// (partition, offset) of a record, and its value.
 type Seen = Arc<Mutex<Vec<(String, u32, i64, String)>>>;
 
@@ -114,13 +125,7 @@ async fn wait_committed(admin: &Admin, group: &str) -> GroupDescription {
 async fn a_group_shares_partitions_and_a_dead_members_partitions_move_on_from_its_commits() {
     let dir = common::open_tempdir();
     let cluster = three_brokers(dir.path());
-    common::create_topic(
-        &cluster.bootstrap,
-        "events",
-        PARTITIONS,
-        &[("min.insync.replicas", "2")],
-    )
-    .await;
+    create_events(&cluster).await;
     let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
     let seen: Seen = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -230,13 +235,7 @@ async fn a_group_shares_partitions_and_a_dead_members_partitions_move_on_from_it
 async fn the_group_finds_a_new_coordinator_when_its_broker_is_killed_and_keeps_its_offsets() {
     let dir = common::open_tempdir();
     let cluster = three_brokers(dir.path());
-    common::create_topic(
-        &cluster.bootstrap,
-        "events",
-        PARTITIONS,
-        &[("min.insync.replicas", "2")],
-    )
-    .await;
+    create_events(&cluster).await;
     let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
     let seen: Seen = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();

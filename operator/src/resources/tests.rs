@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 
 use super::*;
 
@@ -21,8 +21,8 @@ fn settings() -> Settings {
     }
 }
 
-fn broker(owned: &Owned) -> &Container {
-    &owned
+fn pod(owned: &Owned) -> &PodSpec {
+    owned
         .statefulset
         .spec
         .as_ref()
@@ -31,7 +31,10 @@ fn broker(owned: &Owned) -> &Container {
         .spec
         .as_ref()
         .unwrap()
-        .containers[0]
+}
+
+fn broker(owned: &Owned) -> &Container {
+    &pod(owned).containers[0]
 }
 
 fn env<'a>(container: &'a Container, name: &str) -> Option<&'a k8s_openapi::api::core::v1::EnvVar> {
@@ -40,16 +43,7 @@ fn env<'a>(container: &'a Container, name: &str) -> Option<&'a k8s_openapi::api:
 
 /// The topology key the brokers' anti-affinity spreads them across.
 fn spread_key(owned: &Owned) -> String {
-    let pod = owned
-        .statefulset
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
-    let anti = pod
+    let anti = pod(owned)
         .affinity
         .as_ref()
         .unwrap()
@@ -148,7 +142,7 @@ fn the_statefulset_runs_one_broker_per_replica_with_its_own_volume() {
         pre_stop.http_get.as_ref().unwrap().path.as_deref(),
         Some("/prestop")
     );
-    let pod = spec.template.spec.as_ref().unwrap();
+    let pod = pod(&owned);
     assert!(pod.termination_grace_period_seconds.unwrap() > 2 * SHUTDOWN_TIMEOUT_SECONDS);
     assert_eq!(
         pod.security_context.as_ref().unwrap().run_as_non_root,
@@ -181,7 +175,7 @@ fn racks_overrides_and_storage_class_reach_the_pods() {
     let cluster = example("cluster-zones.yaml");
     let owned = owned(&cluster, &settings());
     let spec = owned.statefulset.spec.as_ref().unwrap();
-    let pod = spec.template.spec.as_ref().unwrap();
+    let pod = pod(&owned);
     let container = broker(&owned);
     let rack = env(container, "TRIBUTARY_RACK").unwrap();
     assert_eq!(
