@@ -519,6 +519,45 @@ mod tests {
     }
 
     #[test]
+    fn a_member_that_keeps_partitions_it_must_give_up_is_removed_after_its_rebalance_timeout() {
+        let now = Instant::now();
+        let (mut group, mut a, mut b) = two_settled_members(now);
+        let mut c = Client::join(&mut group, now);
+        // b heartbeats on time but never lets go of what it is told to give up.
+        let stubborn = |group: &mut Group, b: &mut Client, at: Instant| {
+            let answer = group
+                .heartbeat(beat(&b.id, b.epoch, &b.owned), at, &counts, INTERVAL)
+                .unwrap();
+            assert!(
+                answer.assignment.len() < b.owned.len(),
+                "b is told to give some up"
+            );
+            b.epoch = answer.member_epoch;
+        };
+        a.beat(&mut group, now);
+        stubborn(&mut group, &mut b, now);
+        let half = now + SESSION / 2;
+        a.beat(&mut group, half);
+        stubborn(&mut group, &mut b, half);
+        assert!(
+            group.expire(half, &counts).is_empty(),
+            "within its rebalance timeout"
+        );
+        let late = now + SESSION + Duration::from_millis(1);
+        a.beat(&mut group, late);
+        c.beat(&mut group, late);
+        assert_eq!(group.expire(late, &counts), vec![b.id.clone()]);
+
+        // Its partitions go to the members that follow the assignment.
+        for _ in 0..3 {
+            a.beat(&mut group, late);
+            c.beat(&mut group, late);
+        }
+        assert_eq!((a.owned.len(), c.owned.len()), (3, 3));
+        check_exclusive(&[&a, &c]);
+    }
+
+    #[test]
     fn commits_need_the_current_epoch_and_an_assigned_partition() {
         let now = Instant::now();
         let mut group = Group::new("g");
