@@ -705,29 +705,13 @@ impl<S: MetadataStore> Controller<S> {
             .replication_factor
             .unwrap_or(self.config.default_replication_factor)
             as usize;
-        // Just after a controller (re)start the brokers are still registering: wait for
-        // them, up to one session timeout since the start, if enough have ever registered.
-        let mut updates = self.subscribe();
-        updates.borrow_and_update();
-        let grace_end = self.started + self.config.session_timeout;
         let replication_factor = if internal { 3 } else { replication_factor };
-        let mut state = loop {
-            let state = self.state.lock().await;
-            let registering = state.eligible().len() < replication_factor
-                && state.incarnations.len() >= replication_factor
-                && Instant::now() < grace_end;
-            if !registering {
-                break state;
-            }
-            drop(state);
-            let _ = tokio::time::timeout_at(grace_end, updates.changed()).await;
-        };
+        let mut state = self.lock_once_registered(replication_factor).await;
         if state.snapshot.topics.contains_key(&topic.name) {
             return Err(ControllerError::TopicExists(topic.name));
         }
-        let eligible = state.eligible();
         let replication_factor = if internal {
-            let rf = replication_factor.min(eligible.len());
+            let rf = replication_factor.min(state.eligible().len());
             topic.config.insert(
                 "min.insync.replicas".into(),
                 if rf >= 3 { "2" } else { "1" }.into(),
@@ -736,53 +720,8 @@ impl<S: MetadataStore> Controller<S> {
         } else {
             replication_factor
         };
-        let config = TopicConfig::resolve(&self.config.topic_config, &topic.config)?;
-        if eligible.is_empty() {
-            return Err(ControllerError::InvalidReplicationFactor(
-                "no broker is registered with the controller; start brokers (or wait until they have registered) and try again".into(),
-            ));
-        }
-        if replication_factor == 0 || replication_factor > eligible.len() {
-            return Err(ControllerError::InvalidReplicationFactor(format!(
-                "{replication_factor} requested, but {} broker{} available; use a replication factor from 1 to {}",
-                eligible.len(),
-                if eligible.len() == 1 { " is" } else { "s are" },
-                eligible.len()
-            )));
-        }
-        let replication_factor = replication_factor as u32;
-        if config.min_insync_replicas > replication_factor {
-            return Err(ControllerError::InvalidConfig(ConfigError(format!(
-                "min.insync.replicas {} is larger than the replication factor {replication_factor}: no write with acks=all could succeed",
-                config.min_insync_replicas
-            ))));
-        }
-        let candidates: Vec<placement::Candidate> = eligible
-            .iter()
-            .map(|id| placement::Candidate {
-                id: *id,
-                rack: state.snapshot.brokers.get(id).and_then(|b| b.rack.clone()),
-            })
-            .collect();
-        let mut load = placement::Load::default();
-        for p in state.snapshot.topics.values().flat_map(|t| &t.partitions) {
-            load.add(&p.replicas);
-        }
-        let partitions = placement::assign(
-            &candidates,
-            &mut load,
-            topic.partitions,
-            replication_factor as usize,
-        )
-        .into_iter()
-        .map(|replicas| PartitionRecord {
-            leader: replicas[0],
-            isr: replicas.clone(),
-            replicas,
-            leader_epoch: 0,
-            partition_epoch: 0,
-        })
-        .collect();
+        let partitions = place(&state, topic.partitions, replication_factor)?;
+        self.check_config(&topic.config, replication_factor)?;
         let record = TopicRecord {
             name: topic.name.clone(),
             id: Uuid::new_v4(),
@@ -792,20 +731,131 @@ impl<S: MetadataStore> Controller<S> {
         if validate_only {
             return Ok((record, state.snapshot.version));
         }
-        let value =
-            serde_json::to_value(&record).map_err(|e| corrupt(&topic_key(&record.name), e))?;
-        let version = self
-            .store
-            .put(&topic_key(&record.name), value, Expected::Absent)
-            .await?;
-        state.topic_versions.insert(record.name.clone(), version);
-        state
-            .snapshot
-            .topics
-            .insert(record.name.clone(), record.clone());
-        let published = self.publish(&mut state);
+        let published = self.put_topic(&mut state, record.clone()).await?;
         tracing::info!(topic = %record.name, partitions = record.partitions.len(), replication_factor, "topic created");
         Ok((record, published))
+    }
+
+    /// Grows a topic to `partitions` partitions, placing the new ones as a new topic's
+    /// would be. Partitions are never removed: records are spread over them by key. Returns
+    /// the topic and the metadata version that holds it.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<(TopicRecord, u64), ControllerError> {
+        let rf = self
+            .snapshot()
+            .topics
+            .get(name)
+            .map_or(1, TopicRecord::replication_factor);
+        let mut state = self.lock_once_registered(rf).await;
+        let Some(mut topic) = state.snapshot.topics.get(name).cloned() else {
+            return Err(ControllerError::UnknownTopic(name.to_string()));
+        };
+        let current = topic.partitions.len() as u32;
+        if partitions < current {
+            return Err(ControllerError::InvalidPartitions(format!(
+                "topic '{name}' has {current} partitions and cannot shrink to {partitions}: \
+                 records are spread over partitions by key, so partitions can only be added"
+            )));
+        }
+        if partitions > MAX_PARTITIONS {
+            return Err(ControllerError::InvalidPartitions(format!(
+                "{partitions} requested; a topic has from 1 to {MAX_PARTITIONS} partitions"
+            )));
+        }
+        if partitions == current {
+            return Ok((topic, state.snapshot.version));
+        }
+        let added = place(&state, partitions - current, topic.replication_factor())?;
+        topic.partitions.extend(added);
+        let published = self.put_topic(&mut state, topic.clone()).await?;
+        tracing::info!(
+            topic = name,
+            from = current,
+            to = partitions,
+            "partitions added"
+        );
+        Ok((topic, published))
+    }
+
+    /// Replaces a topic's configuration overrides with `config` (keys not in it return to
+    /// the cluster defaults). Brokers apply the change when they receive the metadata.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<(TopicRecord, u64), ControllerError> {
+        let mut state = self.state.lock().await;
+        let Some(mut topic) = state.snapshot.topics.get(name).cloned() else {
+            return Err(ControllerError::UnknownTopic(name.to_string()));
+        };
+        if topic.config == config {
+            return Ok((topic, state.snapshot.version));
+        }
+        self.check_config(&config, topic.replication_factor())?;
+        topic.config = config;
+        let published = self.put_topic(&mut state, topic.clone()).await?;
+        tracing::info!(topic = name, config = ?topic.config, "topic config changed");
+        Ok((topic, published))
+    }
+
+    /// Takes the state lock; just after a controller (re)start, while brokers are still
+    /// registering, first waits for `replication_factor` of them (up to one session timeout
+    /// since the start), if that many have ever registered.
+    async fn lock_once_registered(
+        &self,
+        replication_factor: usize,
+    ) -> tokio::sync::MutexGuard<'_, State> {
+        let mut updates = self.subscribe();
+        updates.borrow_and_update();
+        let grace_end = self.started + self.config.session_timeout;
+        loop {
+            let state = self.state.lock().await;
+            let registering = state.eligible().len() < replication_factor
+                && state.incarnations.len() >= replication_factor
+                && Instant::now() < grace_end;
+            if !registering {
+                return state;
+            }
+            drop(state);
+            let _ = tokio::time::timeout_at(grace_end, updates.changed()).await;
+        }
+    }
+
+    /// Checks topic overrides against the cluster defaults and the replication factor.
+    fn check_config(
+        &self,
+        config: &BTreeMap<String, String>,
+        replication_factor: usize,
+    ) -> Result<(), ControllerError> {
+        let resolved = TopicConfig::resolve(&self.config.topic_config, config)?;
+        if resolved.min_insync_replicas as usize > replication_factor {
+            return Err(ControllerError::InvalidConfig(ConfigError(format!(
+                "min.insync.replicas {} is larger than the replication factor {replication_factor}: no write with acks=all could succeed",
+                resolved.min_insync_replicas
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Stores a new or changed topic record, then publishes it.
+    async fn put_topic(
+        &self,
+        state: &mut State,
+        record: TopicRecord,
+    ) -> Result<u64, ControllerError> {
+        let key = topic_key(&record.name);
+        let value = serde_json::to_value(&record).map_err(|e| corrupt(&key, e))?;
+        let expected = state
+            .topic_versions
+            .get(&record.name)
+            .map_or(Expected::Absent, |v| Expected::Version(*v));
+        let version = self.store.put(&key, value, expected).await?;
+        state.topic_versions.insert(record.name.clone(), version);
+        state.snapshot.topics.insert(record.name.clone(), record);
+        Ok(self.publish(state))
     }
 
     /// Deletes a topic; brokers delete its partitions when they apply the change. Returns the
@@ -821,6 +871,52 @@ impl<S: MetadataStore> Controller<S> {
         tracing::info!(topic = name, "topic deleted");
         Ok(self.publish(&mut state))
     }
+}
+
+/// Places `count` new partitions of `replication_factor` replicas on the brokers that may
+/// take them, keeping replica and leader counts even across the cluster (rack-aware).
+fn place(
+    state: &State,
+    count: u32,
+    replication_factor: usize,
+) -> Result<Vec<PartitionRecord>, ControllerError> {
+    let eligible = state.eligible();
+    if eligible.is_empty() {
+        return Err(ControllerError::InvalidReplicationFactor(
+            "no broker is registered with the controller; start brokers (or wait until they have registered) and try again".into(),
+        ));
+    }
+    if replication_factor == 0 || replication_factor > eligible.len() {
+        return Err(ControllerError::InvalidReplicationFactor(format!(
+            "{replication_factor} requested, but {} broker{} available; use a replication factor from 1 to {}",
+            eligible.len(),
+            if eligible.len() == 1 { " is" } else { "s are" },
+            eligible.len()
+        )));
+    }
+    let candidates: Vec<placement::Candidate> = eligible
+        .iter()
+        .map(|id| placement::Candidate {
+            id: *id,
+            rack: state.snapshot.brokers.get(id).and_then(|b| b.rack.clone()),
+        })
+        .collect();
+    let mut load = placement::Load::default();
+    for p in state.snapshot.topics.values().flat_map(|t| &t.partitions) {
+        load.add(&p.replicas);
+    }
+    Ok(
+        placement::assign(&candidates, &mut load, count, replication_factor)
+            .into_iter()
+            .map(|replicas| PartitionRecord {
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            })
+            .collect(),
+    )
 }
 
 /// A proposed ISR must keep the leader and hold only live replicas of the partition.
@@ -857,5 +953,28 @@ fn validate_isr(
     Ok(())
 }
 
+#[cfg(any(test, feature = "store-suite"))]
+pub mod store_suite;
+
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::store_suite::StoreFactory;
+    use super::*;
+
+    /// File stores in one temporary directory.
+    struct FileStores(tempfile::TempDir);
+
+    impl StoreFactory for FileStores {
+        type Store = FileStore;
+
+        async fn open(&self) -> FileStore {
+            FileStore::open(&self.0.path().join("metadata.json")).expect("the store opens")
+        }
+    }
+
+    fn stores() -> FileStores {
+        FileStores(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    crate::metadata_store_suite!(stores());
+}

@@ -1,6 +1,68 @@
+//! The controller core's tests, written against any [`MetadataStore`]: each test takes a
+//! [`StoreFactory`] whose stores all see the same metadata, so that opening a second one is
+//! a controller restart. [`crate::metadata_store_suite!`] turns them into `#[tokio::test]`s
+//! for a store backend; the file store runs them here, the Kubernetes store in the operator.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::future::Future;
 use std::time::Duration;
 
 use super::*;
+
+/// Opens stores over one body of metadata, as successive controllers would.
+pub trait StoreFactory: Send + Sync {
+    type Store: MetadataStore;
+    /// A store over the same metadata as every earlier one; the earlier controller is gone.
+    fn open(&self) -> impl Future<Output = Self::Store> + Send;
+}
+
+/// Generates one `#[tokio::test]` per controller test for the store factory `$stores`
+/// (an expression evaluated afresh for each test).
+#[macro_export]
+macro_rules! metadata_store_suite {
+    ($stores:expr) => {
+        $crate::metadata_store_suite!(@tests $stores;
+            [
+                topics_are_stored_published_and_survive_a_controller_restart,
+                bad_topics_are_refused_with_what_to_do,
+                validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_id,
+                replicas_are_placed_evenly_over_live_brokers,
+                partitions_grow_evenly_and_never_shrink,
+                config_changes_are_checked_stored_and_published,
+                a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoch,
+                a_partition_without_in_sync_replicas_waits_for_one_and_then_elects_it,
+                unclean_election_lets_an_out_of_sync_replica_lead_when_the_topic_allows_it,
+                a_broker_back_with_an_empty_disk_is_out_of_sync_everywhere,
+                isr_changes_apply_only_from_the_current_leader_at_the_current_epochs,
+                a_controlled_shutdown_moves_leaderships_away,
+                producer_id_blocks_never_overlap_even_across_controller_restarts,
+                the_internal_offsets_topic_is_stored_like_any_other
+            ]
+            paused [
+                a_silent_broker_is_fenced_after_the_session_timeout,
+                a_restarted_controller_waits_one_session_timeout_for_brokers_to_return,
+                a_stall_of_the_controller_does_not_count_against_broker_sessions,
+                a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up,
+                a_restarted_controller_waits_for_known_brokers_before_placing_a_topic,
+                a_topic_placed_after_brokers_never_returned_says_what_to_do
+            ]
+        );
+    };
+    (@tests $stores:expr; [$($name:ident),*] paused [$($paused:ident),*]) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::controller::store_suite::$name(&$stores).await
+            }
+        )*
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $paused() {
+                $crate::controller::store_suite::$paused(&$stores).await
+            }
+        )*
+    };
+}
 
 fn broker(id: i32) -> BrokerInfo {
     BrokerInfo {
@@ -18,8 +80,8 @@ fn registration(id: i32) -> Registration {
     }
 }
 
-async fn controller(dir: &std::path::Path) -> Controller<FileStore> {
-    let store = FileStore::open(&dir.join("metadata.json")).unwrap();
+async fn controller<F: StoreFactory>(stores: &F) -> Controller<F::Store> {
+    let store = stores.open().await;
     let config = ControllerConfig {
         session_timeout: Duration::from_secs(6),
         ..ControllerConfig::default()
@@ -28,8 +90,8 @@ async fn controller(dir: &std::path::Path) -> Controller<FileStore> {
 }
 
 /// A controller with brokers 1..=n in session.
-async fn cluster(dir: &std::path::Path, n: i32) -> (Controller<FileStore>, Vec<u64>) {
-    let controller = controller(dir).await;
+async fn cluster<F: StoreFactory>(stores: &F, n: i32) -> (Controller<F::Store>, Vec<u64>) {
+    let controller = controller(stores).await;
     let mut sessions = Vec::new();
     for id in 1..=n {
         sessions.push(controller.register_broker(registration(id)).await.unwrap());
@@ -47,8 +109,8 @@ fn topic(name: &str, partitions: u32, rf: Option<u32>) -> NewTopic {
 }
 
 /// Creates a topic that must be accepted, and returns its record.
-async fn create(
-    c: &Controller<FileStore>,
+async fn create<S: MetadataStore>(
+    c: &Controller<S>,
     name: &str,
     partitions: u32,
     rf: Option<u32>,
@@ -59,15 +121,15 @@ async fn create(
         .0
 }
 
-fn partition(c: &Controller<FileStore>, name: &str, p: usize) -> PartitionRecord {
+fn partition<S: MetadataStore>(c: &Controller<S>, name: &str, p: usize) -> PartitionRecord {
     c.snapshot().topics[name].partitions[p].clone()
 }
 
-#[tokio::test]
-async fn topics_are_stored_published_and_survive_a_controller_restart() {
-    let dir = tempfile::tempdir().unwrap();
+pub async fn topics_are_stored_published_and_survive_a_controller_restart(
+    stores: &impl StoreFactory,
+) {
     let created = {
-        let (controller, _) = cluster(dir.path(), 1).await;
+        let (controller, _) = cluster(stores, 1).await;
         let mut updates = controller.subscribe();
         updates.borrow_and_update();
         let (record, version) = controller
@@ -85,7 +147,7 @@ async fn topics_are_stored_published_and_survive_a_controller_restart() {
         );
         record
     };
-    let controller = controller(dir.path()).await;
+    let controller = controller(stores).await;
     let snapshot = controller.snapshot();
     assert_eq!(snapshot.topics["orders"], created);
     assert_eq!(
@@ -94,10 +156,8 @@ async fn topics_are_stored_published_and_survive_a_controller_restart() {
     );
 }
 
-#[tokio::test]
-async fn bad_topics_are_refused_with_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, _) = cluster(dir.path(), 1).await;
+pub async fn bad_topics_are_refused_with_what_to_do(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 1).await;
     create(&controller, "t", 1, None).await;
     let min_isr = BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]);
     let cases = [
@@ -135,10 +195,10 @@ async fn bad_topics_are_refused_with_what_to_do() {
     assert!(err.to_string().contains("unknown topic 'nope'"), "{err}");
 }
 
-#[tokio::test]
-async fn validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, _) = cluster(dir.path(), 1).await;
+pub async fn validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_id(
+    stores: &impl StoreFactory,
+) {
+    let (controller, _) = cluster(stores, 1).await;
     controller
         .create_topic(topic("t", 2, None), true)
         .await
@@ -151,10 +211,8 @@ async fn validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_i
     assert_ne!(first.id, second.id);
 }
 
-#[tokio::test]
-async fn replicas_are_placed_evenly_over_live_brokers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, _) = cluster(dir.path(), 3).await;
+pub async fn replicas_are_placed_evenly_over_live_brokers(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 3).await;
     create(&controller, "a", 7, Some(3)).await;
     create(&controller, "b", 5, Some(2)).await;
     let snapshot = controller.snapshot();
@@ -175,10 +233,10 @@ async fn replicas_are_placed_evenly_over_live_brokers() {
     }
 }
 
-#[tokio::test]
-async fn a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoch() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, sessions) = cluster(dir.path(), 3).await;
+pub async fn a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoch(
+    stores: &impl StoreFactory,
+) {
+    let (controller, sessions) = cluster(stores, 3).await;
     create(&controller, "t", 1, Some(3)).await;
     let before = partition(&controller, "t", 0);
     let leader = before.leader;
@@ -195,15 +253,13 @@ async fn a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoc
     // The change was persisted before it was published: a new controller sees it.
     drop(controller);
     assert_eq!(
-        self::controller(dir.path()).await.snapshot().topics["t"].partitions[0],
+        self::controller(stores).await.snapshot().topics["t"].partitions[0],
         after
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_silent_broker_is_fenced_after_the_session_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, sessions) = cluster(dir.path(), 2).await;
+pub async fn a_silent_broker_is_fenced_after_the_session_timeout(stores: &impl StoreFactory) {
+    let (controller, sessions) = cluster(stores, 2).await;
     create(&controller, "t", 2, Some(2)).await;
     tokio::time::advance(Duration::from_secs(4)).await;
     controller.heartbeat(1, sessions[0]).await.unwrap();
@@ -221,14 +277,14 @@ async fn a_silent_broker_is_fenced_after_the_session_timeout() {
     assert!(err.to_string().contains("must register again"), "{err}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return() {
-    let dir = tempfile::tempdir().unwrap();
+pub async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return(
+    stores: &impl StoreFactory,
+) {
     {
-        let (controller, _) = cluster(dir.path(), 2).await;
+        let (controller, _) = cluster(stores, 2).await;
         create(&controller, "t", 2, Some(2)).await;
     }
-    let controller = controller(dir.path()).await;
+    let controller = controller(stores).await;
     let leaders: Vec<i32> = controller.snapshot().topics["t"]
         .partitions
         .iter()
@@ -260,10 +316,10 @@ async fn a_restarted_controller_waits_one_session_timeout_for_brokers_to_return(
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stall_of_the_controller_does_not_count_against_broker_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, sessions) = cluster(dir.path(), 2).await;
+pub async fn a_stall_of_the_controller_does_not_count_against_broker_sessions(
+    stores: &impl StoreFactory,
+) {
+    let (controller, sessions) = cluster(stores, 2).await;
     create(&controller, "t", 2, Some(2)).await;
     controller.expire_sessions().await.unwrap();
     let before = controller.snapshot();
@@ -284,10 +340,10 @@ async fn a_stall_of_the_controller_does_not_count_against_broker_sessions() {
     assert!(snapshot.brokers.contains_key(&1) && !snapshot.brokers.contains_key(&2));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, sessions) = cluster(dir.path(), 2).await;
+pub async fn a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up(
+    stores: &impl StoreFactory,
+) {
+    let (controller, sessions) = cluster(stores, 2).await;
     create(&controller, "t", 2, Some(2)).await;
     let session = sessions[0];
     let beat = |ticks: usize| {
@@ -313,10 +369,10 @@ async fn a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up
     assert!(!controller.snapshot().brokers.contains_key(&2));
 }
 
-#[tokio::test]
-async fn a_partition_without_in_sync_replicas_waits_for_one_and_then_elects_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, sessions) = cluster(dir.path(), 2).await;
+pub async fn a_partition_without_in_sync_replicas_waits_for_one_and_then_elects_it(
+    stores: &impl StoreFactory,
+) {
+    let (controller, sessions) = cluster(stores, 2).await;
     create(&controller, "t", 1, Some(2)).await;
     let p = partition(&controller, "t", 0);
     let (leader, follower) = (p.leader, p.replicas[1]);
@@ -350,10 +406,10 @@ async fn a_partition_without_in_sync_replicas_waits_for_one_and_then_elects_it()
     assert_eq!(partition(&controller, "t", 0).leader, leader);
 }
 
-#[tokio::test]
-async fn unclean_election_lets_an_out_of_sync_replica_lead_when_the_topic_allows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, sessions) = cluster(dir.path(), 2).await;
+pub async fn unclean_election_lets_an_out_of_sync_replica_lead_when_the_topic_allows_it(
+    stores: &impl StoreFactory,
+) {
+    let (controller, sessions) = cluster(stores, 2).await;
     let config = BTreeMap::from([(
         "unclean.leader.election.enable".to_string(),
         "true".to_string(),
@@ -386,10 +442,10 @@ async fn unclean_election_lets_an_out_of_sync_replica_lead_when_the_topic_allows
     assert_eq!((p.leader, p.isr.clone()), (follower, vec![follower]));
 }
 
-#[tokio::test]
-async fn a_broker_back_with_an_empty_disk_is_out_of_sync_everywhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, _) = cluster(dir.path(), 3).await;
+pub async fn a_broker_back_with_an_empty_disk_is_out_of_sync_everywhere(
+    stores: &impl StoreFactory,
+) {
+    let (controller, _) = cluster(stores, 3).await;
     create(&controller, "t", 3, Some(3)).await;
     controller
         .register_broker(Registration {
@@ -405,10 +461,10 @@ async fn a_broker_back_with_an_empty_disk_is_out_of_sync_everywhere() {
     }
 }
 
-#[tokio::test]
-async fn isr_changes_apply_only_from_the_current_leader_at_the_current_epochs() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, sessions) = cluster(dir.path(), 3).await;
+pub async fn isr_changes_apply_only_from_the_current_leader_at_the_current_epochs(
+    stores: &impl StoreFactory,
+) {
+    let (controller, sessions) = cluster(stores, 3).await;
     create(&controller, "t", 1, Some(3)).await;
     let p = partition(&controller, "t", 0);
     let leader = p.leader;
@@ -490,10 +546,8 @@ async fn isr_changes_apply_only_from_the_current_leader_at_the_current_epochs() 
     );
 }
 
-#[tokio::test]
-async fn a_controlled_shutdown_moves_leaderships_away() {
-    let dir = tempfile::tempdir().unwrap();
-    let (controller, _) = cluster(dir.path(), 3).await;
+pub async fn a_controlled_shutdown_moves_leaderships_away(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 3).await;
     create(&controller, "t", 6, Some(2)).await;
     create(&controller, "single", 3, Some(1)).await;
     let alone = controller.snapshot().topics["single"]
@@ -515,12 +569,12 @@ async fn a_controlled_shutdown_moves_leaderships_away() {
     assert!(err.to_string().contains("broker 9 has no session"), "{err}");
 }
 
-#[tokio::test]
-async fn producer_id_blocks_never_overlap_even_across_controller_restarts() {
-    let dir = tempfile::tempdir().unwrap();
+pub async fn producer_id_blocks_never_overlap_even_across_controller_restarts(
+    stores: &impl StoreFactory,
+) {
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let controller = controller(dir.path()).await;
+        let controller = controller(stores).await;
         for broker in [1, 2] {
             seen.push(controller.allocate_producer_ids(broker).await.unwrap());
         }
@@ -531,11 +585,11 @@ async fn producer_id_blocks_never_overlap_even_across_controller_restarts() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_restarted_controller_waits_for_known_brokers_before_placing_a_topic() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(cluster(dir.path(), 2).await);
-    let controller = Arc::new(controller(dir.path()).await);
+pub async fn a_restarted_controller_waits_for_known_brokers_before_placing_a_topic(
+    stores: &impl StoreFactory,
+) {
+    drop(cluster(stores, 2).await);
+    let controller = Arc::new(controller(stores).await);
     controller.register_broker(registration(1)).await.unwrap();
     let creating = tokio::spawn({
         let controller = controller.clone();
@@ -546,14 +600,85 @@ async fn a_restarted_controller_waits_for_known_brokers_before_placing_a_topic()
     controller.register_broker(registration(2)).await.unwrap();
     let (record, _) = creating.await.unwrap().unwrap();
     assert_eq!(record.partitions[0].replicas.len(), 2);
+}
 
-    // Brokers that never come back: after the grace period the answer says what to do.
-    let dir = tempfile::tempdir().unwrap();
-    drop(cluster(dir.path(), 2).await);
-    let controller = self::controller(dir.path()).await;
+/// Brokers that never come back: after the grace period the answer says what to do.
+pub async fn a_topic_placed_after_brokers_never_returned_says_what_to_do(
+    stores: &impl StoreFactory,
+) {
+    drop(cluster(stores, 2).await);
+    let controller = self::controller(stores).await;
     let err = controller
         .create_topic(topic("t", 1, Some(2)), false)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no broker is registered"), "{err}");
+}
+
+pub async fn partitions_grow_evenly_and_never_shrink(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 3).await;
+    let before = create(&controller, "t", 2, Some(2)).await;
+    let (grown, version) = controller.create_partitions("t", 6).await.unwrap();
+    assert_eq!(grown.id, before.id);
+    assert_eq!(grown.partitions[..2], before.partitions[..]);
+    assert_eq!(grown.partitions.len(), 6);
+    assert!(grown.partitions.iter().all(|p| p.replicas.len() == 2));
+    assert_eq!(controller.snapshot().version, version);
+    let mut leaders = BTreeMap::<i32, usize>::new();
+    for p in &grown.partitions {
+        *leaders.entry(p.leader).or_default() += 1;
+    }
+    assert_eq!(leaders.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+    // The same count again is nothing to do; fewer is refused with why.
+    let (same, _) = controller.create_partitions("t", 6).await.unwrap();
+    assert_eq!(same, grown);
+    let err = controller.create_partitions("t", 3).await.unwrap_err();
+    assert!(err.to_string().contains("can only be added"), "{err}");
+    let err = controller.create_partitions("nope", 3).await.unwrap_err();
+    assert!(err.to_string().contains("unknown topic 'nope'"), "{err}");
+    drop(controller);
+    assert_eq!(self::controller(stores).await.snapshot().topics["t"], grown);
+}
+
+pub async fn config_changes_are_checked_stored_and_published(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 2).await;
+    create(&controller, "t", 1, Some(2)).await;
+    let config = BTreeMap::from([
+        ("retention.ms".to_string(), "60000".to_string()),
+        ("min.insync.replicas".to_string(), "2".to_string()),
+    ]);
+    let (changed, version) = controller
+        .alter_topic_config("t", config.clone())
+        .await
+        .unwrap();
+    assert_eq!(changed.config, config);
+    assert_eq!(controller.snapshot().version, version);
+    for (key, value, expected) in [
+        ("retention.ms", "x", "invalid value 'x' for retention.ms"),
+        (
+            "min.insync.replicas",
+            "3",
+            "larger than the replication factor 2",
+        ),
+    ] {
+        let bad = BTreeMap::from([(key.to_string(), value.to_string())]);
+        let err = controller.alter_topic_config("t", bad).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    assert_eq!(controller.snapshot().topics["t"].config, config);
+    drop(controller);
+    assert_eq!(
+        self::controller(stores).await.snapshot().topics["t"].config,
+        config
+    );
+}
+
+pub async fn the_internal_offsets_topic_is_stored_like_any_other(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 3).await;
+    let created = controller.create_offsets_topic().await.unwrap();
+    assert_eq!(created.replication_factor(), 3);
+    assert_eq!(controller.create_offsets_topic().await.unwrap(), created);
+    drop(controller);
+    let snapshot = self::controller(stores).await.snapshot();
+    assert_eq!(snapshot.topics[crate::group::OFFSETS_TOPIC], created);
 }
