@@ -3,6 +3,7 @@
 
 pub mod cluster_reconciler;
 pub mod crd;
+pub mod kube_store;
 pub mod resources;
 
 #[cfg(test)]

@@ -307,7 +307,7 @@ impl<S: MetadataStore> Controller<S> {
             .collect()
     }
 
-    /// Applies `change` to every partition, persists the topics it changed, then swaps them
+    /// Applies `change` to every partition, persists the topics it changed and swaps them
     /// into the snapshot. Returns whether anything changed.
     async fn change_partitions(
         &self,
@@ -338,13 +338,15 @@ impl<S: MetadataStore> Controller<S> {
                 .store
                 .put(&topic_key(&topic.name), value, expected)
                 .await?;
+            // Each topic joins the snapshot once stored, so that a failed write of the next
+            // leaves the snapshot as the store has it.
             state.topic_versions.insert(topic.name.clone(), new_version);
+            state
+                .snapshot
+                .topics
+                .insert(topic.name.clone(), topic.clone());
         }
-        let any = !changed.is_empty();
-        for topic in changed {
-            state.snapshot.topics.insert(topic.name.clone(), topic);
-        }
-        Ok(any)
+        Ok(!changed.is_empty())
     }
 
     /// Starts (or restarts) a broker's session. A broker whose incarnation changed lost its

@@ -50,6 +50,8 @@ pub enum StoreError {
         "metadata store {path} is damaged: {reason}; restore it from a backup or remove it to start an empty cluster"
     )]
     Corrupt { path: PathBuf, reason: String },
+    #[error("metadata store {store} is unavailable: {reason}; the controller tries again")]
+    Unavailable { store: String, reason: String },
     #[error(
         "metadata store {0} is in use by another controller (it holds {0}.lock); \
          stop that one or give this one another directory"

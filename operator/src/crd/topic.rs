@@ -67,6 +67,9 @@ pub struct TopicStatus {
     /// The topic's id in the cluster; a re-created topic gets a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_id: Option<String>,
+    /// The configuration overrides in effect, as the controller recorded them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
     /// Each partition's replicas, leader and in-sync replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]

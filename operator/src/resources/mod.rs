@@ -51,6 +51,9 @@ pub struct Names {
     /// The Service clients bootstrap from: the cluster's own name.
     pub client: String,
     pub config_map: String,
+    /// The ConfigMap where the controller keeps what no Topic's status holds: its epoch,
+    /// broker incarnations, producer ids, and topics made outside Kubernetes.
+    pub metadata: String,
 }
 
 impl Names {
@@ -61,6 +64,7 @@ impl Names {
             headless: format!("{name}-brokers"),
             client: name.clone(),
             config_map: format!("{name}-broker-config"),
+            metadata: format!("{name}-controller-metadata"),
         }
     }
 }

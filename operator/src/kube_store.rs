@@ -1,0 +1,509 @@
+//! The controller's [`MetadataStore`] on Kubernetes. A topic that has a `Topic` object is
+//! kept in that object's status (topic id, configuration in effect, and every partition's
+//! replicas, leader, ISR and epochs), so `kubectl get topic -o yaml` shows exactly what the
+//! controller decided. Everything else (the controller epoch, broker incarnations, the
+//! producer-id block, and topics made outside Kubernetes such as `__consumer_offsets`) is
+//! kept in one ConfigMap per cluster, owned by the Cluster.
+//!
+//! Every write carries the resourceVersion the store last saw as a precondition. When the
+//! API server refuses it because the object changed, the store reads it again: if the
+//! controller's part is still what it wrote last (someone else changed the spec or the
+//! conditions), it writes again; if not, another controller wrote it and the write fails
+//! with a conflict. Versions handed to the controller are this store's own numbers, so
+//! nothing depends on resourceVersions being numeric.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tributary_broker::controller::{
+    Expected, MetadataStore, PartitionRecord, StoreError, TopicRecord, Versioned,
+};
+
+use crate::crd::{Cluster, PartitionStatus, Topic, TopicStatus};
+use crate::resources::{Names, owned_meta};
+
+const TOPIC_PREFIX: &str = "topics/";
+
+/// Where one key lives.
+#[derive(Debug, Clone)]
+enum Place {
+    /// In this Topic's status; the object as last read or written.
+    Topic(Box<Topic>),
+    /// In the cluster's metadata ConfigMap.
+    ConfigMap,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    version: u64,
+    value: Value,
+    place: Place,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// The last version number handed out.
+    last_version: u64,
+    entries: BTreeMap<String, Entry>,
+    /// The metadata ConfigMap as last read or written; None when it does not exist.
+    config_map: Option<ConfigMap>,
+}
+
+impl Cache {
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+}
+
+pub struct KubeStore {
+    /// `namespace/cluster`, for messages.
+    label: String,
+    cluster: String,
+    /// The metadata ConfigMap, as created when it does not exist yet.
+    config_map_template: ConfigMap,
+    topics: Api<Topic>,
+    config_maps: Api<ConfigMap>,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore")
+            .field("cluster", &self.label)
+            .finish()
+    }
+}
+
+/// Why a write did not happen.
+enum Refused {
+    /// The object changed since it was read (a 409): read it again, and retry if the
+    /// controller's part is unchanged.
+    Stale,
+    /// The controller's part changed underneath: another controller wrote it.
+    Changed,
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Refused {
+    fn from(error: StoreError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// The store error for a write of `key` that did not happen.
+fn refusal(refused: Refused, key: &str, expected: Expected, found: Option<&Entry>) -> StoreError {
+    match refused {
+        Refused::Failed(error) => error,
+        Refused::Stale | Refused::Changed => KubeStore::conflict(key, expected, found),
+    }
+}
+
+fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// A ConfigMap data key for a store key: `/` is not allowed there, `.` is.
+fn data_key(key: &str) -> String {
+    key.replacen('/', ".", 1)
+}
+
+/// The store key of a ConfigMap data key. Store keys have at most one `/`, after a prefix
+/// without dots (`topics/`, `brokers/`), and topic names may contain dots.
+fn store_key(data_key: &str) -> String {
+    match data_key.split_once('.') {
+        Some((prefix, rest)) => format!("{prefix}/{rest}"),
+        None => data_key.to_string(),
+    }
+}
+
+/// The controller's record of a topic as it sits in a Topic's status, if it holds one.
+fn record_in(topic: &Topic) -> Option<Result<Value, String>> {
+    let status = topic.status.as_ref()?;
+    let id = status.topic_id.as_ref()?;
+    let record = (|| {
+        let record = TopicRecord {
+            name: topic.name_any(),
+            id: id
+                .parse()
+                .map_err(|e| format!("status.topicId '{id}': {e}"))?,
+            config: status.config.clone(),
+            partitions: status
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    if p.id as usize != i {
+                        return Err(format!(
+                            "status.partitions[{i}] has id {}; partitions are listed in order",
+                            p.id
+                        ));
+                    }
+                    Ok(PartitionRecord {
+                        replicas: p.replicas.clone(),
+                        isr: p.isr.clone(),
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        };
+        serde_json::to_value(record).map_err(|e| e.to_string())
+    })();
+    Some(record)
+}
+
+/// Puts the controller's record (or, with None, its absence) into a Topic's status,
+/// leaving the conditions and observed generation as they are.
+fn write_record(topic: &mut Topic, record: Option<&TopicRecord>) {
+    let status = topic.status.get_or_insert_with(TopicStatus::default);
+    status.topic_id = record.map(|r| r.id.to_string());
+    status.config = record.map(|r| r.config.clone()).unwrap_or_default();
+    status.partitions = record
+        .map(|r| {
+            r.partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PartitionStatus {
+                    id: i as i32,
+                    replicas: p.replicas.clone(),
+                    leader: p.leader,
+                    isr: p.isr.clone(),
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+}
+
+impl KubeStore {
+    /// The store of `cluster`'s controller. `cluster` must have been read from the API
+    /// server (its uid owns the metadata ConfigMap).
+    pub fn new(client: Client, cluster: &Cluster) -> Result<Self, StoreError> {
+        let name = cluster.name_any();
+        let Some(namespace) = cluster.namespace() else {
+            return Err(StoreError::Unavailable {
+                store: name,
+                reason: "the Cluster has no namespace".into(),
+            });
+        };
+        Ok(Self {
+            label: format!("{namespace}/{name}"),
+            config_map_template: ConfigMap {
+                metadata: owned_meta(cluster, &Names::of(cluster).metadata),
+                ..ConfigMap::default()
+            },
+            cluster: name,
+            topics: Api::namespaced(client.clone(), &namespace),
+            config_maps: Api::namespaced(client, &namespace),
+            cache: Mutex::new(Cache::default()),
+        })
+    }
+
+    fn unavailable(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            store: format!("of cluster {}", self.label),
+            reason: format!("{what}: {error}"),
+        }
+    }
+
+    fn corrupt(&self, object: &str, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: format!("{object} (cluster {})", self.label).into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn conflict(key: &str, expected: Expected, found: Option<&Entry>) -> StoreError {
+        StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            found: found.map(|e| e.version),
+        }
+    }
+
+    fn config_map_name(&self) -> String {
+        self.config_map_template.name_any()
+    }
+
+    async fn read_config_map(&self) -> Result<Option<ConfigMap>, StoreError> {
+        self.config_maps
+            .get_opt(&self.config_map_name())
+            .await
+            .map_err(|e| self.unavailable("reading the metadata ConfigMap", e))
+    }
+
+    /// Writes `config_map` (created when `exists` is false) with its resourceVersion as the
+    /// precondition.
+    async fn write_config_map(
+        &self,
+        config_map: &ConfigMap,
+        exists: bool,
+    ) -> Result<ConfigMap, Refused> {
+        let name = self.config_map_name();
+        let written = if exists {
+            self.config_maps
+                .replace(&name, &PostParams::default(), config_map)
+                .await
+        } else {
+            self.config_maps
+                .create(&PostParams::default(), config_map)
+                .await
+        };
+        written.map_err(|e| {
+            if is_status(&e, 409) {
+                Refused::Stale
+            } else {
+                Refused::Failed(self.unavailable("writing the metadata ConfigMap", e))
+            }
+        })
+    }
+
+    /// Sets (or with None removes) `key` in the metadata ConfigMap, provided every entry
+    /// the cache holds for it is still there as cached.
+    async fn change_config_map(
+        &self,
+        cache: &mut Cache,
+        key: &str,
+        value: Option<&Value>,
+    ) -> Result<(), Refused> {
+        let data_key = data_key(key);
+        let cached = cache.entries.get(key).map(|e| e.value.clone());
+        let mut current = cache.config_map.clone();
+        loop {
+            let exists = current.is_some();
+            let mut config_map = current.unwrap_or_else(|| self.config_map_template.clone());
+            let data = config_map.data.get_or_insert_with(BTreeMap::new);
+            match value {
+                Some(value) => {
+                    data.insert(data_key.clone(), value.to_string());
+                }
+                None => {
+                    data.remove(&data_key);
+                }
+            }
+            match self.write_config_map(&config_map, exists).await {
+                Ok(written) => {
+                    cache.config_map = Some(written);
+                    return Ok(());
+                }
+                Err(Refused::Stale) => {
+                    current = self.read_config_map().await?;
+                    let found = current
+                        .as_ref()
+                        .and_then(|c| c.data.as_ref()?.get(&data_key))
+                        .map(|v| serde_json::from_str::<Value>(v).ok());
+                    if found != cached.clone().map(Some) {
+                        tracing::warn!(cluster = %self.label, key, "metadata changed underneath this controller");
+                        return Err(Refused::Changed);
+                    }
+                }
+                Err(refused) => return Err(refused),
+            }
+        }
+    }
+
+    /// Writes the controller's record of a topic (None: its absence) into `topic`'s status,
+    /// provided the record there is still `cached`.
+    async fn change_topic(
+        &self,
+        mut topic: Topic,
+        cached: Option<&Value>,
+        record: Option<&TopicRecord>,
+    ) -> Result<Topic, Refused> {
+        let name = topic.name_any();
+        loop {
+            write_record(&mut topic, record);
+            match self
+                .topics
+                .replace_status(&name, &PostParams::default(), &topic)
+                .await
+            {
+                Ok(written) => return Ok(written),
+                Err(e) if is_status(&e, 409) => {}
+                // Deleted: whoever deleted it took the record with it.
+                Err(e) if is_status(&e, 404) => return Err(Refused::Changed),
+                Err(e) => {
+                    return Err(self.unavailable(&format!("writing Topic {name}"), e).into());
+                }
+            }
+            let current = self
+                .topics
+                .get_opt(&name)
+                .await
+                .map_err(|e| self.unavailable(&format!("reading Topic {name}"), e))?;
+            let Some(current) = current.filter(|c| c.uid() == topic.uid()) else {
+                return Err(Refused::Changed);
+            };
+            let found = record_in(&current).and_then(Result::ok);
+            if found.as_ref() != cached {
+                tracing::warn!(cluster = %self.label, topic = %name, "the topic's record changed underneath this controller");
+                return Err(Refused::Changed);
+            }
+            topic = current;
+        }
+    }
+
+    /// The Topic object of this cluster named `name` that holds no record yet, if any: a
+    /// new topic with such an object is stored there.
+    async fn unclaimed_topic(&self, name: &str) -> Result<Option<Topic>, StoreError> {
+        // Topic object names are DNS subdomains; other topic names cannot have one.
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Ok(None);
+        }
+        let topic = self
+            .topics
+            .get_opt(name)
+            .await
+            .map_err(|e| self.unavailable(&format!("reading Topic {name}"), e))?;
+        Ok(topic.filter(|t| t.spec.cluster == self.cluster && record_in(t).is_none()))
+    }
+}
+
+impl MetadataStore for KubeStore {
+    async fn load_all(&self) -> Result<BTreeMap<String, Versioned<Value>>, StoreError> {
+        let mut cache = self.cache.lock().await;
+        let topics = self
+            .topics
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| self.unavailable("listing Topics", e))?;
+        let config_map = self.read_config_map().await?;
+        let mut entries = BTreeMap::new();
+        for topic in topics {
+            if topic.spec.cluster != self.cluster {
+                continue;
+            }
+            let Some(record) = record_in(&topic) else {
+                continue;
+            };
+            let name = topic.name_any();
+            let value = record.map_err(|e| self.corrupt(&format!("Topic {name}"), e))?;
+            let version = cache.next_version();
+            entries.insert(
+                format!("{TOPIC_PREFIX}{name}"),
+                Entry {
+                    version,
+                    value,
+                    place: Place::Topic(Box::new(topic)),
+                },
+            );
+        }
+        let data = config_map.as_ref().and_then(|c| c.data.clone());
+        for (data_key, text) in data.unwrap_or_default() {
+            let key = store_key(&data_key);
+            let object = format!("ConfigMap {}", self.config_map_name());
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| self.corrupt(&object, format!("entry {data_key}: {e}")))?;
+            if entries.contains_key(&key) {
+                return Err(self.corrupt(
+                    &object,
+                    format!("{key} is also recorded in a Topic's status; remove entry {data_key} from the ConfigMap"),
+                ));
+            }
+            let version = cache.next_version();
+            entries.insert(
+                key,
+                Entry {
+                    version,
+                    value,
+                    place: Place::ConfigMap,
+                },
+            );
+        }
+        let loaded = entries
+            .iter()
+            .map(|(key, e)| {
+                let value = Versioned {
+                    version: e.version,
+                    value: e.value.clone(),
+                };
+                (key.clone(), value)
+            })
+            .collect();
+        cache.entries = entries;
+        cache.config_map = config_map;
+        Ok(loaded)
+    }
+
+    async fn put(&self, key: &str, value: Value, expected: Expected) -> Result<u64, StoreError> {
+        let mut cache = self.cache.lock().await;
+        let current = cache.entries.get(key).cloned();
+        let place = match (expected, &current) {
+            (Expected::Absent, None) => match key.strip_prefix(TOPIC_PREFIX) {
+                Some(name) => match self.unclaimed_topic(name).await? {
+                    Some(topic) => Place::Topic(Box::new(topic)),
+                    None => Place::ConfigMap,
+                },
+                None => Place::ConfigMap,
+            },
+            (Expected::Version(v), Some(entry)) if entry.version == v => entry.place.clone(),
+            _ => return Err(Self::conflict(key, expected, current.as_ref())),
+        };
+        let cached = current.as_ref().map(|e| &e.value);
+        let written = match place {
+            Place::Topic(topic) => {
+                let record: TopicRecord = serde_json::from_value(value.clone())
+                    .map_err(|e| self.corrupt(key, format!("not a topic record: {e}")))?;
+                self.change_topic(*topic, cached, Some(&record))
+                    .await
+                    .map(|written| Place::Topic(Box::new(written)))
+            }
+            Place::ConfigMap => self
+                .change_config_map(&mut cache, key, Some(&value))
+                .await
+                .map(|()| Place::ConfigMap),
+        };
+        let place = written.map_err(|refused| refusal(refused, key, expected, current.as_ref()))?;
+        let version = cache.next_version();
+        cache.entries.insert(
+            key.to_string(),
+            Entry {
+                version,
+                value,
+                place,
+            },
+        );
+        Ok(version)
+    }
+
+    async fn delete(&self, key: &str, expected: u64) -> Result<(), StoreError> {
+        let mut cache = self.cache.lock().await;
+        let Some(entry) = cache
+            .entries
+            .get(key)
+            .filter(|e| e.version == expected)
+            .cloned()
+        else {
+            let found = cache.entries.get(key);
+            return Err(Self::conflict(key, Expected::Version(expected), found));
+        };
+        let written = match entry.place.clone() {
+            // The Topic object stays: it is the user's. Without a record it describes a
+            // topic still to be created (or, being deleted, one that is gone).
+            Place::Topic(topic) => self
+                .change_topic(*topic, Some(&entry.value), None)
+                .await
+                .map(drop),
+            Place::ConfigMap => self.change_config_map(&mut cache, key, None).await,
+        };
+        written
+            .map_err(|refused| refusal(refused, key, Expected::Version(expected), Some(&entry)))?;
+        cache.entries.remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+use serde_json::json;
+use tributary_broker::controller::BrokerInfo;
+use tributary_broker::controller::store_suite::StoreFactory;
+use tributary_broker::controller::{Controller, ControllerConfig, NewTopic, Registration};
+
+use super::*;
+use crate::fake_api::FakeApi;
+
+const TOPICS: &str = "/apis/tributary.dev/v1alpha1/namespaces/streams/topics";
+const METADATA: &str = "/api/v1/namespaces/streams/configmaps/demo-controller-metadata";
+
+fn cluster() -> Cluster {
+    serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": "demo", "namespace": "streams", "uid": "uid-demo"},
+        "spec": {"replicas": 3},
+    }))
+    .unwrap()
+}
+
+/// Applies a Topic object, as a user would.
+fn apply_topic(api: &FakeApi, name: &str, cluster: &str) {
+    api.put(
+        &format!("{TOPICS}/{name}"),
+        json!({
+            "apiVersion": "tributary.dev/v1alpha1",
+            "kind": "Topic",
+            "metadata": {"name": name, "namespace": "streams"},
+            "spec": {"cluster": cluster, "partitions": 1},
+        }),
+    );
+}
+
+/// Stores of cluster `demo` over one fake API server.
+struct KubeStores(FakeApi);
+
+impl StoreFactory for KubeStores {
+    type Store = KubeStore;
+
+    async fn open(&self) -> KubeStore {
+        KubeStore::new(self.0.client(), &cluster()).unwrap()
+    }
+}
+
+/// Some of the suite's topics have Topic objects (their records go to the status); the
+/// others, and `b` whose object belongs to another cluster, go to the ConfigMap.
+fn stores() -> KubeStores {
+    let api = FakeApi::new();
+    for name in ["orders", "t", "a"] {
+        apply_topic(&api, name, "demo");
+    }
+    apply_topic(&api, "b", "elsewhere");
+    KubeStores(api)
+}
+
+tributary_broker::metadata_store_suite!(stores());
+
+async fn controller(api: &FakeApi) -> Controller<KubeStore> {
+    let store = KubeStore::new(api.client(), &cluster()).unwrap();
+    let controller = Controller::start(0, store, ControllerConfig::default())
+        .await
+        .unwrap();
+    for id in 1..=2 {
+        let registration = Registration {
+            broker: BrokerInfo {
+                id,
+                host: format!("demo-broker-{id}.demo-brokers"),
+                port: 9095,
+                rack: None,
+            },
+            incarnation: format!("disk-{id}"),
+        };
+        controller.register_broker(registration).await.unwrap();
+    }
+    controller
+}
+
+fn new_topic(name: &str) -> NewTopic {
+    NewTopic {
+        name: name.into(),
+        partitions: 2,
+        replication_factor: Some(2),
+        config: BTreeMap::from([("retention.ms".into(), "60000".into())]),
+    }
+}
+
+#[tokio::test]
+async fn a_topic_object_holds_its_record_and_everything_else_is_in_the_configmap() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let controller = controller(&api).await;
+    let (record, _) = controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    controller
+        .create_topic(new_topic("made-by-a-client"), false)
+        .await
+        .unwrap();
+
+    let status = &api.get(&format!("{TOPICS}/orders")).unwrap()["status"];
+    assert_eq!(status["topicId"], record.id.to_string());
+    assert_eq!(status["config"], json!({"retention.ms": "60000"}));
+    let partitions = status["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 2);
+    for (i, p) in partitions.iter().enumerate() {
+        assert_eq!(p["id"], i);
+        assert_eq!(p["leader"], record.partitions[i].leader);
+        assert_eq!(p["isr"], json!(record.partitions[i].isr));
+    }
+
+    let data = &api.get(METADATA).unwrap()["data"];
+    let keys: Vec<&str> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "brokers.1",
+            "brokers.2",
+            "controller",
+            "topics.made-by-a-client"
+        ]
+    );
+    let epoch: Value = serde_json::from_str(data["controller"].as_str().unwrap()).unwrap();
+    assert_eq!(epoch["epoch"], 1);
+    let metadata = api.get(METADATA).unwrap();
+    assert_eq!(
+        metadata["metadata"]["ownerReferences"][0]["uid"],
+        "uid-demo"
+    );
+
+    // A controller that takes over finds both, and a new epoch.
+    drop(controller);
+    let snapshot = self::controller(&api).await.snapshot();
+    assert_eq!(snapshot.topics["orders"], record);
+    assert!(snapshot.topics.contains_key("made-by-a-client"));
+    assert_eq!(snapshot.controller_epoch, 2);
+}
+
+#[tokio::test]
+async fn a_status_write_that_loses_a_resource_version_race_is_retried_and_lands() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let controller = controller(&api).await;
+    controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    // Someone else writes the conditions (a new resourceVersion), and the next write is
+    // refused once more for good measure.
+    let path = format!("{TOPICS}/orders");
+    let mut object = api.get(&path).unwrap();
+    object["status"]["conditions"] = json!([{"type": "Ready", "status": "True",
+        "reason": "Created", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+    api.put(&path, object);
+    api.conflict_once(&path);
+
+    let (grown, _) = controller.create_partitions("orders", 4).await.unwrap();
+    let status = &api.get(&path).unwrap()["status"];
+    assert_eq!(status["partitions"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        status["conditions"][0]["reason"], "Created",
+        "the other writer's conditions are kept"
+    );
+    assert_eq!(grown.partitions.len(), 4);
+}
+
+#[tokio::test]
+async fn a_record_changed_by_another_controller_is_not_overwritten() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let controller = controller(&api).await;
+    controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    let path = format!("{TOPICS}/orders");
+    let mut object = api.get(&path).unwrap();
+    object["status"]["partitions"][0]["leaderEpoch"] = 7.into();
+    api.put(&path, object.clone());
+
+    let err = controller.create_partitions("orders", 4).await.unwrap_err();
+    assert!(err.to_string().contains("another controller"), "{err}");
+    assert_eq!(api.get(&path).unwrap()["status"], object["status"]);
+
+    // The same holds for what the ConfigMap keeps.
+    let mut metadata = api.get(METADATA).unwrap();
+    metadata["data"]["brokers.1"] = json!({"incarnation": "someone else's"}).to_string().into();
+    api.put(METADATA, metadata);
+    let registration = Registration {
+        broker: BrokerInfo {
+            id: 1,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+        },
+        incarnation: "new-disk".into(),
+    };
+    let err = controller.register_broker(registration).await.unwrap_err();
+    assert!(err.to_string().contains("another controller"), "{err}");
+}
+
+#[tokio::test]
+async fn deleting_a_topic_clears_its_record_and_keeps_the_users_object() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let controller = controller(&api).await;
+    controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    controller.delete_topic("orders").await.unwrap();
+    let object = api.get(&format!("{TOPICS}/orders")).unwrap();
+    assert_eq!(object["spec"]["cluster"], "demo");
+    assert_eq!(object["status"], json!({}));
+    drop(controller);
+    assert!(self::controller(&api).await.snapshot().topics.is_empty());
+}
+
+#[tokio::test]
+async fn a_damaged_record_stops_the_controller_with_where_it_is() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let path = format!("{TOPICS}/orders");
+    let mut object = api.get(&path).unwrap();
+    object["status"] = json!({"topicId": "not-a-uuid", "partitions": []});
+    api.put(&path, object);
+    let store = KubeStore::new(api.client(), &cluster()).unwrap();
+    let err = Controller::start(0, store, ControllerConfig::default())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("Topic orders") && message.contains("status.topicId"),
+        "{message}"
+    );
+}
+
+#[test]
+fn configmap_keys_round_trip_topic_names_with_dots() {
+    for key in [
+        "controller",
+        "brokers/3",
+        "topics/__consumer_offsets",
+        "topics/a.b.c",
+    ] {
+        assert_eq!(store_key(&data_key(key)), key);
+    }
+}
