@@ -8,14 +8,17 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::crd::{self, Cluster, ClusterStatus, Topic, condition};
+use crate::hosting::{self, Controllers, controller_config};
 use crate::resources::{self, Settings, config_map::default_replication_factor};
 
 /// The field manager of everything the operator applies.
@@ -25,6 +28,63 @@ pub const MANAGER: &str = "tributary-operator";
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
+    /// The cluster controllers this operator hosts.
+    pub controllers: Controllers,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, controllers: Controllers) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            controllers,
+        }
+    }
+
+    /// Records an Event on `object` for every condition that changed from `old` to `new`
+    /// (shown by `kubectl describe`). A failure to record is logged, never fatal.
+    pub async fn record_transitions<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        old: &[Condition],
+        new: &[Condition],
+    ) {
+        for condition in new {
+            let unchanged = old.iter().any(|o| {
+                o.type_ == condition.type_
+                    && o.status == condition.status
+                    && o.reason == condition.reason
+            });
+            if unchanged {
+                continue;
+            }
+            let bad = (condition.type_ == condition::READY && condition.status == "False")
+                || (condition.type_ == condition::DEGRADED && condition.status == "True");
+            let event = Event {
+                type_: if bad {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: condition.reason.clone(),
+                note: Some(format!(
+                    "{} is {}: {}",
+                    condition.type_, condition.status, condition.message
+                )),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+                tracing::warn!(%error, reason = %condition.reason, "could not record an Event");
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +93,17 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{kind} '{name}' has no namespace; Tributary resources are namespaced")]
     NoNamespace { kind: &'static str, name: String },
+    #[error("invalid Cluster spec: {0}")]
+    Invalid(String),
+    #[error("the cluster controller failed: {0}")]
+    Controller(#[from] tributary_broker::controller::ControllerError),
 }
 
 /// Why `cluster` cannot be applied as it is, with what to change; `None` when it can.
 pub fn spec_problem(cluster: &Cluster, topics: &[Topic]) -> Option<String> {
+    if let Err(problem) = controller_config(cluster) {
+        return Some(format!("{problem}; correct or remove that setting"));
+    }
     let spec = &cluster.spec;
     let rf = default_replication_factor(cluster);
     if rf > spec.replicas {
@@ -90,14 +157,14 @@ where
 /// Writes the whole status with server-side apply, keeping the transition time of
 /// conditions that did not change.
 async fn write_status(
-    client: &Client,
+    ctx: &Context,
     cluster: &Cluster,
     mut status: ClusterStatus,
 ) -> Result<(), Error> {
     let namespace = namespace_of(cluster)?;
     let old = cluster.status.clone().unwrap_or_default();
     status.conditions = condition::merge(&old.conditions, status.conditions);
-    let api: Api<Cluster> = Api::namespaced(client.clone(), &namespace);
+    let api: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = json!({
         "apiVersion": format!("{}/{}", crd::GROUP, crd::VERSION),
         "kind": "Cluster",
@@ -109,6 +176,8 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
+    ctx.record_transitions(cluster, &old.conditions, &status.conditions)
+        .await;
     Ok(())
 }
 
@@ -146,7 +215,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             ],
             ..old
         };
-        write_status(client, &cluster, status).await?;
+        write_status(&ctx, &cluster, status).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
@@ -157,6 +226,10 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     apply::<ConfigMap>(client, &namespace, &owned.config_map).await?;
     let statefulset = apply::<StatefulSet>(client, &namespace, &owned.statefulset).await?;
     apply::<PodDisruptionBudget>(client, &namespace, &owned.pod_disruption_budget).await?;
+
+    let config = controller_config(&cluster).map_err(Error::Invalid)?;
+    let controller = ctx.controllers.ensure(client, &cluster, config).await?;
+    let snapshot = controller.snapshot();
 
     let sts_status = statefulset.status.unwrap_or_default();
     let ready = sts_status.ready_replicas.unwrap_or(0);
@@ -203,20 +276,69 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             ),
         )
     };
-    let old = cluster.status.clone().unwrap_or_default();
+    let brokers = hosting::broker_statuses(&snapshot, replicas);
+    let under_replicated = hosting::under_replicated(&snapshot);
+    let degraded = degraded_condition(&brokers, replicas, under_replicated, generation);
+    let healthy = degraded.status == "False";
     let status = ClusterStatus {
         observed_generation: generation,
         phase: Some(phase.into()),
         ready_replicas: ready,
-        conditions: vec![ready_condition, reconciling],
-        ..old
+        conditions: vec![ready_condition, reconciling, degraded],
+        brokers,
+        under_replicated_partitions: under_replicated,
     };
-    write_status(client, &cluster, status).await?;
-    Ok(Action::requeue(Duration::from_secs(if rolled_out {
-        300
-    } else {
-        10
-    })))
+    write_status(&ctx, &cluster, status).await?;
+    // Broker sessions and ISRs change without any Kubernetes object changing: look again
+    // soon while something is amiss, and regularly otherwise.
+    Ok(Action::requeue(Duration::from_secs(
+        if rolled_out && healthy { 30 } else { 5 },
+    )))
+}
+
+/// Degraded when a broker the spec asks for has no session with the controller, or a
+/// partition has fewer in-sync replicas than replicas.
+fn degraded_condition(
+    brokers: &[crd::BrokerStatus],
+    replicas: i32,
+    under_replicated: i32,
+    generation: Option<i64>,
+) -> Condition {
+    let down: Vec<String> = brokers
+        .iter()
+        .filter(|b| b.id < replicas && !b.alive)
+        .map(|b| b.id.to_string())
+        .collect();
+    if !down.is_empty() {
+        return condition::condition(
+            condition::DEGRADED,
+            true,
+            "BrokersDown",
+            format!(
+                "broker(s) {} have no session with the controller; {under_replicated} partition(s) are under-replicated",
+                down.join(", ")
+            ),
+            generation,
+        );
+    }
+    if under_replicated > 0 {
+        return condition::condition(
+            condition::DEGRADED,
+            true,
+            "UnderReplicated",
+            format!(
+                "{under_replicated} partition(s) have fewer in-sync replicas than replicas; followers are catching up"
+            ),
+            generation,
+        );
+    }
+    condition::condition(
+        condition::DEGRADED,
+        false,
+        "AllReplicasInSync",
+        format!("all {replicas} brokers are in session and every partition is fully in sync"),
+        generation,
+    )
 }
 
 #[cfg(test)]

@@ -122,6 +122,21 @@ impl FakeApi {
         self.state.lock().unwrap().objects.get(path).cloned()
     }
 
+    /// The objects directly under the collection `path`, in name order.
+    pub fn list(&self, path: &str) -> Vec<Value> {
+        let prefix = format!("{path}/");
+        let state = self.state.lock().unwrap();
+        state
+            .objects
+            .iter()
+            .filter(|(p, _)| {
+                p.strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// Stores `object` at `path` as if a user had applied it.
     pub fn put(&self, path: &str, mut object: Value) {
         let mut state = self.state.lock().unwrap();

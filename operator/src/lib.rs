@@ -3,6 +3,7 @@
 
 pub mod cluster_reconciler;
 pub mod crd;
+pub mod hosting;
 pub mod kube_store;
 pub mod resources;
 

@@ -72,6 +72,10 @@ struct Args {
     /// own single-broker cluster.
     #[arg(long, env = "TRIBUTARY_CONTROLLER")]
     controller: Option<String>,
+    /// The cluster this broker belongs to, as the controller knows it (`namespace/name` on
+    /// Kubernetes, where the operator's controller serves every cluster).
+    #[arg(long, env = "TRIBUTARY_CLUSTER", requires = "controller")]
+    cluster: Option<String>,
     /// How often the broker heartbeats to the controller.
     #[arg(long, env = "TRIBUTARY_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
     heartbeat_interval_ms: u64,
@@ -137,6 +141,7 @@ async fn start(args: Args) -> Result<(), String> {
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms.max(1)),
         shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
         controller: args.controller,
+        cluster: args.cluster,
         session_timeout: Duration::from_millis(args.session_timeout_ms.max(1)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(1)),
         replication: ReplicationConfig {

@@ -166,7 +166,7 @@ impl State {
 pub struct Controller<S> {
     id: i32,
     store: S,
-    config: ControllerConfig,
+    config: parking_lot::RwLock<ControllerConfig>,
     started: Instant,
     state: Mutex<State>,
     updates: watch::Sender<Arc<MetadataSnapshot>>,
@@ -263,7 +263,7 @@ impl<S: MetadataStore> Controller<S> {
         Ok(Self {
             id,
             store,
-            config,
+            config: parking_lot::RwLock::new(config),
             started: Instant::now(),
             state: Mutex::new(state),
             updates,
@@ -275,7 +275,18 @@ impl<S: MetadataStore> Controller<S> {
     }
 
     pub fn session_timeout(&self) -> Duration {
-        self.config.session_timeout
+        self.config.read().session_timeout
+    }
+
+    /// The configuration the controller runs with now.
+    pub fn config(&self) -> ControllerConfig {
+        self.config.read().clone()
+    }
+
+    /// Changes the cluster defaults (replication factor, topic configuration) and timeouts;
+    /// topics created from now on, and checks made from now on, use the new ones.
+    pub fn reconfigure(&self, config: ControllerConfig) {
+        *self.config.write() = config;
     }
 
     /// Receives every published snapshot.
@@ -300,7 +311,7 @@ impl<S: MetadataStore> Controller<S> {
             .topics
             .values()
             .filter(|t| {
-                TopicConfig::resolve(&self.config.topic_config, &t.config)
+                TopicConfig::resolve(&self.config.read().topic_config, &t.config)
                     .is_ok_and(|c| c.unclean_leader_election)
             })
             .map(|t| t.name.clone())
@@ -446,7 +457,7 @@ impl<S: MetadataStore> Controller<S> {
     /// controller started) brokers named as leaders or in-sync replicas that never connected.
     pub async fn expire_sessions(&self) -> Result<(), ControllerError> {
         let mut state = self.state.lock().await;
-        let timeout = self.config.session_timeout;
+        let timeout = self.session_timeout();
         // Checks run every SESSION_CHECK_INTERVAL. A long gap means this controller was
         // stalled (paused, starved of CPU), not that the brokers were: their heartbeats are
         // waiting unread. The time the controller could not see does not count against any
@@ -668,7 +679,7 @@ impl<S: MetadataStore> Controller<S> {
         }
         let topic = NewTopic {
             name: crate::group::OFFSETS_TOPIC.into(),
-            partitions: self.config.offsets_topic_partitions,
+            partitions: self.config.read().offsets_topic_partitions,
             replication_factor: None,
             config: BTreeMap::from([
                 ("retention.ms".to_string(), "-1".to_string()),
@@ -702,10 +713,10 @@ impl<S: MetadataStore> Controller<S> {
             )));
         }
         // Checked before waiting for brokers, so a bad config fails at once.
-        TopicConfig::resolve(&self.config.topic_config, &topic.config)?;
+        TopicConfig::resolve(&self.config.read().topic_config, &topic.config)?;
         let replication_factor = topic
             .replication_factor
-            .unwrap_or(self.config.default_replication_factor)
+            .unwrap_or(self.config.read().default_replication_factor)
             as usize;
         let replication_factor = if internal { 3 } else { replication_factor };
         let mut state = self.lock_once_registered(replication_factor).await;
@@ -812,7 +823,7 @@ impl<S: MetadataStore> Controller<S> {
     ) -> tokio::sync::MutexGuard<'_, State> {
         let mut updates = self.subscribe();
         updates.borrow_and_update();
-        let grace_end = self.started + self.config.session_timeout;
+        let grace_end = self.started + self.session_timeout();
         loop {
             let state = self.state.lock().await;
             let registering = state.eligible().len() < replication_factor
@@ -832,7 +843,7 @@ impl<S: MetadataStore> Controller<S> {
         config: &BTreeMap<String, String>,
         replication_factor: usize,
     ) -> Result<(), ControllerError> {
-        let resolved = TopicConfig::resolve(&self.config.topic_config, config)?;
+        let resolved = TopicConfig::resolve(&self.config.read().topic_config, config)?;
         if resolved.min_insync_replicas as usize > replication_factor {
             return Err(ControllerError::InvalidConfig(ConfigError(format!(
                 "min.insync.replicas {} is larger than the replication factor {replication_factor}: no write with acks=all could succeed",

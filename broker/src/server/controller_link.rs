@@ -10,6 +10,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
@@ -26,13 +29,31 @@ use crate::server::status::status;
 /// partition as it now is.
 pub type IsrAnswer = (IsrChange, Result<(), String>, Option<PartitionRecord>);
 
+/// Names the broker's cluster on every request to a controller that serves several.
+#[derive(Debug, Clone)]
+pub struct ClusterHeader(Option<AsciiMetadataValue>);
+
+impl Interceptor for ClusterHeader {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(cluster) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(super::CLUSTER_HEADER, cluster.clone());
+        }
+        Ok(request)
+    }
+}
+
+type ControllerClient =
+    proto::controller_client::ControllerClient<InterceptedService<Channel, ClusterHeader>>;
+
 #[derive(Clone)]
 pub enum ControllerLink {
     /// A standalone broker's own controller.
     Local(Arc<Controller<FileStore>>),
     Remote {
         address: String,
-        client: proto::controller_client::ControllerClient<Channel>,
+        client: Box<ControllerClient>,
     },
 }
 
@@ -60,7 +81,16 @@ fn status_unavailable(message: String) -> Status {
 }
 
 impl ControllerLink {
-    pub fn remote(address: &str) -> Result<Self, String> {
+    /// The controller at `address`; `cluster` names this broker's cluster to a controller
+    /// host that serves several.
+    pub fn remote(address: &str, cluster: Option<&str>) -> Result<Self, String> {
+        let cluster = cluster
+            .map(|c| {
+                c.parse::<AsciiMetadataValue>().map_err(|_| {
+                    format!("invalid cluster name '{c}': use letters, digits, '-', '.' and '/'")
+                })
+            })
+            .transpose()?;
         let channel = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("invalid controller address '{address}': {e}"))?
             .connect_timeout(Duration::from_secs(3))
@@ -68,7 +98,12 @@ impl ControllerLink {
             .connect_lazy();
         Ok(Self::Remote {
             address: address.to_string(),
-            client: proto::controller_client::ControllerClient::new(channel),
+            client: Box::new(
+                proto::controller_client::ControllerClient::with_interceptor(
+                    channel,
+                    ClusterHeader(cluster),
+                ),
+            ),
         })
     }
 
@@ -244,7 +279,7 @@ impl ControllerLink {
                 run_local_session(controller, registration, replicas, heartbeat, stop).await
             }
             Self::Remote { address, client } => {
-                run_remote_session(address, client, registration, replicas, heartbeat, stop).await
+                run_remote_session(address, *client, registration, replicas, heartbeat, stop).await
             }
         }
     }
@@ -310,7 +345,7 @@ async fn run_local_session(
 
 async fn run_remote_session(
     address: String,
-    mut client: proto::controller_client::ControllerClient<Channel>,
+    mut client: ControllerClient,
     registration: Registration,
     replicas: Arc<ReplicaManager>,
     heartbeat: Duration,

@@ -14,8 +14,55 @@ use crate::controller::{
 };
 use crate::proto::{self, ErrorCode};
 
-pub struct ControllerService<S> {
-    pub(super) controller: Arc<Controller<S>>,
+/// The request header naming the cluster a broker belongs to (`namespace/name` on
+/// Kubernetes), for a controller host that serves several clusters.
+pub const CLUSTER_HEADER: &str = "tributary-cluster";
+
+/// Finds the controller of the cluster a request names.
+pub trait ControllerDirectory: Send + Sync + 'static {
+    type Store: MetadataStore;
+    /// The controller of `cluster` (None: the request named none), or the status to answer.
+    fn find(&self, cluster: Option<&str>) -> Result<Arc<Controller<Self::Store>>, Status>;
+}
+
+/// One controller serves every request, whatever cluster it names.
+impl<S: MetadataStore> ControllerDirectory for Arc<Controller<S>> {
+    type Store = S;
+
+    fn find(&self, _cluster: Option<&str>) -> Result<Arc<Controller<S>>, Status> {
+        Ok(self.clone())
+    }
+}
+
+pub struct ControllerService<D> {
+    directory: D,
+}
+
+/// The gRPC service of the controllers in `directory`.
+pub fn controller_server<D: ControllerDirectory>(
+    directory: D,
+) -> proto::controller_server::ControllerServer<ControllerService<D>> {
+    proto::controller_server::ControllerServer::new(ControllerService { directory })
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(super::MAX_MESSAGE_BYTES)
+}
+
+impl<D: ControllerDirectory> ControllerService<D> {
+    fn controller<T>(&self, request: &Request<T>) -> Result<Arc<Controller<D::Store>>, Status> {
+        let cluster = request
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .map(|v| {
+                v.to_str().map_err(|_| {
+                    status(
+                        ErrorCode::InvalidRequest,
+                        format!("the {CLUSTER_HEADER} header is not text"),
+                    )
+                })
+            })
+            .transpose()?;
+        self.directory.find(cluster)
+    }
 }
 
 fn session_response(snapshot: &MetadataSnapshot) -> proto::SessionResponse {
@@ -26,13 +73,14 @@ fn session_response(snapshot: &MetadataSnapshot) -> proto::SessionResponse {
 }
 
 #[tonic::async_trait]
-impl<S: MetadataStore> proto::controller_server::Controller for ControllerService<S> {
+impl<D: ControllerDirectory> proto::controller_server::Controller for ControllerService<D> {
     type SessionStream = ReceiverStream<Result<proto::SessionResponse, Status>>;
 
     async fn session(
         &self,
         request: Request<Streaming<proto::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let controller = self.controller(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.kind);
         let Some(proto::session_request::Kind::Register(registration)) = first else {
@@ -48,15 +96,13 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
             port: registration.port,
             rack: registration.rack,
         });
-        let session = self
-            .controller
+        let session = controller
             .register_broker(Registration {
                 broker: info,
                 incarnation: registration.incarnation,
             })
             .await?;
         let (tx, rx) = mpsc::channel(16);
-        let controller = self.controller.clone();
         tokio::spawn(async move {
             let mut updates = controller.subscribe();
             let first = updates.borrow_and_update().clone();
@@ -93,6 +139,7 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
         &self,
         request: Request<proto::AlterIsrRequest>,
     ) -> Result<Response<proto::AlterIsrResponse>, Status> {
+        let controller = self.controller(&request)?;
         let request = request.into_inner();
         let proposals: Vec<IsrProposal> = request
             .partitions
@@ -105,8 +152,7 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
                 new_isr: p.new_isr.clone(),
             })
             .collect();
-        let outcomes = self
-            .controller
+        let outcomes = controller
             .alter_isr(request.broker_id, proposals.clone())
             .await?;
         let results = proposals
@@ -143,8 +189,8 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
         &self,
         request: Request<proto::ControlledShutdownRequest>,
     ) -> Result<Response<proto::ControlledShutdownResponse>, Status> {
-        let remaining = self
-            .controller
+        let controller = self.controller(&request)?;
+        let remaining = controller
             .controlled_shutdown(request.into_inner().broker_id)
             .await?;
         Ok(Response::new(proto::ControlledShutdownResponse {
@@ -156,10 +202,10 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
         &self,
         request: Request<proto::CreateTopicRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
+        let controller = self.controller(&request)?;
         let request = request.into_inner();
         let validate_only = request.validate_only;
-        let (record, _) = self
-            .controller
+        let (record, _) = controller
             .create_topic(convert::new_topic_from_request(request), validate_only)
             .await?;
         Ok(Response::new(convert::topic_description(&record)))
@@ -167,9 +213,9 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
 
     async fn create_offsets_topic(
         &self,
-        _request: Request<proto::CreateOffsetsTopicRequest>,
+        request: Request<proto::CreateOffsetsTopicRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
-        let record = self.controller.create_offsets_topic().await?;
+        let record = self.controller(&request)?.create_offsets_topic().await?;
         Ok(Response::new(convert::topic_description(&record)))
     }
 
@@ -177,7 +223,7 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
         &self,
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
-        self.controller
+        self.controller(&request)?
             .delete_topic(&request.into_inner().name)
             .await?;
         Ok(Response::new(proto::DeleteTopicResponse {}))
@@ -187,8 +233,8 @@ impl<S: MetadataStore> proto::controller_server::Controller for ControllerServic
         &self,
         request: Request<proto::AllocateProducerIdsRequest>,
     ) -> Result<Response<proto::AllocateProducerIdsResponse>, Status> {
-        let (first_id, count) = self
-            .controller
+        let controller = self.controller(&request)?;
+        let (first_id, count) = controller
             .allocate_producer_ids(request.into_inner().broker_id)
             .await?;
         Ok(Response::new(proto::AllocateProducerIdsResponse {

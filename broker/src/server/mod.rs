@@ -35,11 +35,13 @@ use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::{LogManager, LogManagerError};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
-use crate::proto::controller_server::ControllerServer;
 use crate::proto::group_server::GroupServer;
 use crate::proto::replication_server::ReplicationServer;
 use crate::replication::{ReplicaManager, ReplicationConfig};
 pub use controller_link::ControllerLink;
+pub use controller_service::{
+    CLUSTER_HEADER, ControllerDirectory, ControllerService, controller_server,
+};
 pub use data_plane::{
     DEFAULT_FETCH_MAX_BYTES, DEFAULT_PARTITION_MAX_BYTES, DEFAULT_PRODUCE_TIMEOUT, MAX_FETCH_WAIT,
 };
@@ -65,6 +67,9 @@ pub struct BrokerConfig {
     pub default_replication_factor: u32,
     /// The controller's `host:port`; None runs a standalone broker with its own controller.
     pub controller: Option<String>,
+    /// The cluster this broker belongs to, named to a controller that serves several (the
+    /// operator's); sent with every controller request.
+    pub cluster: Option<String>,
     /// How long the standalone broker's own controller waits for a silent broker.
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
@@ -86,6 +91,7 @@ impl BrokerConfig {
             topic_config: BTreeMap::new(),
             default_replication_factor: 1,
             controller: None,
+            cluster: None,
             session_timeout: Duration::from_secs(6),
             heartbeat_interval: Duration::from_secs(1),
             replication: ReplicationConfig::default(),
@@ -182,7 +188,8 @@ pub async fn run(
     let incarnation = identity::incarnation(&config.data_dir, config.broker_id)?;
 
     let link = match &config.controller {
-        Some(address) => ControllerLink::remote(address).map_err(BrokerError::Config)?,
+        Some(address) => ControllerLink::remote(address, config.cluster.as_deref())
+            .map_err(BrokerError::Config)?,
         None => {
             let store = FileStore::open(&config.data_dir.join("controller").join("metadata.json"))?;
             let controller_config = ControllerConfig {
@@ -509,9 +516,7 @@ pub async fn run_controller(
             }
         })
     };
-    let service = ControllerServer::new(controller_service::ControllerService { controller })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = controller_server(controller);
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)

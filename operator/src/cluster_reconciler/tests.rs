@@ -1,9 +1,10 @@
 use serde_json::Value;
 
 use super::*;
-use crate::fake_api::FakeApi;
+use crate::fake_api::{Call, FakeApi};
 
 const CLUSTER: &str = "/apis/tributary.dev/v1alpha1/namespaces/streams/clusters/demo";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/streams/events";
 const STATEFULSET: &str = "/apis/apps/v1/namespaces/streams/statefulsets/demo-broker";
 const OWNED: [&str; 6] = [
     "/api/v1/namespaces/streams/serviceaccounts/demo-broker",
@@ -33,14 +34,29 @@ fn cluster_json(replicas: i32, default_rf: Option<i32>) -> Value {
     })
 }
 
-/// Reconciles the Cluster as it is stored now, as the controller would on a change.
-async fn reconcile_stored(api: &FakeApi) -> Result<Action, Error> {
-    let cluster: Cluster = serde_json::from_value(api.get(CLUSTER).unwrap()).unwrap();
-    let ctx = Arc::new(Context {
-        client: api.client(),
-        settings: settings(),
-    });
-    reconcile(Arc::new(cluster), ctx).await
+/// A fake API server and the operator's context over it; the hosted controllers live as
+/// long as it does, as they would in the operator.
+struct Operator {
+    api: FakeApi,
+    ctx: Arc<Context>,
+}
+
+impl Operator {
+    fn new() -> Self {
+        let api = FakeApi::new();
+        let ctx = Arc::new(Context::new(
+            api.client(),
+            settings(),
+            Controllers::default(),
+        ));
+        Self { api, ctx }
+    }
+
+    /// Reconciles the Cluster as it is stored now, as the runtime would on a change.
+    async fn reconcile(&self) -> Result<Action, Error> {
+        let cluster: Cluster = serde_json::from_value(self.api.get(CLUSTER).unwrap()).unwrap();
+        reconcile(Arc::new(cluster), self.ctx.clone()).await
+    }
 }
 
 fn ready_condition(api: &FakeApi) -> Value {
@@ -59,9 +75,10 @@ fn version(api: &FakeApi, path: &str) -> Value {
 
 #[tokio::test]
 async fn a_cluster_produces_exactly_its_owned_objects_and_reports_them_rolling_out() {
-    let api = FakeApi::new();
+    let operator = Operator::new();
+    let api = &operator.api;
     api.put(CLUSTER, cluster_json(3, None));
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
 
     let applied: Vec<String> = api
         .writes()
@@ -80,15 +97,16 @@ async fn a_cluster_produces_exactly_its_owned_objects_and_reports_them_rolling_o
     let status = &api.get(CLUSTER).unwrap()["status"];
     assert_eq!(status["phase"], "Reconciling");
     assert_eq!(status["observedGeneration"], 1);
-    assert_eq!(ready_condition(&api)["status"], "False");
-    assert_eq!(ready_condition(&api)["message"], "0 of 3 brokers are ready");
+    assert_eq!(ready_condition(api)["status"], "False");
+    assert_eq!(ready_condition(api)["message"], "0 of 3 brokers are ready");
 }
 
 #[tokio::test]
 async fn reconciling_again_changes_nothing() {
-    let api = FakeApi::new();
+    let operator = Operator::new();
+    let api = &operator.api;
     api.put(CLUSTER, cluster_json(3, None));
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     // Conditions set long ago keep their time when their status stays the same.
     let mut cluster = api.get(CLUSTER).unwrap();
     for condition in cluster["status"]["conditions"].as_array_mut().unwrap() {
@@ -98,52 +116,55 @@ async fn reconciling_again_changes_nothing() {
     let before: Vec<Value> = OWNED
         .iter()
         .chain([&CLUSTER])
-        .map(|p| version(&api, p))
+        .map(|p| version(api, p))
         .collect();
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     let after: Vec<Value> = OWNED
         .iter()
         .chain([&CLUSTER])
-        .map(|p| version(&api, p))
+        .map(|p| version(api, p))
         .collect();
     assert_eq!(before, after, "a second reconcile wrote something");
 }
 
 #[tokio::test]
 async fn changing_replicas_changes_the_statefulset() {
-    let api = FakeApi::new();
+    let operator = Operator::new();
+    let api = &operator.api;
     api.put(CLUSTER, cluster_json(3, None));
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     let mut cluster = api.get(CLUSTER).unwrap();
     cluster["spec"]["replicas"] = 5.into();
     cluster["metadata"]["generation"] = 2.into();
     api.put(CLUSTER, cluster);
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     assert_eq!(api.get(STATEFULSET).unwrap()["spec"]["replicas"], 5);
     assert_eq!(api.get(CLUSTER).unwrap()["status"]["observedGeneration"], 2);
 }
 
 #[tokio::test]
 async fn a_ready_statefulset_makes_the_cluster_ready() {
-    let api = FakeApi::new();
+    let operator = Operator::new();
+    let api = &operator.api;
     api.put(CLUSTER, cluster_json(3, None));
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     let mut sts = api.get(STATEFULSET).unwrap();
     let generation = sts["metadata"]["generation"].clone();
     sts["status"] = json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "observedGeneration": generation});
     api.put(STATEFULSET, sts);
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     let status = &api.get(CLUSTER).unwrap()["status"];
     assert_eq!(status["phase"], "Running");
     assert_eq!(status["readyReplicas"], 3);
-    assert_eq!(ready_condition(&api)["status"], "True");
+    assert_eq!(ready_condition(api)["status"], "True");
 }
 
 #[tokio::test]
 async fn an_invalid_spec_sets_the_condition_and_changes_nothing() {
-    let api = FakeApi::new();
+    let operator = Operator::new();
+    let api = &operator.api;
     api.put(CLUSTER, cluster_json(3, None));
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     let before: Vec<Value> = OWNED.iter().map(|p| api.get(p).unwrap()).collect();
 
     let mut cluster = api.get(CLUSTER).unwrap();
@@ -151,17 +172,28 @@ async fn an_invalid_spec_sets_the_condition_and_changes_nothing() {
     cluster["spec"]["config"]["defaultReplicationFactor"] = 3.into();
     api.put(CLUSTER, cluster);
     api.clear_calls();
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
 
-    let writes = api.writes();
+    let writes: Vec<Call> = api
+        .writes()
+        .into_iter()
+        .filter(|c| !c.path.starts_with(EVENTS))
+        .collect();
     assert_eq!(writes.len(), 1, "only the status is written: {writes:?}");
     assert_eq!(writes[0].path, format!("{CLUSTER}/status"));
+    let warning = api
+        .list(EVENTS)
+        .into_iter()
+        .find(|e| e["reason"] == "InvalidSpec")
+        .expect("an Event says the spec is invalid");
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["regarding"]["name"], "demo");
     let after: Vec<Value> = OWNED.iter().map(|p| api.get(p).unwrap()).collect();
     assert_eq!(
         before, after,
         "an invalid spec must not change or delete anything"
     );
-    let ready = ready_condition(&api);
+    let ready = ready_condition(api);
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "InvalidSpec");
     let message = ready["message"].as_str().unwrap();
@@ -175,7 +207,8 @@ async fn an_invalid_spec_sets_the_condition_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_topic_with_more_replicas_than_brokers_makes_the_spec_invalid() {
-    let api = FakeApi::new();
+    let operator = Operator::new();
+    let api = &operator.api;
     api.put(CLUSTER, cluster_json(2, Some(1)));
     api.put(
         "/apis/tributary.dev/v1alpha1/namespaces/streams/topics/orders",
@@ -185,8 +218,8 @@ async fn a_topic_with_more_replicas_than_brokers_makes_the_spec_invalid() {
             "spec": {"cluster": "demo", "partitions": 3, "replicationFactor": 3},
         }),
     );
-    reconcile_stored(&api).await.unwrap();
-    let message = ready_condition(&api)["message"]
+    operator.reconcile().await.unwrap();
+    let message = ready_condition(api)["message"]
         .as_str()
         .unwrap()
         .to_string();
@@ -202,12 +235,70 @@ async fn a_topic_with_more_replicas_than_brokers_makes_the_spec_invalid() {
 
 #[tokio::test]
 async fn a_status_write_that_fails_is_an_error_the_controller_retries_and_the_retry_lands() {
-    let api = FakeApi::new();
+    let operator = Operator::new();
+    let api = &operator.api;
     api.put(CLUSTER, cluster_json(3, None));
     api.conflict_once(CLUSTER);
-    let error = reconcile_stored(&api).await.unwrap_err();
+    let error = operator.reconcile().await.unwrap_err();
     assert!(error.to_string().contains("has been modified"), "{error}");
     assert!(api.get(CLUSTER).unwrap().get("status").is_none());
-    reconcile_stored(&api).await.unwrap();
+    operator.reconcile().await.unwrap();
     assert_eq!(api.get(CLUSTER).unwrap()["status"]["phase"], "Reconciling");
+}
+
+#[tokio::test]
+async fn broker_sessions_show_in_the_status_and_a_missing_broker_degrades_the_cluster() {
+    use tributary_broker::controller::{BrokerInfo, Registration};
+
+    let operator = Operator::new();
+    let api = &operator.api;
+    api.put(CLUSTER, cluster_json(3, None));
+    operator.reconcile().await.unwrap();
+    let controller = operator.ctx.controllers.get("streams/demo").unwrap();
+    for id in [0, 1] {
+        let registration = Registration {
+            broker: BrokerInfo {
+                id,
+                host: format!("demo-broker-{id}.demo-brokers.streams.svc"),
+                port: 9095,
+                rack: None,
+            },
+            incarnation: format!("disk-{id}"),
+        };
+        controller.register_broker(registration).await.unwrap();
+    }
+    operator.reconcile().await.unwrap();
+
+    let status = &api.get(CLUSTER).unwrap()["status"];
+    let brokers = status["brokers"].as_array().unwrap();
+    assert_eq!(brokers.len(), 3);
+    assert_eq!(
+        brokers[0]["address"],
+        "demo-broker-0.demo-brokers.streams.svc:9095"
+    );
+    let alive: Vec<bool> = brokers
+        .iter()
+        .map(|b| b["alive"].as_bool().unwrap())
+        .collect();
+    assert_eq!(alive, [true, true, false]);
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "BrokersDown");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("broker(s) 2")
+    );
+    assert!(
+        api.list(EVENTS)
+            .iter()
+            .any(|e| e["reason"] == "BrokersDown" && e["type"] == "Warning"),
+        "the transition is recorded as an Event"
+    );
 }

@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 
 use super::{
     DATA_DIR, GRPC_PORT, HTTP_PORT, Names, SHUTDOWN_TIMEOUT_SECONDS, Settings, owned_meta,
@@ -68,6 +69,14 @@ pub fn config_map(cluster: &Cluster, settings: &Settings) -> ConfigMap {
         (
             "TRIBUTARY_CONTROLLER".to_string(),
             settings.controller_address.clone(),
+        ),
+        // The operator's controller serves every cluster; brokers name theirs.
+        (
+            "TRIBUTARY_CLUSTER".to_string(),
+            crate::hosting::cluster_key(
+                &cluster.namespace().unwrap_or_default(),
+                &cluster.name_any(),
+            ),
         ),
         (
             "TRIBUTARY_DEFAULT_REPLICATION_FACTOR".to_string(),

@@ -226,6 +226,8 @@ fn the_config_map_carries_the_cluster_defaults_and_a_change_rolls_the_pods() {
         data["TRIBUTARY_CONTROLLER"],
         "controller.tributary-system.svc:9093"
     );
+    let cluster_key = format!("{}/{}", cluster.namespace().unwrap(), cluster.name_any());
+    assert_eq!(data["TRIBUTARY_CLUSTER"], cluster_key);
     assert_eq!(
         data["TRIBUTARY_TOPIC_DEFAULTS"],
         "min.insync.replicas=2,retention.ms=259200000,segment.bytes=536870912,unclean.leader.election.enable=false"

@@ -1,0 +1,208 @@
+//! The cluster controllers this operator hosts: one per `Cluster`, keyed `namespace/name`,
+//! each over a [`KubeStore`]. Brokers reach them through one gRPC Service and name their
+//! cluster in a request header; [`Controllers`] is the directory that routes them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use tributary_broker::config::TopicConfig;
+use tributary_broker::controller::{
+    Controller, ControllerConfig, ControllerError, MetadataSnapshot, SESSION_CHECK_INTERVAL,
+};
+use tributary_broker::server::{CLUSTER_HEADER, ControllerDirectory};
+
+use crate::crd::{BrokerStatus, Cluster};
+use crate::kube_store::KubeStore;
+use crate::resources::config_map::{default_replication_factor, topic_defaults};
+
+/// The id hosted controllers announce to brokers.
+const CONTROLLER_ID: i32 = 0;
+
+struct Hosted {
+    /// The Cluster's uid: a Cluster deleted and made again gets a new controller.
+    uid: String,
+    controller: Arc<Controller<KubeStore>>,
+    stop: CancellationToken,
+}
+
+/// Cheap to clone; every clone sees the same controllers.
+#[derive(Clone, Default)]
+pub struct Controllers {
+    hosted: Arc<Mutex<BTreeMap<String, Hosted>>>,
+    /// Serializes starts, so that one Cluster never gets two controllers.
+    starting: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// `namespace/name` of a Cluster.
+pub fn cluster_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The controller settings a Cluster's spec implies.
+pub fn controller_config(cluster: &Cluster) -> Result<ControllerConfig, String> {
+    let topic_config = TopicConfig::resolve(&TopicConfig::default(), &topic_defaults(cluster))
+        .map_err(|e| format!("config: {e}"))?;
+    Ok(ControllerConfig {
+        default_replication_factor: default_replication_factor(cluster).max(1) as u32,
+        topic_config,
+        ..ControllerConfig::default()
+    })
+}
+
+impl Controllers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Hosted>> {
+        self.hosted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The controller of `key` (`namespace/name`), if this operator runs it.
+    pub fn get(&self, key: &str) -> Option<Arc<Controller<KubeStore>>> {
+        self.lock().get(key).map(|h| h.controller.clone())
+    }
+
+    /// Every cluster with a controller here.
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// The controller of `cluster`, configured from its spec; started from what the API
+    /// server holds when it is not running yet (taking a new controller epoch).
+    pub async fn ensure(
+        &self,
+        client: &Client,
+        cluster: &Cluster,
+        config: ControllerConfig,
+    ) -> Result<Arc<Controller<KubeStore>>, ControllerError> {
+        let key = cluster_key(
+            &cluster.namespace().unwrap_or_default(),
+            &cluster.name_any(),
+        );
+        let uid = cluster.uid().unwrap_or_default();
+        let _starting = self.starting.lock().await;
+        if let Some(hosted) = self.lock().get(&key).filter(|h| h.uid == uid) {
+            hosted.controller.reconfigure(config);
+            return Ok(hosted.controller.clone());
+        }
+        let store = KubeStore::new(client.clone(), cluster)?;
+        let controller = Arc::new(Controller::start(CONTROLLER_ID, store, config).await?);
+        let stop = CancellationToken::new();
+        tokio::spawn(expire_sessions(
+            key.clone(),
+            controller.clone(),
+            stop.clone(),
+        ));
+        let previous = self.lock().insert(
+            key.clone(),
+            Hosted {
+                uid,
+                controller: controller.clone(),
+                stop,
+            },
+        );
+        if let Some(previous) = previous {
+            previous.stop.cancel();
+        }
+        tracing::info!(cluster = %key, "controller started");
+        Ok(controller)
+    }
+
+    /// Stops the controllers of clusters for which `keep` is false (their Cluster is gone).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|key, hosted| {
+            let kept = keep(key);
+            if !kept {
+                tracing::info!(cluster = %key, "Cluster gone; controller stopped");
+                hosted.stop.cancel();
+            }
+            kept
+        });
+    }
+}
+
+/// Fences the brokers of one cluster whose sessions time out, until `stop`.
+async fn expire_sessions(
+    key: String,
+    controller: Arc<Controller<KubeStore>>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(SESSION_CHECK_INTERVAL);
+    loop {
+        tokio::select! { _ = ticker.tick() => {}, () = stop.cancelled() => return }
+        if let Err(error) = controller.expire_sessions().await {
+            tracing::error!(cluster = %key, %error, "checking broker sessions failed");
+            // The API server may be briefly unreachable: do not spin on it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+impl ControllerDirectory for Controllers {
+    type Store = KubeStore;
+
+    fn find(&self, cluster: Option<&str>) -> Result<Arc<Controller<KubeStore>>, Status> {
+        let Some(cluster) = cluster else {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!(
+                    "this controller serves several clusters: name yours in the {CLUSTER_HEADER} header (tributary-broker --cluster NAMESPACE/NAME, or TRIBUTARY_CLUSTER)"
+                ),
+            ));
+        };
+        self.get(cluster).ok_or_else(|| {
+            Status::new(
+                Code::Unavailable,
+                format!(
+                    "no controller runs here for cluster '{cluster}': the operator has not reconciled a Cluster of that namespace/name (yet), or does not watch its namespace"
+                ),
+            )
+        })
+    }
+}
+
+/// Each broker of a cluster of `replicas` brokers (ids 0..replicas) as the controller sees
+/// it, with brokers it knows beyond those (being removed) after them.
+pub fn broker_statuses(snapshot: &MetadataSnapshot, replicas: i32) -> Vec<BrokerStatus> {
+    let mut counts: BTreeMap<i32, (i32, i32)> = BTreeMap::new();
+    for p in snapshot.topics.values().flat_map(|t| &t.partitions) {
+        for r in &p.replicas {
+            counts.entry(*r).or_default().0 += 1;
+        }
+        if p.leader >= 0 {
+            counts.entry(p.leader).or_default().1 += 1;
+        }
+    }
+    let mut ids: Vec<i32> = (0..replicas.max(0)).collect();
+    ids.extend(snapshot.brokers.keys().filter(|id| **id >= replicas));
+    ids.extend(counts.keys().filter(|id| **id >= replicas));
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .map(|id| {
+            let (replicas, leaders) = counts.get(&id).copied().unwrap_or_default();
+            let broker = snapshot.brokers.get(&id);
+            BrokerStatus {
+                id,
+                address: broker.map(|b| b.address()).unwrap_or_default(),
+                alive: broker.is_some(),
+                replicas,
+                leaders,
+            }
+        })
+        .collect()
+}
+
+/// Partitions whose ISR is smaller than their replica set.
+pub fn under_replicated(snapshot: &MetadataSnapshot) -> i32 {
+    snapshot
+        .topics
+        .values()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| p.isr.len() < p.replicas.len())
+        .count() as i32
+}
+
+#[cfg(test)]
+mod tests;
