@@ -2,10 +2,12 @@
 //! becomes, and (hosted here) the cluster controller.
 
 pub mod cluster_reconciler;
+pub mod context;
 pub mod crd;
 pub mod hosting;
 pub mod kube_store;
 pub mod resources;
+pub mod topic_reconciler;
 
 #[cfg(test)]
 mod fake_api;

@@ -2,6 +2,8 @@ use serde_json::Value;
 
 use super::*;
 use crate::fake_api::{Call, FakeApi};
+use crate::hosting::Controllers;
+use crate::resources::Settings;
 
 const CLUSTER: &str = "/apis/tributary.dev/v1alpha1/namespaces/streams/clusters/demo";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/streams/events";
