@@ -27,6 +27,8 @@ struct State {
     calls: Vec<Call>,
     /// Answers 409 Conflict to the next write of each of these paths, once per entry.
     conflicts: VecDeque<String>,
+    /// Paths under these prefixes answer 404, as resources the server does not serve.
+    unserved: Vec<String>,
 }
 
 impl State {
@@ -152,6 +154,11 @@ impl FakeApi {
         state.objects.insert(path.to_string(), object);
     }
 
+    /// Requests under `prefix` answer 404 from now on, as for a CRD not installed.
+    pub fn unserve(&self, prefix: &str) {
+        self.state.lock().unwrap().unserved.push(prefix.to_string());
+    }
+
     /// The next write to `path` (or its status) fails with 409 Conflict, as if someone else
     /// had written it first.
     pub fn conflict_once(&self, path: &str) {
@@ -168,6 +175,13 @@ impl FakeApi {
             method: method.to_string(),
             path: path.to_string(),
         });
+        if state.unserved.iter().any(|p| path.starts_with(p)) {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
         let (object_path, subresource) = match path.strip_suffix("/status") {
             Some(base) => (base.to_string(), true),
             None => (path.to_string(), false),

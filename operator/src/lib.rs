@@ -1,12 +1,16 @@
 //! The Tributary operator: `Cluster` and `Topic` custom resources, the objects a Cluster
 //! becomes, and (hosted here) the cluster controller.
 
+pub mod api_access;
 pub mod cluster_reconciler;
 pub mod context;
 pub mod crd;
 pub mod hosting;
 pub mod kube_store;
+pub mod leader;
+pub mod metrics;
 pub mod resources;
+pub mod run;
 pub mod topic_reconciler;
 
 #[cfg(test)]

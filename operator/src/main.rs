@@ -1,12 +1,16 @@
-//! `tributary-operator`: prints the CRDs (`crd`) and the objects a Cluster becomes
-//! (`manifests`).
+//! `tributary-operator`: runs the operator (`run`), and prints the CRDs (`crd`), the
+//! objects a Cluster becomes (`manifests`) and the RBAC rules it needs (`rbac`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tributary_operator::api_access;
 use tributary_operator::crd::{self, Cluster};
+use tributary_operator::leader::LeaseConfig;
 use tributary_operator::resources::{self, Settings};
+use tributary_operator::run::{self, RunConfig};
 
 /// Where brokers reach the controller the operator runs, unless told otherwise: the
 /// Service the Helm chart creates.
@@ -19,8 +23,67 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Watch Clusters and Topics in this namespace only; without it, in all namespaces
+    /// (which needs a ClusterRole).
+    #[arg(long, env = "TRIBUTARY_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Where brokers reach the cluster controllers (gRPC).
+    #[arg(long, env = "TRIBUTARY_GRPC_LISTEN", default_value = "0.0.0.0:9093")]
+    grpc_listen: String,
+    /// Health (/healthz, /readyz) and Prometheus metrics (/metrics).
+    #[arg(long, env = "TRIBUTARY_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: String,
+    /// The controller address brokers are given: the Service in front of the leader.
+    #[arg(long, env = "TRIBUTARY_CONTROLLER_ADDRESS", default_value = DEFAULT_CONTROLLER_ADDRESS)]
+    controller_address: String,
+    /// The Lease that elects the leader among the operator's replicas.
+    #[arg(long, default_value = "tributary-operator")]
+    lease_name: String,
+    /// Namespace of the Lease, and of this pod; defaults to the client's namespace (the
+    /// pod's own in a cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long a leader that stops renewing keeps the Lease.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    lease_duration_seconds: u64,
+    /// This replica's pod name: its identity for the Lease, and the pod labelled as the
+    /// leader's (the controller Service selects it). Set from the downward API.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    #[arg(long, value_enum, env = "TRIBUTARY_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the operator: reconcile Clusters and Topics and host their controllers (in a
+    /// cluster, or against the cluster of the current kubeconfig context).
+    Run(Box<RunArgs>),
+    /// Print the RBAC rules the operator needs, as a Role (or, with --all-namespaces, a
+    /// ClusterRole) for the watched namespaces and a Role for its own namespace.
+    Rbac {
+        #[arg(long, default_value = "tributary-operator")]
+        name: String,
+        /// The operator's own namespace (its Lease and pods).
+        #[arg(long, default_value = "tributary-system")]
+        namespace: String,
+        /// The namespace the operator watches (run --namespace); defaults to its own.
+        #[arg(long, conflicts_with = "all_namespaces")]
+        watch_namespace: Option<String>,
+        /// Grant the watched-namespace rules cluster-wide (run without --namespace).
+        #[arg(long)]
+        all_namespaces: bool,
+    },
     /// Print the CustomResourceDefinitions (Cluster, Topic) as YAML, for `kubectl apply -f -`.
     Crd {
         /// Write one file per CRD into this directory instead (as in the repository's crds/).
@@ -76,9 +139,105 @@ fn manifests(file: &std::path::Path, settings: &Settings) -> Result<String, Stri
     Ok(out.join("---\n"))
 }
 
+fn rbac(name: &str, namespace: &str, watched: Option<&str>) -> String {
+    let watched = if let Some(watched) = watched {
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name, "namespace": watched},
+            "rules": api_access::rules(api_access::WATCHED_NAMESPACES),
+        })
+    } else {
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": api_access::rules(api_access::WATCHED_NAMESPACES),
+        })
+    };
+    let own = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": format!("{name}-leader-election"), "namespace": namespace},
+        "rules": api_access::rules(api_access::OWN_NAMESPACE),
+    });
+    [watched, own]
+        .iter()
+        .map(|o| serde_yaml::to_string(o).expect("RBAC objects serialize"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run_operator(args: RunArgs) -> Result<(), String> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("cannot find the Kubernetes API (in-cluster service account or kubeconfig): {e}")
+    })?;
+    let own_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let identity = args.pod_name.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("tributary-operator-{}", std::process::id()))
+    });
+    let grpc = tokio::net::TcpListener::bind(&args.grpc_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (--grpc-listen): {e}", args.grpc_listen))?;
+    let http = tokio::net::TcpListener::bind(&args.http_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (--http-listen): {e}", args.http_listen))?;
+    let config = RunConfig {
+        namespace: args.namespace,
+        settings: Settings {
+            controller_address: args.controller_address,
+        },
+        lease: LeaseConfig {
+            namespace: own_namespace.clone(),
+            name: args.lease_name,
+            identity,
+            duration: Duration::from_secs(args.lease_duration_seconds),
+        },
+        pod: args.pod_name.map(|pod| (own_namespace, pod)),
+    };
+    let shutdown = async {
+        tributary_broker::server::stop_signal().await;
+        tracing::info!("stop signal received; stopping");
+    };
+    run::run(client, config, grpc, http, shutdown).await
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            tributary_broker::server::run_process("tributary-operator", run_operator(*args))
+        }
+        Command::Rbac {
+            name,
+            namespace,
+            watch_namespace,
+            all_namespaces,
+        } => {
+            let watched = match (all_namespaces, watch_namespace) {
+                (true, _) => None,
+                (false, watched) => Some(watched.unwrap_or_else(|| namespace.clone())),
+            };
+            print!("{}", rbac(&name, &namespace, watched.as_deref()));
+            ExitCode::SUCCESS
+        }
         Command::Crd { write: None } => {
             let documents: Vec<String> = crd::all().iter().map(|(_, c)| crd::to_yaml(c)).collect();
             print!("{}", documents.join("---\n"));
