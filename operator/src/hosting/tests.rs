@@ -157,3 +157,111 @@ fn broker_status_counts_replicas_and_leaders_and_names_missing_brokers() {
     assert_eq!(brokers[0].address, "b0:9095");
     assert_eq!(under_replicated(&snapshot), 2);
 }
+
+/// A real broker joins the operator's controller for its cluster, a Topic object becomes a
+/// topic it serves, and the controller's record of it shows in the Topic's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() {
+    use std::time::Duration;
+
+    use tributary_broker::client::{
+        Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
+    };
+    use tributary_broker::server::{self, BrokerConfig};
+
+    use crate::context::Context;
+    use crate::crd::Topic;
+    use crate::resources::Settings;
+
+    const TOPIC: &str = "/apis/tributary.dev/v1alpha1/namespaces/streams/topics/orders";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let api = FakeApi::new();
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        Settings {
+            controller_address: String::new(),
+        },
+        Controllers::default(),
+    ));
+    let mut demo = cluster("demo");
+    demo.spec.replicas = 1;
+    let controller = ctx
+        .controllers
+        .ensure(&ctx.client, &demo, ControllerConfig::default())
+        .await
+        .unwrap();
+    let address = serve(ctx.controllers.clone()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = BrokerConfig::new(0, dir.path());
+    config.controller = Some(address);
+    config.cluster = Some("streams/demo".into());
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bootstrap = grpc.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let broker = tokio::spawn(server::run(config, grpc, http, async {
+        let _ = stopped.await;
+    }));
+    while !controller.snapshot().brokers.contains_key(&0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    api.put(
+        TOPIC,
+        json!({"apiVersion": "tributary.dev/v1alpha1", "kind": "Topic",
+            "metadata": {"name": "orders", "namespace": "streams"},
+            "spec": {"cluster": "demo", "partitions": 1, "replicationFactor": 1}}),
+    );
+    let topic: Topic = serde_json::from_value(api.get(TOPIC).unwrap()).unwrap();
+    crate::topic_reconciler::reconcile(Arc::new(topic), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get(TOPIC).unwrap()["status"]["partitions"][0]["leader"],
+        0
+    );
+
+    let producer = Producer::connect(ProducerConfig::new(&bootstrap))
+        .await
+        .unwrap();
+    loop {
+        // The broker takes the partition when the controller's metadata reaches it.
+        let sent = producer
+            .send(ProducerRecord::new("orders").value("hello"))
+            .await;
+        match sent {
+            Ok(delivery) => match delivery.await {
+                Ok(_) => break,
+                Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
+            },
+            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut consumer = Consumer::connect(ConsumerConfig::new(&bootstrap))
+        .await
+        .unwrap();
+    let tp = tributary_broker::TopicPartition::new("orders", 0);
+    consumer.assign(vec![tp.clone()]).await.unwrap();
+    consumer.seek(&tp, Offset::Beginning).await.unwrap();
+    let records = loop {
+        let records = consumer.poll(Duration::from_millis(500)).await.unwrap();
+        if !records.is_empty() {
+            break records;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing to read");
+    };
+    assert_eq!(records[0].value.as_deref(), Some(&b"hello"[..]));
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), broker)
+        .await
+        .expect("the broker stops")
+        .unwrap()
+        .unwrap();
+}
