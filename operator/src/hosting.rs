@@ -86,15 +86,18 @@ impl Controllers {
             hosted.controller.reconfigure(config);
             return Ok(hosted.controller.clone());
         }
-        let store = KubeStore::new(client.clone(), cluster)?;
-        let controller = Arc::new(Controller::start(CONTROLLER_ID, store, config).await?);
+        let controller = start(client, cluster, config).await?;
         let stop = CancellationToken::new();
-        tokio::spawn(expire_sessions(
+        tokio::spawn(supervise(
+            self.clone(),
             key.clone(),
+            client.clone(),
+            cluster.clone(),
             controller.clone(),
             stop.clone(),
         ));
-        let previous = self.lock().insert(
+        let mut hosted = self.lock();
+        let previous = hosted.insert(
             key.clone(),
             Hosted {
                 uid,
@@ -102,9 +105,12 @@ impl Controllers {
                 stop,
             },
         );
+        // Under the lock, so that the old supervisor cannot put its controller back.
         if let Some(previous) = previous {
             previous.stop.cancel();
+            previous.controller.close();
         }
+        drop(hosted);
         tracing::info!(cluster = %key, "controller started");
         Ok(controller)
     }
@@ -114,23 +120,82 @@ impl Controllers {
         self.lock().retain(|key, hosted| {
             let kept = keep(key);
             if !kept {
-                tracing::info!(cluster = %key, "Cluster gone; controller stopped");
+                tracing::info!(cluster = %key, "controller stopped");
                 hosted.stop.cancel();
+                hosted.controller.close();
             }
             kept
         });
     }
+
+    /// Stops every controller (this replica no longer leads): their broker sessions end,
+    /// and brokers reconnect to the new leader's.
+    pub fn stop_all(&self) {
+        self.retain(|_| false);
+    }
 }
 
-/// Fences the brokers of one cluster whose sessions time out, until `stop`.
-async fn expire_sessions(
+async fn start(
+    client: &Client,
+    cluster: &Cluster,
+    config: ControllerConfig,
+) -> Result<Arc<Controller<KubeStore>>, ControllerError> {
+    let store = KubeStore::new(client.clone(), cluster)?;
+    Ok(Arc::new(
+        Controller::start(CONTROLLER_ID, store, config).await?,
+    ))
+}
+
+/// Fences the brokers of one cluster whose sessions time out, and starts the controller
+/// afresh from the API server when it stops by itself (its metadata changed underneath
+/// it), until `stop`.
+async fn supervise(
+    controllers: Controllers,
     key: String,
-    controller: Arc<Controller<KubeStore>>,
+    client: Client,
+    cluster: Cluster,
+    mut controller: Arc<Controller<KubeStore>>,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(SESSION_CHECK_INTERVAL);
     loop {
-        tokio::select! { _ = ticker.tick() => {}, () = stop.cancelled() => return }
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = controller.closed() => {}
+            () = stop.cancelled() => {
+                controller.close();
+                return;
+            }
+        }
+        if controller.is_closed() {
+            if stop.is_cancelled() {
+                return;
+            }
+            let config = controller.config();
+            let restarted = tokio::select! {
+                restarted = start(&client, &cluster, config) => restarted,
+                () = stop.cancelled() => return,
+            };
+            match restarted {
+                Ok(new) => {
+                    tracing::info!(cluster = %key, "controller restarted from the stored metadata");
+                    let mut hosted = controllers.lock();
+                    match hosted.get_mut(&key) {
+                        Some(h) if !stop.is_cancelled() => h.controller = new.clone(),
+                        _ => {
+                            new.close();
+                            return;
+                        }
+                    }
+                    controller = new;
+                }
+                Err(error) => {
+                    tracing::error!(cluster = %key, %error, "cannot restart the controller; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            continue;
+        }
         if let Err(error) = controller.expire_sessions().await {
             tracing::error!(cluster = %key, %error, "checking broker sessions failed");
             // The API server may be briefly unreachable: do not spin on it.

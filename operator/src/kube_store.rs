@@ -27,6 +27,13 @@ use crate::crd::{Cluster, PartitionStatus, Topic, TopicStatus};
 use crate::resources::{Names, owned_meta};
 
 const TOPIC_PREFIX: &str = "topics/";
+/// The controller's own record (its epoch), as the controller core names it.
+const CONTROLLER_KEY: &str = "controller";
+
+/// The controller epoch in a `controller` record.
+fn epoch_of(value: &Value) -> i64 {
+    value.get("epoch").and_then(Value::as_i64).unwrap_or(0)
+}
 
 /// Where one key lives.
 #[derive(Debug, Clone)]
@@ -51,6 +58,9 @@ struct Cache {
     entries: BTreeMap<String, Entry>,
     /// The metadata ConfigMap as last read or written; None when it does not exist.
     config_map: Option<ConfigMap>,
+    /// The epoch of the controller this store serves, once it has written it. Every record
+    /// it writes carries it, and a record (or metadata) of a newer epoch fences it.
+    epoch: i64,
 }
 
 impl Cache {
@@ -79,6 +89,16 @@ impl std::fmt::Debug for KubeStore {
     }
 }
 
+/// What holds (or would hold) a topic's record.
+enum TopicObject {
+    /// This cluster's Topic object of that name, with no record yet.
+    Unclaimed(Box<Topic>),
+    /// This cluster's Topic object of that name, which holds a record already.
+    Claimed,
+    /// No Topic object of this cluster has that name: the ConfigMap holds the record.
+    None,
+}
+
 /// Why a write did not happen.
 enum Refused {
     /// The object changed since it was read (a 409): read it again, and retry if the
@@ -86,6 +106,8 @@ enum Refused {
     Stale,
     /// The controller's part changed underneath: another controller wrote it.
     Changed,
+    /// The object is gone (deleted, or deleted and made again).
+    Gone,
     Failed(StoreError),
 }
 
@@ -99,7 +121,9 @@ impl From<StoreError> for Refused {
 fn refusal(refused: Refused, key: &str, expected: Expected, found: Option<&Entry>) -> StoreError {
     match refused {
         Refused::Failed(error) => error,
-        Refused::Stale | Refused::Changed => KubeStore::conflict(key, expected, found),
+        Refused::Stale | Refused::Changed | Refused::Gone => {
+            KubeStore::conflict(key, expected, found)
+        }
     }
 }
 
@@ -160,8 +184,9 @@ fn record_in(topic: &Topic) -> Option<Result<Value, String>> {
 
 /// Puts the controller's record (or, with None, its absence) into a Topic's status,
 /// leaving the conditions and observed generation as they are.
-fn write_record(topic: &mut Topic, record: Option<&TopicRecord>) {
+fn write_record(topic: &mut Topic, record: Option<&TopicRecord>, epoch: i64) {
     let status = topic.status.get_or_insert_with(TopicStatus::default);
+    status.controller_epoch = Some(epoch);
     status.topic_id = record.map(|r| r.id.to_string());
     status.config = record.map(|r| r.config.clone()).unwrap_or_default();
     status.partitions = record
@@ -259,6 +284,8 @@ impl KubeStore {
         written.map_err(|e| {
             if is_status(&e, 409) {
                 Refused::Stale
+            } else if is_status(&e, 404) {
+                Refused::Gone
             } else {
                 Refused::Failed(self.unavailable("writing the metadata ConfigMap", e))
             }
@@ -295,15 +322,28 @@ impl KubeStore {
                 }
                 Err(Refused::Stale) => {
                     current = self.read_config_map().await?;
-                    let found = current
-                        .as_ref()
-                        .and_then(|c| c.data.as_ref()?.get(&data_key))
-                        .map(|v| serde_json::from_str::<Value>(v).ok());
-                    if found != cached.clone().map(Some) {
+                    let Some(config_map) = &current else {
+                        // It existed when this write began: someone deleted it.
+                        return Err(Refused::Gone);
+                    };
+                    let entry = |k: &str| {
+                        config_map
+                            .data
+                            .as_ref()
+                            .and_then(|d| d.get(k))
+                            .map(|v| serde_json::from_str::<Value>(v).ok())
+                    };
+                    let newer = entry(CONTROLLER_KEY)
+                        .flatten()
+                        .is_some_and(|c| epoch_of(&c) > cache.epoch);
+                    if (newer && key != CONTROLLER_KEY)
+                        || entry(&data_key) != cached.clone().map(Some)
+                    {
                         tracing::warn!(cluster = %self.label, key, "metadata changed underneath this controller");
                         return Err(Refused::Changed);
                     }
                 }
+                Err(Refused::Gone) if exists => return Err(Refused::Gone),
                 Err(refused) => return Err(refused),
             }
         }
@@ -316,10 +356,11 @@ impl KubeStore {
         mut topic: Topic,
         cached: Option<&Value>,
         record: Option<&TopicRecord>,
+        epoch: i64,
     ) -> Result<Topic, Refused> {
         let name = topic.name_any();
         loop {
-            write_record(&mut topic, record);
+            write_record(&mut topic, record, epoch);
             match self
                 .topics
                 .replace_status(&name, &PostParams::default(), &topic)
@@ -328,7 +369,7 @@ impl KubeStore {
                 Ok(written) => return Ok(written),
                 Err(e) if is_status(&e, 409) => {}
                 // Deleted: whoever deleted it took the record with it.
-                Err(e) if is_status(&e, 404) => return Err(Refused::Changed),
+                Err(e) if is_status(&e, 404) => return Err(Refused::Gone),
                 Err(e) => {
                     return Err(self.unavailable(&format!("writing Topic {name}"), e).into());
                 }
@@ -339,10 +380,15 @@ impl KubeStore {
                 .await
                 .map_err(|e| self.unavailable(&format!("reading Topic {name}"), e))?;
             let Some(current) = current.filter(|c| c.uid() == topic.uid()) else {
-                return Err(Refused::Changed);
+                return Err(Refused::Gone);
             };
             let found = record_in(&current).and_then(Result::ok);
-            if found.as_ref() != cached {
+            let newer = current
+                .status
+                .as_ref()
+                .and_then(|s| s.controller_epoch)
+                .is_some_and(|e| e > epoch);
+            if newer || found.as_ref() != cached {
                 tracing::warn!(cluster = %self.label, topic = %name, "the topic's record changed underneath this controller");
                 return Err(Refused::Changed);
             }
@@ -350,9 +396,9 @@ impl KubeStore {
         }
     }
 
-    /// The Topic object of this cluster named `name` that holds no record yet, if any: a
-    /// new topic with such an object is stored there.
-    async fn unclaimed_topic(&self, name: &str) -> Result<Option<Topic>, StoreError> {
+    /// Where a new topic named `name` goes: into the status of this cluster's Topic object
+    /// of that name, if there is one.
+    async fn topic_object(&self, name: &str) -> Result<TopicObject, StoreError> {
         // Topic object names are DNS subdomains; other topic names cannot have one.
         let valid = !name.is_empty()
             && name.len() <= 253
@@ -360,14 +406,46 @@ impl KubeStore {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !valid {
-            return Ok(None);
+            return Ok(TopicObject::None);
         }
         let topic = self
             .topics
             .get_opt(name)
             .await
             .map_err(|e| self.unavailable(&format!("reading Topic {name}"), e))?;
-        Ok(topic.filter(|t| t.spec.cluster == self.cluster && record_in(t).is_none()))
+        Ok(match topic {
+            Some(t) if t.spec.cluster == self.cluster && record_in(&t).is_some() => {
+                TopicObject::Claimed
+            }
+            Some(t) if t.spec.cluster == self.cluster => TopicObject::Unclaimed(Box::new(t)),
+            _ => TopicObject::None,
+        })
+    }
+
+    /// Stamps every topic record this store holds with the controller's new epoch, so that
+    /// a controller of an older epoch can write none of them any more.
+    async fn fence_topics(&self, cache: &mut Cache) -> Result<(), StoreError> {
+        let held: Vec<(String, Entry)> = cache
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.place, Place::Topic(_)))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        for (key, entry) in held {
+            let Place::Topic(topic) = entry.place else {
+                continue;
+            };
+            let record: TopicRecord = serde_json::from_value(entry.value.clone())
+                .map_err(|e| self.corrupt(&key, format!("not a topic record: {e}")))?;
+            let written = self
+                .change_topic(*topic, Some(&entry.value), Some(&record), cache.epoch)
+                .await
+                .map_err(|r| refusal(r, &key, Expected::Version(entry.version), None))?;
+            if let Some(e) = cache.entries.get_mut(&key) {
+                e.place = Place::Topic(Box::new(written));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -422,6 +500,29 @@ impl MetadataStore for KubeStore {
                 },
             );
         }
+        // Without its ConfigMap (deleted by hand), the controller epoch still continues
+        // from the newest the Topics show: brokers ignore a controller of an older epoch.
+        let newest = entries
+            .values()
+            .filter_map(|e| match &e.place {
+                Place::Topic(t) => t.status.as_ref()?.controller_epoch,
+                Place::ConfigMap => None,
+            })
+            .max();
+        if let Some(epoch) = newest
+            && !entries.contains_key(CONTROLLER_KEY)
+        {
+            tracing::warn!(cluster = %self.label, epoch, "the controller's metadata ConfigMap is missing; continuing from the Topics' controller epoch (broker incarnations and producer ids start afresh)");
+            let version = cache.next_version();
+            entries.insert(
+                CONTROLLER_KEY.to_string(),
+                Entry {
+                    version,
+                    value: serde_json::json!({ "epoch": epoch }),
+                    place: Place::ConfigMap,
+                },
+            );
+        }
         let loaded = entries
             .iter()
             .map(|(key, e)| {
@@ -442,9 +543,11 @@ impl MetadataStore for KubeStore {
         let current = cache.entries.get(key).cloned();
         let place = match (expected, &current) {
             (Expected::Absent, None) => match key.strip_prefix(TOPIC_PREFIX) {
-                Some(name) => match self.unclaimed_topic(name).await? {
-                    Some(topic) => Place::Topic(Box::new(topic)),
-                    None => Place::ConfigMap,
+                Some(name) => match self.topic_object(name).await? {
+                    TopicObject::Unclaimed(topic) => Place::Topic(topic),
+                    // Another controller stored it there.
+                    TopicObject::Claimed => return Err(Self::conflict(key, expected, None)),
+                    TopicObject::None => Place::ConfigMap,
                 },
                 None => Place::ConfigMap,
             },
@@ -456,7 +559,7 @@ impl MetadataStore for KubeStore {
             Place::Topic(topic) => {
                 let record: TopicRecord = serde_json::from_value(value.clone())
                     .map_err(|e| self.corrupt(key, format!("not a topic record: {e}")))?;
-                self.change_topic(*topic, cached, Some(&record))
+                self.change_topic(*topic, cached, Some(&record), cache.epoch)
                     .await
                     .map(|written| Place::Topic(Box::new(written)))
             }
@@ -466,6 +569,11 @@ impl MetadataStore for KubeStore {
                 .map(|()| Place::ConfigMap),
         };
         let place = written.map_err(|refused| refusal(refused, key, expected, current.as_ref()))?;
+        if key == CONTROLLER_KEY {
+            // A new controller: from now on its epoch fences the one before.
+            cache.epoch = epoch_of(&value);
+            self.fence_topics(&mut cache).await?;
+        }
         let version = cache.next_version();
         cache.entries.insert(
             key.to_string(),
@@ -492,10 +600,14 @@ impl MetadataStore for KubeStore {
         let written = match entry.place.clone() {
             // The Topic object stays: it is the user's. Without a record it describes a
             // topic still to be created (or, being deleted, one that is gone).
-            Place::Topic(topic) => self
-                .change_topic(*topic, Some(&entry.value), None)
+            Place::Topic(topic) => match self
+                .change_topic(*topic, Some(&entry.value), None, cache.epoch)
                 .await
-                .map(drop),
+            {
+                // The Topic object went, and the record with it.
+                Err(Refused::Gone) => Ok(()),
+                other => other.map(drop),
+            },
             Place::ConfigMap => self.change_config_map(&mut cache, key, None).await,
         };
         written

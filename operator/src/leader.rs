@@ -64,9 +64,16 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// How often the holder renews: a third of the duration.
-    pub fn renew_interval(&self) -> Duration {
-        self.duration / 3
+    /// How often a candidate tries for the Lease, and the holder renews it; also how long
+    /// one try may take.
+    pub fn retry_period(&self) -> Duration {
+        self.duration / 7
+    }
+
+    /// How long the holder may go without a successful renewal before it stops leading:
+    /// well inside the duration, after which a candidate may take the Lease over.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
     }
 }
 
@@ -186,38 +193,51 @@ impl LeaseLock {
         }
     }
 
+    /// One try, bounded by the retry period: an API server that does not answer is an
+    /// error, not a wait.
+    async fn try_once(&mut self) -> Result<bool, String> {
+        let period = self.config.retry_period();
+        match tokio::time::timeout(period, self.try_acquire_or_renew()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {period:?}")),
+        }
+    }
+
     /// Waits until this candidate holds the Lease.
     pub async fn acquire(&mut self) {
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.try_once().await {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "cannot reach the leader Lease"),
             }
-            tokio::time::sleep(self.config.renew_interval()).await;
+            tokio::time::sleep(self.config.retry_period()).await;
         }
     }
 
-    /// Renews the Lease until it is lost: another candidate took it, or it could not be
-    /// renewed for a whole lease duration. Returns then; the caller must stop leading.
+    /// Renews the Lease until it is lost: another candidate took it, or no renewal
+    /// succeeded within the renew deadline (counted from when the last successful one
+    /// began, and well before a candidate may take over). Returns then; the caller must
+    /// stop leading at once.
     pub async fn keep(&mut self) {
-        let mut last_renewed = Instant::now();
+        let mut last_success_began = Instant::now();
         loop {
-            tokio::time::sleep(self.config.renew_interval()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = Instant::now(),
-                Ok(false) => {
+            let deadline = last_success_began + self.config.renew_deadline();
+            let began = Instant::now() + self.config.retry_period();
+            let attempt = async {
+                tokio::time::sleep(self.config.retry_period()).await;
+                self.try_once().await
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(true)) => last_success_began = began,
+                Ok(Ok(false)) => {
                     tracing::error!("another candidate holds the leader Lease now");
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot renew the leader Lease");
-                    if last_renewed.elapsed() >= self.config.duration {
-                        tracing::error!(
-                            "the leader Lease was not renewed for a whole lease duration"
-                        );
-                        return;
-                    }
+                Ok(Err(error)) => tracing::warn!(%error, "cannot renew the leader Lease"),
+                Err(_) => {
+                    tracing::error!(deadline = ?self.config.renew_deadline(), "the leader Lease was not renewed within the renew deadline");
+                    return;
                 }
             }
         }
@@ -308,6 +328,28 @@ mod tests {
         assert_eq!(label("op-b"), "true");
         unlabel(&client, "tributary-system", "op-b").await.unwrap();
         assert_eq!(label("op-b"), serde_json::Value::Null);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_cut_off_from_the_api_server_stops_before_anyone_may_take_over() {
+        let api = FakeApi::new();
+        let mut a = candidate(&api, "a");
+        a.acquire().await;
+        let keeping = tokio::spawn(async move {
+            a.keep().await;
+            tokio::time::Instant::now()
+        });
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let cut_off = tokio::time::Instant::now();
+        api.unserve("/apis/coordination.k8s.io/");
+        let stopped = keeping.await.unwrap();
+        // The last renewal began at most one retry period before the cut; a candidate
+        // may take over one lease duration after it saw that renewal.
+        assert!(
+            stopped - cut_off < Duration::from_secs(11),
+            "stopped {:?} after the cut",
+            stopped - cut_off
+        );
     }
 
     #[tokio::test(start_paused = true)]

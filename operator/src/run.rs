@@ -273,11 +273,12 @@ pub async fn run(
             {
                 tracing::error!(%error, "cannot label this pod as the leader's; brokers will not reach the controllers");
             }
-            let leading = lead(client.clone(), &config, controllers, metrics.clone(), stop.clone());
+            let leading = lead(client.clone(), &config, controllers.clone(), metrics.clone(), stop.clone());
             tokio::select! {
                 () = leading => Ok(()),
                 () = lease.keep() => Err("lost the leader Lease; exiting so that a restart makes this replica a standby".to_string()),
                 () = &mut shutdown => {
+                    controllers.stop_all();
                     stop.cancel();
                     if let Err(error) = lease.release().await {
                         tracing::warn!(%error, "cannot release the leader Lease; the next leader waits for it to lapse");
@@ -288,8 +289,16 @@ pub async fn run(
         }
         () = &mut shutdown => Ok(()),
     };
+    // Not leading any more: every controller stops, ending its broker sessions.
+    controllers.stop_all();
     stop.cancel();
-    let _ = grpc_task.await;
+    // Brokers' connections end with their sessions; do not wait long for stragglers.
+    if tokio::time::timeout(Duration::from_secs(10), grpc_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("gRPC connections still open after 10 s; stopping anyway");
+    }
     let _ = http_task.await;
     outcome
 }

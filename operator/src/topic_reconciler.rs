@@ -345,13 +345,19 @@ async fn delete(
             tracing::info!(topic = %name, %namespace, "the topic's Cluster is gone; nothing to delete");
         }
     }
-    let finalizers = topic
+    // Deleting the topic cleared its record from the status: take the finalizer off the
+    // object as it is now.
+    let api: Api<Topic> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(current) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let finalizers = current
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    set_finalizers(ctx, topic, namespace, finalizers).await?;
+    set_finalizers(ctx, &current, namespace, finalizers).await?;
     Ok(Action::await_change())
 }
 

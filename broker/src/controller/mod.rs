@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{ConfigError, TopicConfig};
@@ -54,6 +55,10 @@ pub enum ControllerError {
     InvalidConfig(#[from] ConfigError),
     #[error("broker {0} has no session with this controller; it must register again")]
     NoSession(i32),
+    #[error(
+        "this controller has stopped (another took over, or its metadata changed underneath it); retry, and the request reaches the current one"
+    )]
+    Closed,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -170,6 +175,8 @@ pub struct Controller<S> {
     started: Instant,
     state: Mutex<State>,
     updates: watch::Sender<Arc<MetadataSnapshot>>,
+    /// Cancelled when the controller stops: it answers nothing any more.
+    closed: CancellationToken,
 }
 
 impl<S> std::fmt::Debug for Controller<S> {
@@ -267,6 +274,7 @@ impl<S: MetadataStore> Controller<S> {
             started: Instant::now(),
             state: Mutex::new(state),
             updates,
+            closed: CancellationToken::new(),
         })
     }
 
@@ -287,6 +295,45 @@ impl<S: MetadataStore> Controller<S> {
     /// topics created from now on, and checks made from now on, use the new ones.
     pub fn reconfigure(&self, config: ControllerConfig) {
         *self.config.write() = config;
+    }
+
+    /// Stops the controller: every later call fails with [`ControllerError::Closed`], and
+    /// [`Controller::closed`] completes, so broker sessions end and brokers reconnect to
+    /// whichever controller is current. A controller closes itself when its store refuses
+    /// a write because the metadata changed underneath it: its view can no longer be
+    /// trusted, and its host starts a new one from the store.
+    pub fn close(&self) {
+        if !self.closed.is_cancelled() {
+            tracing::info!(controller = self.id, "controller stopped");
+        }
+        self.closed.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Completes when the controller stops.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// The state, unless the controller has stopped.
+    async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, State>, ControllerError> {
+        let state = self.state.lock().await;
+        if self.is_closed() {
+            return Err(ControllerError::Closed);
+        }
+        Ok(state)
+    }
+
+    /// Closes the controller when `result` says the store changed underneath it.
+    fn check_store<T>(&self, result: Result<T, StoreError>) -> Result<T, ControllerError> {
+        if let Err(StoreError::Conflict { key, .. }) = &result {
+            tracing::error!(controller = self.id, %key, "metadata changed underneath this controller; stopping it");
+            self.close();
+        }
+        Ok(result?)
     }
 
     /// Receives every published snapshot.
@@ -345,10 +392,11 @@ impl<S: MetadataStore> Controller<S> {
             let value =
                 serde_json::to_value(topic).map_err(|e| corrupt(&topic_key(&topic.name), e))?;
             let expected = version.map_or(Expected::Absent, Expected::Version);
-            let new_version = self
-                .store
-                .put(&topic_key(&topic.name), value, expected)
-                .await?;
+            let new_version = self.check_store(
+                self.store
+                    .put(&topic_key(&topic.name), value, expected)
+                    .await,
+            )?;
             // Each topic joins the snapshot once stored, so that a failed write of the next
             // leaves the snapshot as the store has it.
             state.topic_versions.insert(topic.name.clone(), new_version);
@@ -367,7 +415,7 @@ impl<S: MetadataStore> Controller<S> {
         &self,
         registration: Registration,
     ) -> Result<u64, ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         let id = registration.broker.id;
         let known = state.incarnations.get(&id).cloned();
         let lost_data = known
@@ -381,10 +429,11 @@ impl<S: MetadataStore> Controller<S> {
                 .as_ref()
                 .map_or(Expected::Absent, |(_, v)| Expected::Version(*v));
             let value = serde_json::json!({ "incarnation": registration.incarnation });
-            let version = self
-                .store
-                .put(&format!("{BROKER_PREFIX}{id}"), value, expected)
-                .await?;
+            let version = self.check_store(
+                self.store
+                    .put(&format!("{BROKER_PREFIX}{id}"), value, expected)
+                    .await,
+            )?;
             state
                 .incarnations
                 .insert(id, (registration.incarnation.clone(), version));
@@ -432,7 +481,7 @@ impl<S: MetadataStore> Controller<S> {
 
     /// Keeps a session alive.
     pub async fn heartbeat(&self, broker: i32, session: u64) -> Result<(), ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         match state.sessions.get_mut(&broker) {
             Some(s) if s.id == session => {
                 s.last_seen = Instant::now();
@@ -445,7 +494,7 @@ impl<S: MetadataStore> Controller<S> {
     /// A session's connection closed: the broker is fenced at once (unless a newer session
     /// already replaced it).
     pub async fn end_session(&self, broker: i32, session: u64) -> Result<(), ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         if state.sessions.get(&broker).is_some_and(|s| s.id == session) {
             tracing::info!(broker, "broker session closed");
             self.fence(&mut state, broker).await?;
@@ -456,7 +505,7 @@ impl<S: MetadataStore> Controller<S> {
     /// Fences brokers whose sessions timed out, and (one session timeout after this
     /// controller started) brokers named as leaders or in-sync replicas that never connected.
     pub async fn expire_sessions(&self) -> Result<(), ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         let timeout = self.session_timeout();
         // Checks run every SESSION_CHECK_INTERVAL. A long gap means this controller was
         // stalled (paused, starved of CPU), not that the brokers were: their heartbeats are
@@ -530,7 +579,7 @@ impl<S: MetadataStore> Controller<S> {
     /// the ISRs it shares. Returns how many partitions it still leads (no other in-sync
     /// replica could take them); it may call again.
     pub async fn controlled_shutdown(&self, broker: i32) -> Result<u32, ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         let Some(session) = state.sessions.get_mut(&broker) else {
             return Err(ControllerError::NoSession(broker));
         };
@@ -562,7 +611,7 @@ impl<S: MetadataStore> Controller<S> {
         broker: i32,
         proposals: Vec<IsrProposal>,
     ) -> Result<Vec<IsrOutcome>, ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         let eligible = state.eligible();
         let mut outcomes: BTreeMap<(String, u32), Result<(), IsrRejection>> = BTreeMap::new();
         for proposal in &proposals {
@@ -634,18 +683,19 @@ impl<S: MetadataStore> Controller<S> {
 
     /// A block of producer ids no other broker will hand out.
     pub async fn allocate_producer_ids(&self, broker: i32) -> Result<(i64, u32), ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         let (first, version) = state.next_producer_id;
         let next = first + i64::from(PRODUCER_ID_BLOCK);
         let expected = version.map_or(Expected::Absent, Expected::Version);
-        let version = self
-            .store
-            .put(
-                PRODUCER_IDS_KEY,
-                serde_json::json!({ "next": next }),
-                expected,
-            )
-            .await?;
+        let version = self.check_store(
+            self.store
+                .put(
+                    PRODUCER_IDS_KEY,
+                    serde_json::json!({ "next": next }),
+                    expected,
+                )
+                .await,
+        )?;
         state.next_producer_id = (next, Some(version));
         tracing::debug!(broker, first, "allocated producer ids");
         Ok((first, PRODUCER_ID_BLOCK))
@@ -719,7 +769,7 @@ impl<S: MetadataStore> Controller<S> {
             .unwrap_or(self.config.read().default_replication_factor)
             as usize;
         let replication_factor = if internal { 3 } else { replication_factor };
-        let mut state = self.lock_once_registered(replication_factor).await;
+        let mut state = self.lock_once_registered(replication_factor).await?;
         if state.snapshot.topics.contains_key(&topic.name) {
             return Err(ControllerError::TopicExists(topic.name));
         }
@@ -762,7 +812,7 @@ impl<S: MetadataStore> Controller<S> {
             .topics
             .get(name)
             .map_or(1, TopicRecord::replication_factor);
-        let mut state = self.lock_once_registered(rf).await;
+        let mut state = self.lock_once_registered(rf).await?;
         let Some(mut topic) = state.snapshot.topics.get(name).cloned() else {
             return Err(ControllerError::UnknownTopic(name.to_string()));
         };
@@ -800,7 +850,7 @@ impl<S: MetadataStore> Controller<S> {
         name: &str,
         config: BTreeMap<String, String>,
     ) -> Result<(TopicRecord, u64), ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         let Some(mut topic) = state.snapshot.topics.get(name).cloned() else {
             return Err(ControllerError::UnknownTopic(name.to_string()));
         };
@@ -820,17 +870,17 @@ impl<S: MetadataStore> Controller<S> {
     async fn lock_once_registered(
         &self,
         replication_factor: usize,
-    ) -> tokio::sync::MutexGuard<'_, State> {
+    ) -> Result<tokio::sync::MutexGuard<'_, State>, ControllerError> {
         let mut updates = self.subscribe();
         updates.borrow_and_update();
         let grace_end = self.started + self.session_timeout();
         loop {
-            let state = self.state.lock().await;
+            let state = self.lock().await?;
             let registering = state.eligible().len() < replication_factor
                 && state.incarnations.len() >= replication_factor
                 && Instant::now() < grace_end;
             if !registering {
-                return state;
+                return Ok(state);
             }
             drop(state);
             let _ = tokio::time::timeout_at(grace_end, updates.changed()).await;
@@ -865,7 +915,7 @@ impl<S: MetadataStore> Controller<S> {
             .topic_versions
             .get(&record.name)
             .map_or(Expected::Absent, |v| Expected::Version(*v));
-        let version = self.store.put(&key, value, expected).await?;
+        let version = self.check_store(self.store.put(&key, value, expected).await)?;
         state.topic_versions.insert(record.name.clone(), version);
         state.snapshot.topics.insert(record.name.clone(), record);
         Ok(self.publish(state))
@@ -874,11 +924,11 @@ impl<S: MetadataStore> Controller<S> {
     /// Deletes a topic; brokers delete its partitions when they apply the change. Returns the
     /// metadata version without it.
     pub async fn delete_topic(&self, name: &str) -> Result<u64, ControllerError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await?;
         let Some(&version) = state.topic_versions.get(name) else {
             return Err(ControllerError::UnknownTopic(name.to_string()));
         };
-        self.store.delete(&topic_key(name), version).await?;
+        self.check_store(self.store.delete(&topic_key(name), version).await)?;
         state.topic_versions.remove(name);
         state.snapshot.topics.remove(name);
         tracing::info!(topic = name, "topic deleted");

@@ -36,7 +36,8 @@ macro_rules! metadata_store_suite {
                 isr_changes_apply_only_from_the_current_leader_at_the_current_epochs,
                 a_controlled_shutdown_moves_leaderships_away,
                 producer_id_blocks_never_overlap_even_across_controller_restarts,
-                the_internal_offsets_topic_is_stored_like_any_other
+                the_internal_offsets_topic_is_stored_like_any_other,
+                a_stopped_controller_answers_nothing_and_says_why
             ]
             paused [
                 a_silent_broker_is_fenced_after_the_session_timeout,
@@ -681,4 +682,23 @@ pub async fn the_internal_offsets_topic_is_stored_like_any_other(stores: &impl S
     drop(controller);
     let snapshot = self::controller(stores).await.snapshot();
     assert_eq!(snapshot.topics[crate::group::OFFSETS_TOPIC], created);
+}
+
+pub async fn a_stopped_controller_answers_nothing_and_says_why(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 1).await;
+    let closed = controller.closed();
+    controller.close();
+    closed.await;
+    let err = controller
+        .create_topic(topic("t", 1, None), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ControllerError::Closed), "{err}");
+    assert!(err.to_string().contains("retry"), "{err}");
+    let err = controller
+        .register_broker(registration(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ControllerError::Closed), "{err}");
+    assert!(controller.snapshot().topics.is_empty());
 }

@@ -109,6 +109,11 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
             let mut open = tx.send(Ok(session_response(&first))).await.is_ok();
             while open {
                 tokio::select! {
+                    () = controller.closed() => {
+                        let closed = crate::controller::ControllerError::Closed;
+                        let _ = tx.send(Err(status(ErrorCode::BrokerNotAvailable, closed.to_string()))).await;
+                        return;
+                    }
                     changed = updates.changed() => {
                         if changed.is_err() {
                             break;

@@ -100,7 +100,9 @@ impl From<ControllerError> for Status {
             ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
             ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControllerError::Store(_) => ErrorCode::StorageError,
-            ControllerError::NoSession(_) => ErrorCode::BrokerNotAvailable,
+            ControllerError::NoSession(_) | ControllerError::Closed => {
+                ErrorCode::BrokerNotAvailable
+            }
         };
         status(code, error.to_string())
     }

@@ -67,6 +67,10 @@ pub struct TopicStatus {
     /// The topic's id in the cluster; a re-created topic gets a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_id: Option<String>,
+    /// The epoch of the controller that last wrote the partitions; controllers of older
+    /// epochs may not write them any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_epoch: Option<i64>,
     /// The configuration overrides in effect, as the controller recorded them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,

@@ -107,7 +107,37 @@ async fn a_cluster_made_again_gets_a_new_controller_and_a_gone_one_stops() {
         .await
         .unwrap();
     assert!(!Arc::ptr_eq(&first, &second));
+    assert!(
+        first.is_closed(),
+        "the old controller stops, ending its sessions"
+    );
     controllers.retain(|key| key != "streams/one");
+    assert!(controllers.keys().is_empty());
+    assert!(second.is_closed());
+}
+
+#[tokio::test]
+async fn a_controller_that_stops_by_itself_is_started_again_from_the_store() {
+    let api = FakeApi::new();
+    let controllers = Controllers::default();
+    let first = controllers
+        .ensure(&api.client(), &cluster("one"), ControllerConfig::default())
+        .await
+        .unwrap();
+    // As when its store refused a write: the metadata changed underneath it.
+    first.close();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let second = loop {
+        let current = controllers.get("streams/one").unwrap();
+        if !current.is_closed() {
+            break current;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not restarted");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(second.snapshot().controller_epoch, 2);
+    controllers.stop_all();
+    assert!(second.is_closed());
     assert!(controllers.keys().is_empty());
 }
 

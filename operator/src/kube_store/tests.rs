@@ -187,6 +187,8 @@ async fn a_record_changed_by_another_controller_is_not_overwritten() {
     let err = controller.create_partitions("orders", 4).await.unwrap_err();
     assert!(err.to_string().contains("another controller"), "{err}");
     assert_eq!(api.get(&path).unwrap()["status"], object["status"]);
+    assert!(controller.is_closed(), "it stops, to be started afresh");
+    let controller = self::controller(&api).await;
 
     // The same holds for what the ConfigMap keeps.
     let mut metadata = api.get(METADATA).unwrap();
@@ -217,7 +219,11 @@ async fn deleting_a_topic_clears_its_record_and_keeps_the_users_object() {
     controller.delete_topic("orders").await.unwrap();
     let object = api.get(&format!("{TOPICS}/orders")).unwrap();
     assert_eq!(object["spec"]["cluster"], "demo");
-    assert_eq!(object["status"], json!({}));
+    assert_eq!(
+        object["status"],
+        json!({"controllerEpoch": 1}),
+        "no record, and still fenced"
+    );
     drop(controller);
     assert!(self::controller(&api).await.snapshot().topics.is_empty());
 }
@@ -251,4 +257,101 @@ fn configmap_keys_round_trip_topic_names_with_dots() {
     ] {
         assert_eq!(store_key(&data_key(key)), key);
     }
+}
+
+#[tokio::test]
+async fn a_controller_of_an_older_epoch_is_fenced_everywhere() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let old = controller(&api).await;
+    old.create_topic(new_topic("orders"), false).await.unwrap();
+    // A second controller takes over (a new leader) while the old one still runs.
+    let new = controller(&api).await;
+    assert_eq!(new.snapshot().controller_epoch, 2);
+    let status = &api.get(&format!("{TOPICS}/orders")).unwrap()["status"];
+    assert_eq!(
+        status["controllerEpoch"], 2,
+        "the new epoch is stamped on every record"
+    );
+
+    let err = old.create_partitions("orders", 4).await.unwrap_err();
+    assert!(err.to_string().contains("another controller"), "{err}");
+    assert!(
+        old.is_closed(),
+        "a controller whose store changed underneath stops"
+    );
+    let err = old
+        .create_topic(new_topic("other"), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has stopped"), "{err}");
+
+    // The ConfigMap's entries are fenced the same way.
+    let older = controller(&api).await;
+    let _newest = controller(&api).await;
+    let registration = Registration {
+        broker: BrokerInfo {
+            id: 7,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+        },
+        incarnation: "disk-7".into(),
+    };
+    let err = older.register_broker(registration).await.unwrap_err();
+    assert!(err.to_string().contains("another controller"), "{err}");
+    assert_eq!(
+        new.create_partitions("orders", 2)
+            .await
+            .unwrap()
+            .0
+            .partitions
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_topic_whose_object_is_gone_is_deleted_and_a_lost_configmap_keeps_the_epoch() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let controller = controller(&api).await;
+    controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    let topics: kube::Api<Topic> = kube::Api::namespaced(api.client(), "streams");
+    topics.delete("orders", &Default::default()).await.unwrap();
+    controller.delete_topic("orders").await.unwrap();
+    assert!(!controller.is_closed());
+
+    apply_topic(&api, "orders", "demo");
+    controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    drop(controller);
+    // Someone deletes the metadata ConfigMap: the next controller's epoch still grows.
+    let config_maps: kube::Api<ConfigMap> = kube::Api::namespaced(api.client(), "streams");
+    config_maps
+        .delete("demo-controller-metadata", &Default::default())
+        .await
+        .unwrap();
+    let next = self::controller(&api).await;
+    assert_eq!(next.snapshot().controller_epoch, 2);
+    assert!(next.snapshot().topics.contains_key("orders"));
+}
+
+#[tokio::test]
+async fn a_deleted_configmap_is_not_silently_made_again() {
+    let api = FakeApi::new();
+    let controller = controller(&api).await;
+    let config_maps: kube::Api<ConfigMap> = kube::Api::namespaced(api.client(), "streams");
+    config_maps
+        .delete("demo-controller-metadata", &Default::default())
+        .await
+        .unwrap();
+    let err = controller.allocate_producer_ids(0).await.unwrap_err();
+    assert!(err.to_string().contains("another controller"), "{err}");
+    assert!(api.get(METADATA).is_none());
 }
