@@ -42,13 +42,44 @@ pub fn cluster_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
+/// A duration as the Cluster spec writes it: numbers with units, `500ms`, `30s`, `10m`,
+/// `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("'{text}' is not a duration: write it like 30s, 10m or 1h30m");
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, millis) = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+            .into_iter()
+            .find(|(unit, _)| rest.starts_with(unit))
+            .ok_or_else(bad)?;
+        rest = &rest[unit.len()..];
+        total += Duration::from_millis(number.saturating_mul(millis));
+    }
+    Ok(total)
+}
+
 /// The controller settings a Cluster's spec implies.
 pub fn controller_config(cluster: &Cluster) -> Result<ControllerConfig, String> {
     let topic_config = TopicConfig::resolve(&TopicConfig::default(), &topic_defaults(cluster))
         .map_err(|e| format!("config: {e}"))?;
+    let healing = &cluster.spec.self_healing;
+    let self_healing_after = if healing.enabled {
+        Some(parse_duration(&healing.after).map_err(|e| format!("selfHealing.after: {e}"))?)
+    } else {
+        None
+    };
     Ok(ControllerConfig {
         default_replication_factor: default_replication_factor(cluster).max(1) as u32,
         topic_config,
+        max_concurrent_moves: cluster.spec.rebalance.max_concurrent_moves.max(1) as usize,
+        self_healing_after,
         ..ControllerConfig::default()
     })
 }
@@ -196,8 +227,8 @@ async fn supervise(
             }
             continue;
         }
-        if let Err(error) = controller.expire_sessions().await {
-            tracing::error!(cluster = %key, %error, "checking broker sessions failed");
+        if let Err(error) = controller.tick().await {
+            tracing::error!(cluster = %key, %error, "the controller's periodic work (sessions, rebalance) failed");
             // The API server may be briefly unreachable: do not spin on it.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -58,6 +58,18 @@ struct Args {
         value_delimiter = ','
     )]
     config: Vec<String>,
+    /// Partition moves of a rebalance in flight at once.
+    #[arg(
+        long,
+        env = "TRIBUTARY_MAX_CONCURRENT_MOVES",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    max_concurrent_moves: u32,
+    /// Re-create the replicas of a broker out of session for this long on the others
+    /// (self-healing); 0 leaves them until it returns.
+    #[arg(long, env = "TRIBUTARY_SELF_HEALING_AFTER_MS", default_value_t = 0)]
+    self_healing_after_ms: u64,
     /// Stop (as on SIGTERM) when the parent process, whose id this is, exits; for
     /// supervisors.
     #[arg(long, hide = true, value_name = "PARENT_PID")]
@@ -87,6 +99,9 @@ async fn start(args: Args) -> Result<(), String> {
             topic_config,
             session_timeout: Duration::from_millis(args.session_timeout_ms.max(1)),
             offsets_topic_partitions: args.offsets_topic_partitions,
+            max_concurrent_moves: args.max_concurrent_moves as usize,
+            self_healing_after: (args.self_healing_after_ms > 0)
+                .then(|| Duration::from_millis(args.self_healing_after_ms)),
         },
     };
     let shutdown = async {

@@ -8,9 +8,11 @@
 //! process of `tributary local up`, and (hosted by the operator) in Kubernetes; only the store
 //! differs.
 
+mod balancer;
 mod election;
 mod metadata;
 mod placement;
+mod reassignment;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,12 +28,15 @@ use uuid::Uuid;
 use crate::config::{ConfigError, TopicConfig};
 use crate::validate_topic_name;
 pub use metadata::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
+pub use reassignment::{Move, Plan};
 pub use store::{Expected, FileStore, MetadataStore, StoreError, Versioned};
 
 const TOPIC_PREFIX: &str = "topics/";
 const BROKER_PREFIX: &str = "brokers/";
 const CONTROLLER_KEY: &str = "controller";
 const PRODUCER_IDS_KEY: &str = "producer_ids";
+const REASSIGNMENT_KEY: &str = "reassignment";
+const CORDONED_KEY: &str = "cordoned";
 /// Producer ids handed to a broker at a time.
 pub const PRODUCER_ID_BLOCK: u32 = 1000;
 /// No topic may have more partitions than this.
@@ -59,6 +64,10 @@ pub enum ControllerError {
         "this controller has stopped (another took over, or its metadata changed underneath it); retry, and the request reaches the current one"
     )]
     Closed,
+    #[error(
+        "a rebalance is in progress ({done} of {total} moves done); wait for it to finish (`tributary cluster status` shows it)"
+    )]
+    RebalanceInProgress { done: usize, total: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -83,6 +92,11 @@ pub struct ControllerConfig {
     pub session_timeout: Duration,
     /// Partitions of `__consumer_offsets`, created when a consumer group is first used.
     pub offsets_topic_partitions: u32,
+    /// Partition moves of a rebalance in flight at once.
+    pub max_concurrent_moves: usize,
+    /// A broker out of session for this long has its replicas re-created on the others;
+    /// None leaves them where they are until it returns.
+    pub self_healing_after: Option<Duration>,
 }
 
 impl Default for ControllerConfig {
@@ -92,6 +106,8 @@ impl Default for ControllerConfig {
             topic_config: TopicConfig::default(),
             session_timeout: Duration::from_secs(6),
             offsets_topic_partitions: 16,
+            max_concurrent_moves: 2,
+            self_healing_after: None,
         }
     }
 }
@@ -155,9 +171,41 @@ struct State {
     next_session: u64,
     /// When sessions were last checked, to notice the controller itself was stalled.
     last_expiry_check: Option<Instant>,
+    /// The rebalance in progress (empty when none) and its store version.
+    plan: (Plan, Option<u64>),
+    /// Brokers that take no new replicas (being drained), and the store version.
+    cordoned: (BTreeSet<i32>, Option<u64>),
+    /// Since when each broker holding replicas has been out of session.
+    gone_since: BTreeMap<i32, Instant>,
 }
 
 impl State {
+    /// Brokers that may take new replicas: in session, not shutting down, not cordoned.
+    fn placeable(&self) -> Vec<placement::Candidate> {
+        self.eligible()
+            .into_iter()
+            .filter(|id| !self.cordoned.0.contains(id))
+            .map(|id| placement::Candidate {
+                id,
+                rack: self.snapshot.brokers.get(&id).and_then(|b| b.rack.clone()),
+            })
+            .collect()
+    }
+
+    /// Every partition's replicas.
+    fn assignment(&self) -> balancer::Assignment {
+        self.snapshot
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| ((t.name.clone(), i as u32), p.replicas.clone()))
+            })
+            .collect()
+    }
+
     /// Brokers that may lead or join an ISR: in session and not shutting down.
     fn eligible(&self) -> BTreeSet<i32> {
         self.sessions
@@ -235,6 +283,30 @@ impl<S: MetadataStore> Controller<S> {
             ),
             None => (0, None),
         };
+        let plan = match records.get(REASSIGNMENT_KEY) {
+            Some(r) => (
+                serde_json::from_value(r.value.clone()).map_err(|e| {
+                    corrupt(
+                        REASSIGNMENT_KEY,
+                        format!("the rebalance plan does not parse: {e}"),
+                    )
+                })?,
+                Some(r.version),
+            ),
+            None => (Plan::default(), None),
+        };
+        let cordoned = match records.get(CORDONED_KEY) {
+            Some(r) => (
+                serde_json::from_value(r.value.clone()).map_err(|e| {
+                    corrupt(
+                        CORDONED_KEY,
+                        format!("the cordoned brokers do not parse: {e}"),
+                    )
+                })?,
+                Some(r.version),
+            ),
+            None => (BTreeSet::new(), None),
+        };
         let previous = records.get(CONTROLLER_KEY);
         let epoch = previous
             .and_then(|r| r.value.get("epoch"))
@@ -266,6 +338,9 @@ impl<S: MetadataStore> Controller<S> {
             next_producer_id,
             next_session: 1,
             last_expiry_check: None,
+            plan,
+            cordoned,
+            gone_since: BTreeMap::new(),
         };
         Ok(Self {
             id,
@@ -921,6 +996,204 @@ impl<S: MetadataStore> Controller<S> {
         Ok(self.publish(state))
     }
 
+    /// Computes a rebalance: replica and leader counts per broker within one of each other,
+    /// rack-aware, moving as few replicas as possible, and every replica off brokers that
+    /// may not hold any (out of session, shutting down, cordoned). Unless `dry_run`, starts
+    /// it. Refused while another is in progress.
+    pub async fn rebalance(&self, dry_run: bool) -> Result<Plan, ControllerError> {
+        let mut state = self.lock().await?;
+        self.rebalance_locked(&mut state, dry_run).await
+    }
+
+    async fn rebalance_locked(
+        &self,
+        state: &mut State,
+        dry_run: bool,
+    ) -> Result<Plan, ControllerError> {
+        if !state.plan.0.moves.is_empty() {
+            let plan = &state.plan.0;
+            return Err(ControllerError::RebalanceInProgress {
+                done: plan.done,
+                total: plan.total,
+            });
+        }
+        let current = state.assignment();
+        let target = balancer::balance(&state.placeable(), &current);
+        let moves: Vec<Move> = target
+            .into_iter()
+            .filter(|(key, replicas)| current.get(key) != Some(replicas))
+            .map(|((topic, partition), target)| Move {
+                original: current[&(topic.clone(), partition)].clone(),
+                topic,
+                partition,
+                target,
+                started: false,
+            })
+            .collect();
+        let plan = Plan {
+            total: moves.len(),
+            moves,
+            done: 0,
+            rolled_back: 0,
+            max_concurrent: self.config.read().max_concurrent_moves.max(1),
+        };
+        if dry_run || plan.moves.is_empty() {
+            return Ok(plan);
+        }
+        tracing::info!(moves = plan.total, "rebalance started");
+        self.put_plan(state, plan.clone()).await?;
+        self.advance_locked(state).await?;
+        Ok(plan)
+    }
+
+    /// The rebalance in progress (no moves when none).
+    pub async fn rebalance_status(&self) -> Result<Plan, ControllerError> {
+        Ok(self.lock().await?.plan.0.clone())
+    }
+
+    /// Brokers that take no new replicas: new topics and rebalances leave them out, and a
+    /// rebalance moves their replicas away (draining them before they are removed).
+    pub async fn cordon(&self, brokers: BTreeSet<i32>) -> Result<(), ControllerError> {
+        let mut state = self.lock().await?;
+        if state.cordoned.0 == brokers {
+            return Ok(());
+        }
+        let expected = state.cordoned.1.map_or(Expected::Absent, Expected::Version);
+        let value = serde_json::to_value(&brokers).map_err(|e| corrupt(CORDONED_KEY, e))?;
+        let version = self.check_store(self.store.put(CORDONED_KEY, value, expected).await)?;
+        tracing::info!(?brokers, "cordoned brokers");
+        state.cordoned = (brokers, Some(version));
+        Ok(())
+    }
+
+    pub async fn cordoned(&self) -> Result<BTreeSet<i32>, ControllerError> {
+        Ok(self.lock().await?.cordoned.0.clone())
+    }
+
+    async fn put_plan(&self, state: &mut State, plan: Plan) -> Result<(), ControllerError> {
+        let expected = state.plan.1.map_or(Expected::Absent, Expected::Version);
+        let value = serde_json::to_value(&plan).map_err(|e| corrupt(REASSIGNMENT_KEY, e))?;
+        let version = self.check_store(self.store.put(REASSIGNMENT_KEY, value, expected).await)?;
+        state.plan = (plan, Some(version));
+        Ok(())
+    }
+
+    /// Takes the next step of every move in flight, and starts moves up to the limit.
+    /// Partition changes are stored before they are published, and the plan after them, so
+    /// a controller that restarts in between finds each move where it was.
+    pub async fn advance_reassignments(&self) -> Result<(), ControllerError> {
+        let mut state = self.lock().await?;
+        self.advance_locked(&mut state).await
+    }
+
+    async fn advance_locked(&self, state: &mut State) -> Result<(), ControllerError> {
+        if state.plan.0.moves.is_empty() {
+            return Ok(());
+        }
+        let mut plan = state.plan.0.clone();
+        let limit = plan.max_concurrent.max(1);
+        let in_flight = plan.moves.iter().filter(|m| m.started).count();
+        for m in plan
+            .moves
+            .iter_mut()
+            .filter(|m| !m.started)
+            .take(limit.saturating_sub(in_flight))
+        {
+            m.started = true;
+        }
+        let started: BTreeMap<(String, u32), Move> = plan
+            .moves
+            .iter()
+            .filter(|m| m.started)
+            .map(|m| ((m.topic.clone(), m.partition), m.clone()))
+            .collect();
+        let eligible = state.eligible();
+        let mut steps: BTreeMap<(String, u32), reassignment::Step> = BTreeMap::new();
+        let changed = self
+            .change_partitions(state, |topic, i, p| {
+                let Some(m) = started.get(&(topic.name.clone(), i)) else {
+                    return false;
+                };
+                let before = p.clone();
+                let step = reassignment::advance(p, m, &|b| eligible.contains(&b));
+                steps.insert((topic.name.clone(), i), step);
+                *p != before
+            })
+            .await?;
+        let existing = state.assignment();
+        let before = plan.moves.len();
+        plan.moves.retain(|m| {
+            let key = (m.topic.clone(), m.partition);
+            match steps.get(&key) {
+                Some(reassignment::Step::Done) => {
+                    plan.done += 1;
+                    false
+                }
+                Some(reassignment::Step::RolledBack) => {
+                    plan.rolled_back += 1;
+                    false
+                }
+                // A partition that no longer exists (its topic was deleted) has nothing
+                // left to move.
+                _ => existing.contains_key(&key),
+            }
+        });
+        let finished = before - plan.moves.len();
+        if changed {
+            self.publish(state);
+        }
+        if finished > 0 || plan != state.plan.0 {
+            if plan.moves.is_empty() {
+                tracing::info!(
+                    done = plan.done,
+                    rolled_back = plan.rolled_back,
+                    "rebalance finished"
+                );
+            }
+            self.put_plan(state, plan).await?;
+        }
+        Ok(())
+    }
+
+    /// What the host of a controller calls every [`SESSION_CHECK_INTERVAL`]: fences brokers
+    /// whose sessions expired, moves the rebalance on, and (with self-healing) starts one
+    /// when a broker holding replicas has been gone longer than allowed.
+    pub async fn tick(&self) -> Result<(), ControllerError> {
+        self.expire_sessions().await?;
+        self.advance_reassignments().await?;
+        let Some(after) = self.config.read().self_healing_after else {
+            return Ok(());
+        };
+        let mut state = self.lock().await?;
+        let holding: BTreeSet<i32> = state.assignment().into_values().flatten().collect();
+        let now = Instant::now();
+        let present: BTreeSet<i32> = state.sessions.keys().copied().collect();
+        state
+            .gone_since
+            .retain(|b, _| holding.contains(b) && !present.contains(b));
+        for broker in holding.difference(&present) {
+            state.gone_since.entry(*broker).or_insert(now);
+        }
+        let overdue: Vec<i32> = state
+            .gone_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= after)
+            .map(|(b, _)| *b)
+            .collect();
+        if overdue.is_empty() || !state.plan.0.moves.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(brokers = ?overdue, ?after, "brokers gone too long; re-creating their replicas on the others");
+        let plan = self.rebalance_locked(&mut state, false).await?;
+        if plan.moves.is_empty() {
+            // Nowhere to put them (too few brokers): look again later, not every tick.
+            for b in overdue {
+                state.gone_since.insert(b, now);
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a topic; brokers delete its partitions when they apply the change. Returns the
     /// metadata version without it.
     pub async fn delete_topic(&self, name: &str) -> Result<u64, ControllerError> {
@@ -943,27 +1216,24 @@ fn place(
     count: u32,
     replication_factor: usize,
 ) -> Result<Vec<PartitionRecord>, ControllerError> {
-    let eligible = state.eligible();
-    if eligible.is_empty() {
+    let candidates = state.placeable();
+    if candidates.is_empty() {
         return Err(ControllerError::InvalidReplicationFactor(
-            "no broker is registered with the controller; start brokers (or wait until they have registered) and try again".into(),
+            "no broker is registered with the controller (or all are being drained); start brokers (or wait until they have registered) and try again".into(),
         ));
     }
-    if replication_factor == 0 || replication_factor > eligible.len() {
+    if replication_factor == 0 || replication_factor > candidates.len() {
         return Err(ControllerError::InvalidReplicationFactor(format!(
             "{replication_factor} requested, but {} broker{} available; use a replication factor from 1 to {}",
-            eligible.len(),
-            if eligible.len() == 1 { " is" } else { "s are" },
-            eligible.len()
+            candidates.len(),
+            if candidates.len() == 1 {
+                " is"
+            } else {
+                "s are"
+            },
+            candidates.len()
         )));
     }
-    let candidates: Vec<placement::Candidate> = eligible
-        .iter()
-        .map(|id| placement::Candidate {
-            id: *id,
-            rack: state.snapshot.brokers.get(id).and_then(|b| b.rack.clone()),
-        })
-        .collect();
     let mut load = placement::Load::default();
     for p in state.snapshot.topics.values().flat_map(|t| &t.partitions) {
         load.add(&p.replicas);

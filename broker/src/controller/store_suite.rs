@@ -37,7 +37,11 @@ macro_rules! metadata_store_suite {
                 a_controlled_shutdown_moves_leaderships_away,
                 producer_id_blocks_never_overlap_even_across_controller_restarts,
                 the_internal_offsets_topic_is_stored_like_any_other,
-                a_stopped_controller_answers_nothing_and_says_why
+                a_stopped_controller_answers_nothing_and_says_why,
+                a_rebalance_onto_new_brokers_moves_replicas_safely_and_evens_the_counts,
+                a_restarted_controller_resumes_a_rebalance_where_it_was,
+                a_cordoned_broker_is_drained_and_gets_no_new_replicas,
+                a_move_whose_new_broker_goes_away_is_rolled_back
             ]
             paused [
                 a_silent_broker_is_fenced_after_the_session_timeout,
@@ -45,7 +49,8 @@ macro_rules! metadata_store_suite {
                 a_stall_of_the_controller_does_not_count_against_broker_sessions,
                 a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up,
                 a_restarted_controller_waits_for_known_brokers_before_placing_a_topic,
-                a_topic_placed_after_brokers_never_returned_says_what_to_do
+                a_topic_placed_after_brokers_never_returned_says_what_to_do,
+                a_broker_gone_longer_than_self_healing_allows_has_its_replicas_recreated
             ]
         );
     };
@@ -701,4 +706,252 @@ pub async fn a_stopped_controller_answers_nothing_and_says_why(stores: &impl Sto
         .unwrap_err();
     assert!(matches!(err, ControllerError::Closed), "{err}");
     assert!(controller.snapshot().topics.is_empty());
+}
+
+/// What leaders do for replicas a move adds: once a new replica has caught up, its leader
+/// proposes it for the ISR. Here every replica in session catches up at once.
+async fn catch_up<S: MetadataStore>(c: &Controller<S>) {
+    let snapshot = c.snapshot();
+    for topic in snapshot.topics.values() {
+        for (i, p) in topic.partitions.iter().enumerate() {
+            let joining: Vec<i32> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !p.isr.contains(r) && snapshot.brokers.contains_key(r))
+                .collect();
+            if joining.is_empty() || p.leader < 0 {
+                continue;
+            }
+            let mut isr = p.isr.clone();
+            isr.extend(joining);
+            let proposal = IsrProposal {
+                topic: topic.name.clone(),
+                partition: i as u32,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                new_isr: isr,
+            };
+            let (verdict, _) = c
+                .alter_isr(p.leader, vec![proposal])
+                .await
+                .unwrap()
+                .remove(0);
+            verdict.unwrap();
+        }
+    }
+}
+
+/// Every partition keeps at least its replication factor, a leader in its ISR, and an ISR
+/// within its replicas.
+fn assert_safe<S: MetadataStore>(c: &Controller<S>, rf: usize) {
+    for topic in c.snapshot().topics.values() {
+        for p in &topic.partitions {
+            assert!(p.replicas.len() >= rf, "{p:?}");
+            assert!(p.isr.iter().all(|r| p.replicas.contains(r)), "{p:?}");
+            assert!(p.leader < 0 || p.isr.contains(&p.leader), "{p:?}");
+        }
+    }
+}
+
+/// Moves the rebalance on (replicas catching up in between) until it is done.
+async fn drive<S: MetadataStore>(c: &Controller<S>, rf: usize) -> Plan {
+    for _ in 0..100 {
+        c.advance_reassignments().await.unwrap();
+        assert_safe(c, rf);
+        let plan = c.rebalance_status().await.unwrap();
+        if plan.moves.is_empty() {
+            return plan;
+        }
+        assert!(plan.moves.iter().filter(|m| m.started).count() <= plan.max_concurrent);
+        catch_up(c).await;
+    }
+    panic!(
+        "the rebalance did not finish: {:?}",
+        c.rebalance_status().await.unwrap()
+    );
+}
+
+fn counts<S: MetadataStore>(c: &Controller<S>) -> (BTreeMap<i32, usize>, BTreeMap<i32, usize>) {
+    let mut replicas = BTreeMap::new();
+    let mut leaders = BTreeMap::new();
+    for p in c.snapshot().topics.values().flat_map(|t| &t.partitions) {
+        *leaders.entry(p.leader).or_insert(0) += 1;
+        for r in &p.replicas {
+            *replicas.entry(*r).or_insert(0) += 1;
+        }
+    }
+    (replicas, leaders)
+}
+
+fn within_one(counts: &BTreeMap<i32, usize>, brokers: &[i32]) -> bool {
+    let values: Vec<usize> = brokers
+        .iter()
+        .map(|b| counts.get(b).copied().unwrap_or(0))
+        .collect();
+    values.iter().max().unwrap() - values.iter().min().unwrap() <= 1
+}
+
+pub async fn a_rebalance_onto_new_brokers_moves_replicas_safely_and_evens_the_counts(
+    stores: &impl StoreFactory,
+) {
+    let (controller, _) = cluster(stores, 3).await;
+    create(&controller, "a", 8, Some(2)).await;
+    create(&controller, "b", 4, Some(3)).await;
+    for id in [4, 5] {
+        controller.register_broker(registration(id)).await.unwrap();
+    }
+    let before = controller.snapshot();
+    let dry = controller.rebalance(true).await.unwrap();
+    assert!(dry.total > 0);
+    assert_eq!(
+        controller.snapshot().topics,
+        before.topics,
+        "a dry run moves nothing"
+    );
+    assert!(
+        controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+    );
+
+    let plan = controller.rebalance(false).await.unwrap();
+    assert_eq!(plan.total, dry.total);
+    let err = controller.rebalance(false).await.unwrap_err();
+    assert!(err.to_string().contains("in progress"), "{err}");
+    let finished = drive(&controller, 2).await;
+    assert_eq!((finished.done, finished.rolled_back), (plan.total, 0));
+
+    let (replicas, leaders) = counts(&controller);
+    let all = [1, 2, 3, 4, 5];
+    assert!(within_one(&replicas, &all), "{replicas:?}");
+    assert!(within_one(&leaders, &all), "{leaders:?}");
+    for (name, rf) in [("a", 2), ("b", 3)] {
+        for p in &controller.snapshot().topics[name].partitions {
+            assert_eq!(p.replicas.len(), rf, "{p:?}");
+            assert_eq!(p.isr.len(), rf, "{p:?}");
+            assert_eq!(p.leader, p.replicas[0], "the preferred leader leads");
+        }
+    }
+    assert_eq!(controller.snapshot().topics["a"].id, before.topics["a"].id);
+    // Balanced: nothing more to do.
+    assert_eq!(controller.rebalance(true).await.unwrap().total, 0);
+}
+
+pub async fn a_restarted_controller_resumes_a_rebalance_where_it_was(stores: &impl StoreFactory) {
+    let plan = {
+        let (controller, _) = cluster(stores, 2).await;
+        create(&controller, "t", 6, Some(2)).await;
+        controller.register_broker(registration(3)).await.unwrap();
+        let plan = controller.rebalance(false).await.unwrap();
+        controller.advance_reassignments().await.unwrap();
+        plan
+    };
+    let (controller, _) = cluster(stores, 3).await;
+    let resumed = controller.rebalance_status().await.unwrap();
+    assert_eq!(resumed.total, plan.total);
+    assert!(!resumed.moves.is_empty());
+    assert!(
+        resumed.moves.iter().any(|m| m.started),
+        "moves in flight stay in flight"
+    );
+    let finished = drive(&controller, 2).await;
+    assert_eq!(finished.done + finished.rolled_back, plan.total);
+    let (replicas, _) = counts(&controller);
+    assert!(within_one(&replicas, &[1, 2, 3]), "{replicas:?}");
+}
+
+pub async fn a_cordoned_broker_is_drained_and_gets_no_new_replicas(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 4).await;
+    create(&controller, "t", 8, Some(2)).await;
+    controller.cordon(BTreeSet::from([4])).await.unwrap();
+    let fresh = create(&controller, "fresh", 6, Some(2)).await;
+    assert!(fresh.partitions.iter().all(|p| !p.replicas.contains(&4)));
+    controller.rebalance(false).await.unwrap();
+    drive(&controller, 2).await;
+    let (replicas, leaders) = counts(&controller);
+    assert_eq!(replicas.get(&4), None, "drained: {replicas:?}");
+    assert_eq!(leaders.get(&4), None);
+    assert!(within_one(&replicas, &[1, 2, 3]), "{replicas:?}");
+    drop(controller);
+    let controller = self::controller(stores).await;
+    assert_eq!(controller.cordoned().await.unwrap(), BTreeSet::from([4]));
+}
+
+pub async fn a_move_whose_new_broker_goes_away_is_rolled_back(stores: &impl StoreFactory) {
+    let (controller, _) = cluster(stores, 2).await;
+    create(&controller, "t", 4, Some(2)).await;
+    let session = controller.register_broker(registration(3)).await.unwrap();
+    let before = controller.snapshot().topics["t"].clone();
+    controller.rebalance(false).await.unwrap();
+    // The moves add broker 3 as a replica; then it dies before catching up.
+    assert!(
+        controller.snapshot().topics["t"]
+            .partitions
+            .iter()
+            .any(|p| p.replicas.contains(&3))
+    );
+    controller.end_session(3, session).await.unwrap();
+    let finished = drive(&controller, 2).await;
+    assert!(finished.rolled_back > 0, "{finished:?}");
+    let after = &controller.snapshot().topics["t"];
+    for (p, q) in before.partitions.iter().zip(&after.partitions) {
+        assert_eq!(p.replicas, q.replicas, "back where it was");
+    }
+}
+
+pub async fn a_broker_gone_longer_than_self_healing_allows_has_its_replicas_recreated(
+    stores: &impl StoreFactory,
+) {
+    let config = ControllerConfig {
+        session_timeout: Duration::from_secs(6),
+        self_healing_after: Some(Duration::from_secs(60)),
+        ..ControllerConfig::default()
+    };
+    let controller = Controller::start(0, stores.open().await, config)
+        .await
+        .unwrap();
+    let mut sessions = BTreeMap::new();
+    for id in 1..=4 {
+        sessions.insert(
+            id,
+            controller.register_broker(registration(id)).await.unwrap(),
+        );
+    }
+    create(&controller, "t", 8, Some(3)).await;
+    controller.end_session(4, sessions[&4]).await.unwrap();
+    controller.tick().await.unwrap();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    controller.tick().await.unwrap();
+    assert!(
+        controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty(),
+        "not before selfHealing.after"
+    );
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for id in 1..=3 {
+        controller.heartbeat(id, sessions[&id]).await.unwrap();
+    }
+    controller.tick().await.unwrap();
+    assert!(
+        !controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+    );
+    drive(&controller, 3).await;
+    for p in &controller.snapshot().topics["t"].partitions {
+        assert_eq!(p.replicas.len(), 3, "{p:?}");
+        assert!(!p.replicas.contains(&4), "{p:?}");
+        assert_eq!(p.isr.len(), 3, "back at full replication: {p:?}");
+    }
 }

@@ -334,8 +334,8 @@ async fn run_local_session(
                 }
             }
             _ = expiry.tick() => {
-                if let Err(error) = controller.expire_sessions().await {
-                    tracing::error!(%error, "checking sessions failed");
+                if let Err(error) = controller.tick().await {
+                    tracing::error!(%error, "the controller's periodic work (sessions, rebalance) failed");
                 }
             }
             () = stop.cancelled() => return,

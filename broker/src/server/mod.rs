@@ -510,8 +510,8 @@ pub async fn run_controller(
             let mut ticker = tokio::time::interval(crate::controller::SESSION_CHECK_INTERVAL);
             loop {
                 tokio::select! { _ = ticker.tick() => {}, () = stop.cancelled() => return }
-                if let Err(error) = controller.expire_sessions().await {
-                    tracing::error!(%error, "checking broker sessions failed");
+                if let Err(error) = controller.tick().await {
+                    tracing::error!(%error, "the controller's periodic work (sessions, rebalance) failed");
                 }
             }
         })

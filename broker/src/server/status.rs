@@ -100,6 +100,7 @@ impl From<ControllerError> for Status {
             ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
             ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControllerError::Store(_) => ErrorCode::StorageError,
+            ControllerError::RebalanceInProgress { .. } => ErrorCode::InvalidRequest,
             ControllerError::NoSession(_) | ControllerError::Closed => {
                 ErrorCode::BrokerNotAvailable
             }

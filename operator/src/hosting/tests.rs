@@ -295,3 +295,15 @@ async fn a_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() 
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn durations_read_as_the_spec_writes_them() {
+    use std::time::Duration;
+    assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    for bad in ["", "10", "m", "1x", "1.5h"] {
+        let err = parse_duration(bad).unwrap_err();
+        assert!(err.contains("like 30s"), "{bad}: {err}");
+    }
+}
