@@ -29,6 +29,7 @@
 mod admin;
 mod cluster;
 mod consumer;
+mod controller_admin;
 mod error;
 mod group;
 mod membership;
@@ -45,6 +46,7 @@ pub use admin::{
 };
 pub use cluster::{ClusterView, PartitionView, TopicView, parse_bootstrap};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};
+pub use controller_admin::{BrokerState, ClusterAdmin, ClusterStatus};
 pub use error::{Error, Result};
 pub use offsets::{Found, OffsetQuery};
 pub use partitioner::{murmur2, partition_for_key};

@@ -33,6 +33,20 @@ pub type IsrAnswer = (IsrChange, Result<(), String>, Option<PartitionRecord>);
 #[derive(Debug, Clone)]
 pub struct ClusterHeader(Option<AsciiMetadataValue>);
 
+impl ClusterHeader {
+    /// The header naming `cluster`, or none.
+    pub fn new(cluster: Option<&str>) -> Result<Self, String> {
+        let value = cluster
+            .map(|c| {
+                c.parse::<AsciiMetadataValue>().map_err(|_| {
+                    format!("invalid cluster name '{c}': use letters, digits, '-', '.' and '/'")
+                })
+            })
+            .transpose()?;
+        Ok(Self(value))
+    }
+}
+
 impl Interceptor for ClusterHeader {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(cluster) = &self.0 {
@@ -84,13 +98,7 @@ impl ControllerLink {
     /// The controller at `address`; `cluster` names this broker's cluster to a controller
     /// host that serves several.
     pub fn remote(address: &str, cluster: Option<&str>) -> Result<Self, String> {
-        let cluster = cluster
-            .map(|c| {
-                c.parse::<AsciiMetadataValue>().map_err(|_| {
-                    format!("invalid cluster name '{c}': use letters, digits, '-', '.' and '/'")
-                })
-            })
-            .transpose()?;
+        let header = ClusterHeader::new(cluster)?;
         let channel = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("invalid controller address '{address}': {e}"))?
             .connect_timeout(Duration::from_secs(3))
@@ -99,10 +107,7 @@ impl ControllerLink {
         Ok(Self::Remote {
             address: address.to_string(),
             client: Box::new(
-                proto::controller_client::ControllerClient::with_interceptor(
-                    channel,
-                    ClusterHeader(cluster),
-                ),
+                proto::controller_client::ControllerClient::with_interceptor(channel, header),
             ),
         })
     }

@@ -247,4 +247,36 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
             count,
         }))
     }
+
+    async fn rebalance(
+        &self,
+        request: Request<proto::RebalanceRequest>,
+    ) -> Result<Response<proto::RebalancePlan>, Status> {
+        let controller = self.controller(&request)?;
+        let plan = controller.rebalance(request.into_inner().dry_run).await?;
+        Ok(Response::new(convert::plan_to_proto(&plan)))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        let controller = self.controller(&request)?;
+        let plan = controller.rebalance_status().await?;
+        let cordoned = controller.cordoned().await?;
+        let snapshot = controller.snapshot();
+        Ok(Response::new(convert::cluster_status(
+            &snapshot, &cordoned, &plan,
+        )))
+    }
+
+    async fn cordon(
+        &self,
+        request: Request<proto::CordonRequest>,
+    ) -> Result<Response<proto::CordonResponse>, Status> {
+        let controller = self.controller(&request)?;
+        let brokers = request.into_inner().broker_ids.into_iter().collect();
+        controller.cordon(brokers).await?;
+        Ok(Response::new(proto::CordonResponse {}))
+    }
 }

@@ -1,7 +1,7 @@
 //! Cluster metadata (and the requests that change it) between the engine's types and the
 //! wire; the client uses it too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::TopicPartition;
 use crate::controller::{BrokerInfo, MetadataSnapshot, NewTopic, PartitionRecord, TopicRecord};
@@ -183,6 +183,95 @@ pub fn snapshot_from_proto(m: proto::ClusterMetadata) -> Result<MetadataSnapshot
             .collect(),
         topics,
     })
+}
+
+pub fn plan_to_proto(plan: &crate::controller::Plan) -> proto::RebalancePlan {
+    proto::RebalancePlan {
+        moves: plan
+            .moves
+            .iter()
+            .map(|m| proto::PartitionMove {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                original: m.original.clone(),
+                target: m.target.clone(),
+                started: m.started,
+            })
+            .collect(),
+        total: plan.total as u32,
+        done: plan.done as u32,
+        rolled_back: plan.rolled_back as u32,
+        max_concurrent: plan.max_concurrent as u32,
+    }
+}
+
+pub fn plan_from_proto(plan: proto::RebalancePlan) -> crate::controller::Plan {
+    crate::controller::Plan {
+        moves: plan
+            .moves
+            .into_iter()
+            .map(|m| crate::controller::Move {
+                topic: m.topic,
+                partition: m.partition,
+                original: m.original,
+                target: m.target,
+                started: m.started,
+            })
+            .collect(),
+        total: plan.total as usize,
+        done: plan.done as usize,
+        rolled_back: plan.rolled_back as usize,
+        max_concurrent: plan.max_concurrent as usize,
+    }
+}
+
+/// Every broker the metadata names (in session, cordoned, or holding replicas), with its
+/// replica and leader counts.
+pub fn cluster_status(
+    snapshot: &MetadataSnapshot,
+    cordoned: &BTreeSet<i32>,
+    plan: &crate::controller::Plan,
+) -> proto::ClusterStatusResponse {
+    let mut counts: BTreeMap<i32, (u32, u32)> = snapshot
+        .brokers
+        .keys()
+        .chain(cordoned.iter())
+        .map(|b| (*b, (0, 0)))
+        .collect();
+    let mut partitions = 0;
+    let mut under = 0;
+    for p in snapshot.topics.values().flat_map(|t| &t.partitions) {
+        partitions += 1;
+        if p.isr.len() < p.replicas.len() {
+            under += 1;
+        }
+        for r in &p.replicas {
+            counts.entry(*r).or_default().0 += 1;
+        }
+        if p.leader >= 0 {
+            counts.entry(p.leader).or_default().1 += 1;
+        }
+    }
+    proto::ClusterStatusResponse {
+        brokers: counts
+            .into_iter()
+            .map(|(id, (replicas, leaders))| {
+                let broker = snapshot.brokers.get(&id);
+                proto::BrokerStatus {
+                    id,
+                    address: broker.map(|b| b.address()).unwrap_or_default(),
+                    alive: broker.is_some(),
+                    cordoned: cordoned.contains(&id),
+                    replicas,
+                    leaders,
+                }
+            })
+            .collect(),
+        partitions,
+        under_replicated_partitions: under,
+        rebalance: Some(plan_to_proto(plan)),
+        controller_epoch: snapshot.controller_epoch,
+    }
 }
 
 #[cfg(test)]

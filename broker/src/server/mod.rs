@@ -38,10 +38,11 @@ use crate::proto::broker_server::BrokerServer;
 use crate::proto::group_server::GroupServer;
 use crate::proto::replication_server::ReplicationServer;
 use crate::replication::{ReplicaManager, ReplicationConfig};
-pub use controller_link::ControllerLink;
+pub use controller_link::{ClusterHeader, ControllerLink};
 pub use controller_service::{
     CLUSTER_HEADER, ControllerDirectory, ControllerService, controller_server,
 };
+pub use convert::plan_from_proto;
 pub use data_plane::{
     DEFAULT_FETCH_MAX_BYTES, DEFAULT_PARTITION_MAX_BYTES, DEFAULT_PRODUCE_TIMEOUT, MAX_FETCH_WAIT,
 };

@@ -1,5 +1,6 @@
 //! `tributary`: the command-line tool for Tributary clusters.
 
+mod cluster;
 mod consume;
 mod group;
 mod local;
@@ -52,6 +53,8 @@ enum Command {
     /// Run a cluster on this machine.
     #[command(subcommand)]
     Local(local::LocalCommand),
+    /// Cluster status, rebalancing and cordoning brokers (through the controller).
+    Cluster(cluster::ClusterArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(command) => group::run(&cli.bootstrap, cli.output, command).await,
         Command::Perf(command) => perf::run(&cli.bootstrap, command).await,
         Command::Local(command) => local::run(command).await,
+        Command::Cluster(args) => cluster::run(cli.output, args).await,
     }
 }
 
