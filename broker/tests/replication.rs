@@ -675,3 +675,155 @@ async fn prestop_hands_every_leadership_over_before_it_answers() {
     let ready = blocking(|| common::http_get_blocking(&http, "/readyz"));
     assert_eq!(ready.map(|(code, _)| code), Some(503));
 }
+
+/// The controller's view of the cluster, once `ready` says it is as wanted.
+async fn cluster_status_when(
+    cluster: &LocalCluster,
+    what: &str,
+    ready: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    eventually(what, || async {
+        let admin = ClusterAdmin::connect(&cluster.controller, None)
+            .await
+            .ok()?;
+        let status = admin.status().await.ok()?;
+        ready(&status).then_some(status)
+    })
+    .await
+}
+
+fn counts_within_one(status: &ClusterStatus, brokers: &[i32]) -> bool {
+    let of = |f: fn(&BrokerState) -> u32| {
+        let counts: Vec<u32> = status
+            .brokers
+            .iter()
+            .filter(|b| brokers.contains(&b.id))
+            .map(f)
+            .collect();
+        counts.len() == brokers.len()
+            && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+    };
+    of(|b| b.replicas) && of(|b| b.leaders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn growing_from_three_to_five_brokers_under_acks_all_moves_replicas_and_loses_nothing() {
+    let dir = common::open_tempdir();
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), &["--brokers", "5"], &[]);
+    let admin = ClusterAdmin::connect(&cluster.controller, None)
+        .await
+        .unwrap();
+    // Brokers 3 and 4 take no replicas yet: the topic lives on three brokers.
+    admin.cordon(&[3, 4].into()).await.unwrap();
+    create_topic(&cluster, "growing", 6).await;
+    let load = Load::start(patient_producer(&cluster.bootstrap), "growing");
+    load.wait_for_progress(2_000, "records before the new brokers join")
+        .await;
+
+    admin.cordon(&Default::default()).await.unwrap();
+    let plan = admin.rebalance(false).await.unwrap();
+    assert!(plan.total > 0, "{plan:?}");
+    // The controller dies in the middle of the rebalance; its successor resumes it.
+    let pid = blocking(|| cluster.kill9(Member::Controller));
+    blocking(|| cluster.wait_restarted(Member::Controller, pid));
+    let status = cluster_status_when(&cluster, "the rebalance finishes", |s| {
+        s.rebalance.moves.is_empty()
+            && s.under_replicated_partitions == 0
+            && s.brokers.iter().filter(|b| b.alive).count() == 5
+    })
+    .await;
+    assert_eq!(
+        status.rebalance.done + status.rebalance.rolled_back,
+        plan.total
+    );
+    assert!(
+        counts_within_one(&status, &[0, 1, 2, 3, 4]),
+        "{:?}",
+        status.brokers
+    );
+    load.wait_for_progress(2_000, "records after the rebalance")
+        .await;
+    let outcome = load.finish().await;
+    assert!(verify(&cluster.bootstrap, "growing", &outcome).await > 0);
+    let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
+    for p in describe(&admin, "growing").await {
+        assert_eq!((p.replicas.len(), p.isr.len()), (3, 3), "{p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_two_of_five_brokers_moves_everything_off_them_before_they_stop() {
+    let dir = common::open_tempdir();
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), &["--brokers", "5"], &[]);
+    create_topic(&cluster, "draining", 6).await;
+    let load = Load::start(patient_producer(&cluster.bootstrap), "draining");
+    load.wait_for_progress(2_000, "records before the drain")
+        .await;
+
+    let admin = ClusterAdmin::connect(&cluster.controller, None)
+        .await
+        .unwrap();
+    admin.cordon(&[3, 4].into()).await.unwrap();
+    admin.rebalance(false).await.unwrap();
+    let status = cluster_status_when(&cluster, "brokers 3 and 4 are drained", |s| {
+        s.rebalance.moves.is_empty()
+            && s.under_replicated_partitions == 0
+            && s.brokers
+                .iter()
+                .filter(|b| b.id >= 3)
+                .all(|b| b.replicas == 0 && b.leaders == 0)
+    })
+    .await;
+    assert!(
+        counts_within_one(&status, &[0, 1, 2]),
+        "{:?}",
+        status.brokers
+    );
+    // Drained, they can go: the cluster carries on without them.
+    for id in [3, 4] {
+        blocking(|| cluster.pause(Member::Broker(id)));
+    }
+    load.wait_for_progress(2_000, "records without the drained brokers")
+        .await;
+    let outcome = load.finish().await;
+    for id in [3, 4] {
+        blocking(|| cluster.resume(Member::Broker(id)));
+    }
+    assert!(outcome.failed.is_empty(), "{:?}", &outcome.failed[..1]);
+    verify(&cluster.bootstrap, "draining", &outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_gone_for_good_has_its_replicas_recreated_after_the_self_healing_delay() {
+    let dir = common::open_tempdir();
+    let cluster = LocalCluster::start(
+        &dir.path().join("cluster"),
+        &["--brokers", "4"],
+        &[("TRIBUTARY_SELF_HEALING_AFTER_MS", "2000")],
+    );
+    create_topic(&cluster, "healing", 8).await;
+    let load = Load::start(patient_producer(&cluster.bootstrap), "healing");
+    load.wait_for_progress(2_000, "records before the broker goes")
+        .await;
+    blocking(|| cluster.pause(Member::Broker(3)));
+    let status = cluster_status_when(
+        &cluster,
+        "every partition is back at full replication",
+        |s| {
+            s.rebalance.moves.is_empty()
+                && s.under_replicated_partitions == 0
+                && s.brokers.iter().all(|b| b.id != 3 || b.replicas == 0)
+        },
+    )
+    .await;
+    assert!(status.rebalance.done > 0, "{:?}", status.rebalance);
+    load.wait_for_progress(2_000, "records after healing").await;
+    let outcome = load.finish().await;
+    blocking(|| cluster.resume(Member::Broker(3)));
+    verify(&cluster.bootstrap, "healing", &outcome).await;
+    let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
+    for p in describe(&admin, "healing").await {
+        assert!(!p.replicas.contains(&3), "{p:?}");
+        assert_eq!(p.replicas.len(), 3, "{p:?}");
+    }
+}

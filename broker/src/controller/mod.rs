@@ -177,6 +177,8 @@ struct State {
     cordoned: (BTreeSet<i32>, Option<u64>),
     /// Since when each broker holding replicas has been out of session.
     gone_since: BTreeMap<i32, Instant>,
+    /// Brokers that have registered with this controller since it started.
+    registered: BTreeSet<i32>,
 }
 
 impl State {
@@ -341,6 +343,7 @@ impl<S: MetadataStore> Controller<S> {
             plan,
             cordoned,
             gone_since: BTreeMap::new(),
+            registered: BTreeSet::new(),
         };
         Ok(Self {
             id,
@@ -527,6 +530,7 @@ impl<S: MetadataStore> Controller<S> {
         }
         let session_id = state.next_session;
         state.next_session += 1;
+        state.registered.insert(id);
         state.sessions.insert(
             id,
             Session {
@@ -1088,6 +1092,16 @@ impl<S: MetadataStore> Controller<S> {
 
     async fn advance_locked(&self, state: &mut State) -> Result<(), ControllerError> {
         if state.plan.0.moves.is_empty() {
+            return Ok(());
+        }
+        // Just after a (re)start brokers are still registering: one not back yet is not
+        // gone, so no move is judged (or rolled back) until they have had their chance.
+        if self.started.elapsed() < self.session_timeout()
+            && state
+                .incarnations
+                .keys()
+                .any(|b| !state.registered.contains(b))
+        {
             return Ok(());
         }
         let mut plan = state.plan.0.clone();

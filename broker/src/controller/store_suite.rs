@@ -850,7 +850,15 @@ pub async fn a_restarted_controller_resumes_a_rebalance_where_it_was(stores: &im
         controller.advance_reassignments().await.unwrap();
         plan
     };
-    let (controller, _) = cluster(stores, 3).await;
+    let controller = self::controller(stores).await;
+    // Before the brokers are back, none of them is gone: nothing is rolled back.
+    controller.register_broker(registration(1)).await.unwrap();
+    controller.advance_reassignments().await.unwrap();
+    let waiting = controller.rebalance_status().await.unwrap();
+    assert_eq!((waiting.done, waiting.rolled_back), (0, 0), "{waiting:?}");
+    for id in [2, 3] {
+        controller.register_broker(registration(id)).await.unwrap();
+    }
     let resumed = controller.rebalance_status().await.unwrap();
     assert_eq!(resumed.total, plan.total);
     assert!(!resumed.moves.is_empty());

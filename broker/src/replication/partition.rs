@@ -288,6 +288,20 @@ impl Partition {
             } else {
                 state.followers.clear();
             }
+        } else if role == Role::Leader {
+            // The same leader, other replicas (a reassignment adds or drops them): track
+            // the new ones from their first fetch, forget the dropped ones.
+            let now = Instant::now();
+            let leo = self.log.log_end_offset();
+            state.followers.retain(|r, _| record.replicas.contains(r));
+            for r in record.replicas.iter().filter(|r| **r != self.broker_id) {
+                state.followers.entry(*r).or_insert(FollowerState {
+                    log_end: -1,
+                    last_fetch: now,
+                    leader_end_at_last_fetch: leo,
+                    last_caught_up: now,
+                });
+            }
         }
         if role == Role::Leader {
             self.update_high_watermark(&state);
