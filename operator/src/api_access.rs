@@ -45,7 +45,7 @@ pub const WATCHED_NAMESPACES: &[Access] = &[
     Access {
         group: "apps",
         resource: "statefulsets",
-        verbs: &["list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "patch"],
         why: "apply each Cluster's brokers; watch their rollout",
     },
     Access {

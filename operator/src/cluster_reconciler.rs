@@ -20,6 +20,8 @@ pub use crate::context::{Context, Error, MANAGER};
 use crate::crd::{self, Cluster, ClusterStatus, Topic, condition};
 use crate::hosting::{self, controller_config};
 use crate::resources::{self, config_map::default_replication_factor};
+use crate::scaling;
+use tributary_broker::controller::ControllerError;
 
 /// Why `cluster` cannot be applied as it is, with what to change; `None` when it can.
 pub fn spec_problem(cluster: &Cluster, topics: &[Topic]) -> Option<String> {
@@ -141,21 +143,50 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
-    let owned = resources::owned(&cluster, &ctx.settings);
+    let config = controller_config(&cluster).map_err(Error::Invalid)?;
+    let controller = ctx.controllers.ensure(client, &cluster, config).await?;
+
+    // The broker count: a scale-down drains the brokers that go before they go.
+    let mut owned = resources::owned(&cluster, &ctx.settings);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let running = statefulsets
+        .get_opt(&resources::Names::of(&cluster).statefulset)
+        .await?
+        .and_then(|s| s.spec?.replicas);
+    let plan = controller.rebalance_status().await?;
+    let decision = scaling::decide(
+        cluster.spec.replicas,
+        running,
+        &controller.snapshot(),
+        &plan,
+        cluster.spec.rebalance.auto_on_scale,
+        generation,
+    );
+    controller.cordon(decision.cordon.clone()).await?;
+    if decision.rebalance {
+        match controller.rebalance(false).await {
+            Ok(plan) => {
+                tracing::info!(cluster = %cluster.name_any(), moves = plan.total, "rebalance started")
+            }
+            Err(ControllerError::RebalanceInProgress { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if let Some(spec) = owned.statefulset.spec.as_mut() {
+        spec.replicas = Some(decision.statefulset_replicas);
+    }
+
     apply::<ServiceAccount>(client, &namespace, &owned.service_account).await?;
     apply::<Service>(client, &namespace, &owned.headless_service).await?;
     apply::<Service>(client, &namespace, &owned.client_service).await?;
     apply::<ConfigMap>(client, &namespace, &owned.config_map).await?;
     let statefulset = apply::<StatefulSet>(client, &namespace, &owned.statefulset).await?;
     apply::<PodDisruptionBudget>(client, &namespace, &owned.pod_disruption_budget).await?;
-
-    let config = controller_config(&cluster).map_err(Error::Invalid)?;
-    let controller = ctx.controllers.ensure(client, &cluster, config).await?;
     let snapshot = controller.snapshot();
 
     let sts_status = statefulset.status.unwrap_or_default();
     let ready = sts_status.ready_replicas.unwrap_or(0);
-    let replicas = cluster.spec.replicas;
+    let replicas = decision.statefulset_replicas;
     let rolled_out = ready == replicas
         && sts_status.updated_replicas.unwrap_or(0) == replicas
         && sts_status.observed_generation >= statefulset.metadata.generation;
@@ -201,12 +232,25 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     let brokers = hosting::broker_statuses(&snapshot, replicas);
     let under_replicated = hosting::under_replicated(&snapshot);
     let degraded = degraded_condition(&brokers, replicas, under_replicated, generation);
-    let healthy = degraded.status == "False";
+    let healthy = degraded.status == "False" && decision.rebalancing.status == "False";
+    let (phase, ready_condition) = match &decision.refused {
+        Some(why) => (
+            "Invalid",
+            condition::condition(
+                condition::READY,
+                false,
+                "ScaleDownRefused",
+                why.clone(),
+                generation,
+            ),
+        ),
+        None => (phase, ready_condition),
+    };
     let status = ClusterStatus {
         observed_generation: generation,
         phase: Some(phase.into()),
         ready_replicas: ready,
-        conditions: vec![ready_condition, reconciling, degraded],
+        conditions: vec![ready_condition, reconciling, degraded, decision.rebalancing],
         brokers,
         under_replicated_partitions: under_replicated,
     };

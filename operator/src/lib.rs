@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod run;
+pub mod scaling;
 pub mod topic_reconciler;
 
 #[cfg(test)]

@@ -710,7 +710,7 @@ pub async fn a_stopped_controller_answers_nothing_and_says_why(stores: &impl Sto
 
 /// What leaders do for replicas a move adds: once a new replica has caught up, its leader
 /// proposes it for the ISR. Here every replica in session catches up at once.
-async fn catch_up<S: MetadataStore>(c: &Controller<S>) {
+pub async fn catch_up<S: MetadataStore>(c: &Controller<S>) {
     let snapshot = c.snapshot();
     for topic in snapshot.topics.values() {
         for (i, p) in topic.partitions.iter().enumerate() {

@@ -304,3 +304,129 @@ async fn broker_sessions_show_in_the_status_and_a_missing_broker_degrades_the_cl
         "the transition is recorded as an Event"
     );
 }
+
+fn statefulset_replicas(api: &FakeApi) -> i64 {
+    api.get(STATEFULSET).unwrap()["spec"]["replicas"]
+        .as_i64()
+        .unwrap()
+}
+
+fn condition_of(api: &FakeApi, type_: &str) -> Value {
+    api.get(CLUSTER).unwrap()["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap()
+}
+
+/// A reconciled Cluster of `replicas` brokers, all registered, with a topic of `rf`.
+async fn running_cluster(replicas: i32, rf: u32) -> Operator {
+    use tributary_broker::controller::{BrokerInfo, NewTopic, Registration};
+
+    let operator = Operator::new();
+    operator.api.put(CLUSTER, cluster_json(replicas, Some(1)));
+    operator.reconcile().await.unwrap();
+    let controller = operator.ctx.controllers.get("streams/demo").unwrap();
+    for id in 0..replicas {
+        let registration = Registration {
+            broker: BrokerInfo {
+                id,
+                host: format!("demo-broker-{id}"),
+                port: 9095,
+                rack: None,
+            },
+            incarnation: format!("disk-{id}"),
+        };
+        controller.register_broker(registration).await.unwrap();
+    }
+    let topic = NewTopic {
+        name: "events".into(),
+        partitions: 10,
+        replication_factor: Some(rf),
+        config: Default::default(),
+    };
+    controller.create_topic(topic, false).await.unwrap();
+    operator
+}
+
+fn scale_to(api: &FakeApi, replicas: i32) {
+    let mut cluster = api.get(CLUSTER).unwrap();
+    cluster["spec"]["replicas"] = replicas.into();
+    api.put(CLUSTER, cluster);
+}
+
+#[tokio::test]
+async fn a_scale_down_shrinks_the_statefulset_only_after_the_drain_finished() {
+    let operator = running_cluster(5, 2).await;
+    let api = &operator.api;
+    let controller = operator.ctx.controllers.get("streams/demo").unwrap();
+    scale_to(api, 3);
+    operator.reconcile().await.unwrap();
+    assert_eq!(statefulset_replicas(api), 5, "not before the drain");
+    assert_eq!(controller.cordoned().await.unwrap(), [3, 4].into());
+    let rebalancing = condition_of(api, "Rebalancing");
+    assert_eq!(
+        (
+            rebalancing["status"].as_str(),
+            rebalancing["reason"].as_str()
+        ),
+        (Some("True"), Some("Draining"))
+    );
+
+    // The drain runs; until it is done the StatefulSet keeps its five pods.
+    for _ in 0..100 {
+        if controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+        {
+            break;
+        }
+        tributary_broker::controller::store_suite::catch_up(&controller).await;
+        controller.advance_reassignments().await.unwrap();
+        operator.reconcile().await.unwrap();
+        if !controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+        {
+            assert_eq!(statefulset_replicas(api), 5);
+        }
+    }
+    operator.reconcile().await.unwrap();
+    assert_eq!(statefulset_replicas(api), 3);
+    let snapshot = controller.snapshot();
+    for p in snapshot.topics.values().flat_map(|t| &t.partitions) {
+        assert!(p.replicas.iter().all(|r| *r < 3), "{p:?}");
+        assert_eq!(p.replicas.len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_scale_down_below_a_topics_replication_factor_is_refused() {
+    let operator = running_cluster(3, 3).await;
+    let api = &operator.api;
+    scale_to(api, 2);
+    operator.reconcile().await.unwrap();
+    assert_eq!(
+        statefulset_replicas(api),
+        3,
+        "the StatefulSet is not touched"
+    );
+    let ready = ready_condition(api);
+    assert_eq!(ready["reason"], "ScaleDownRefused");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("topic 'events' keeps 3 replicas")
+            && message.contains("set replicas to 3 or more"),
+        "{message}"
+    );
+    let controller = operator.ctx.controllers.get("streams/demo").unwrap();
+    assert!(controller.cordoned().await.unwrap().is_empty());
+}
