@@ -70,6 +70,13 @@ struct Args {
     /// (self-healing); 0 leaves them until it returns.
     #[arg(long, env = "TRIBUTARY_SELF_HEALING_AFTER_MS", default_value_t = 0)]
     self_healing_after_ms: u64,
+    /// How often leadership goes back to preferred leaders that are in sync again; 0 never.
+    #[arg(
+        long,
+        env = "TRIBUTARY_PREFERRED_LEADER_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    preferred_leader_interval_ms: u64,
     /// Stop (as on SIGTERM) when the parent process, whose id this is, exits; for
     /// supervisors.
     #[arg(long, hide = true, value_name = "PARENT_PID")]
@@ -102,6 +109,8 @@ async fn start(args: Args) -> Result<(), String> {
             max_concurrent_moves: args.max_concurrent_moves as usize,
             self_healing_after: (args.self_healing_after_ms > 0)
                 .then(|| Duration::from_millis(args.self_healing_after_ms)),
+            preferred_leader_interval: (args.preferred_leader_interval_ms > 0)
+                .then(|| Duration::from_millis(args.preferred_leader_interval_ms)),
         },
     };
     let shutdown = async {

@@ -115,6 +115,21 @@ pub(crate) fn elect_if_leaderless(
     }
 }
 
+/// Gives leadership back to the preferred leader (the first replica) when it is in sync
+/// and eligible, so leadership evens out again after brokers return. Returns whether
+/// anything changed.
+pub(crate) fn elect_preferred(p: &mut PartitionRecord, eligible: &dyn Fn(i32) -> bool) -> bool {
+    let Some(&preferred) = p.replicas.first() else {
+        return false;
+    };
+    if p.leader == preferred || !p.isr.contains(&preferred) || !eligible(preferred) {
+        return false;
+    }
+    set_leader(p, Some((preferred, false)));
+    p.partition_epoch += 1;
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

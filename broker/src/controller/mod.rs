@@ -97,6 +97,9 @@ pub struct ControllerConfig {
     /// A broker out of session for this long has its replicas re-created on the others;
     /// None leaves them where they are until it returns.
     pub self_healing_after: Option<Duration>,
+    /// How often leadership goes back to preferred leaders that are in sync (Kafka's
+    /// leader imbalance check); None never.
+    pub preferred_leader_interval: Option<Duration>,
 }
 
 impl Default for ControllerConfig {
@@ -108,6 +111,7 @@ impl Default for ControllerConfig {
             offsets_topic_partitions: 16,
             max_concurrent_moves: 2,
             self_healing_after: None,
+            preferred_leader_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -179,6 +183,8 @@ struct State {
     gone_since: BTreeMap<i32, Instant>,
     /// Brokers that have registered with this controller since it started.
     registered: BTreeSet<i32>,
+    /// When leadership last went back to preferred leaders.
+    last_preferred_election: Instant,
 }
 
 impl State {
@@ -344,6 +350,7 @@ impl<S: MetadataStore> Controller<S> {
             cordoned,
             gone_since: BTreeMap::new(),
             registered: BTreeSet::new(),
+            last_preferred_election: Instant::now(),
         };
         Ok(Self {
             id,
@@ -1169,12 +1176,37 @@ impl<S: MetadataStore> Controller<S> {
         Ok(())
     }
 
+    /// Every `preferred_leader_interval`, and never during a rebalance (which moves
+    /// leadership itself), hands leadership back to preferred leaders that are in sync.
+    async fn elect_preferred_leaders(&self) -> Result<(), ControllerError> {
+        let Some(interval) = self.config.read().preferred_leader_interval else {
+            return Ok(());
+        };
+        let mut state = self.lock().await?;
+        if state.last_preferred_election.elapsed() < interval || !state.plan.0.moves.is_empty() {
+            return Ok(());
+        }
+        state.last_preferred_election = Instant::now();
+        let eligible = state.eligible();
+        let changed = self
+            .change_partitions(&mut state, |_, _, p| {
+                election::elect_preferred(p, &|b| eligible.contains(&b))
+            })
+            .await?;
+        if changed {
+            tracing::info!("leadership handed back to preferred leaders");
+            self.publish(&mut state);
+        }
+        Ok(())
+    }
+
     /// What the host of a controller calls every [`SESSION_CHECK_INTERVAL`]: fences brokers
     /// whose sessions expired, moves the rebalance on, and (with self-healing) starts one
     /// when a broker holding replicas has been gone longer than allowed.
     pub async fn tick(&self) -> Result<(), ControllerError> {
         self.expire_sessions().await?;
         self.advance_reassignments().await?;
+        self.elect_preferred_leaders().await?;
         let Some(after) = self.config.read().self_healing_after else {
             return Ok(());
         };

@@ -50,7 +50,8 @@ macro_rules! metadata_store_suite {
                 a_broker_silent_before_a_controller_stall_is_fenced_when_its_time_is_up,
                 a_restarted_controller_waits_for_known_brokers_before_placing_a_topic,
                 a_topic_placed_after_brokers_never_returned_says_what_to_do,
-                a_broker_gone_longer_than_self_healing_allows_has_its_replicas_recreated
+                a_broker_gone_longer_than_self_healing_allows_has_its_replicas_recreated,
+                leadership_goes_back_to_preferred_leaders_once_they_are_in_sync
             ]
         );
     };
@@ -962,4 +963,40 @@ pub async fn a_broker_gone_longer_than_self_healing_allows_has_its_replicas_recr
         assert!(!p.replicas.contains(&4), "{p:?}");
         assert_eq!(p.isr.len(), 3, "back at full replication: {p:?}");
     }
+}
+
+pub async fn leadership_goes_back_to_preferred_leaders_once_they_are_in_sync(
+    stores: &impl StoreFactory,
+) {
+    let (controller, sessions) = cluster(stores, 3).await;
+    create(&controller, "t", 6, Some(3)).await;
+    let led_by_1: Vec<usize> = (0..6)
+        .filter(|p| partition(&controller, "t", *p).leader == 1)
+        .collect();
+    assert!(!led_by_1.is_empty());
+    controller.end_session(1, sessions[0]).await.unwrap();
+    assert!(
+        led_by_1
+            .iter()
+            .all(|p| partition(&controller, "t", *p).leader != 1)
+    );
+    let session = controller.register_broker(registration(1)).await.unwrap();
+    catch_up(&controller).await;
+    controller.tick().await.unwrap();
+    assert!(
+        led_by_1
+            .iter()
+            .all(|p| partition(&controller, "t", *p).leader != 1),
+        "not before the interval"
+    );
+    tokio::time::advance(Duration::from_secs(301)).await;
+    for (id, s) in [(1, session), (2, sessions[1]), (3, sessions[2])] {
+        controller.heartbeat(id, s).await.unwrap();
+    }
+    controller.tick().await.unwrap();
+    for p in &led_by_1 {
+        assert_eq!(partition(&controller, "t", *p).leader, 1, "partition {p}");
+    }
+    let (_, leaders) = counts(&controller);
+    assert!(within_one(&leaders, &[1, 2, 3]), "{leaders:?}");
 }
