@@ -68,6 +68,15 @@ struct Args {
     /// How long a shutdown waits for leaderships to move and requests in flight.
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     shutdown_timeout_ms: u64,
+    /// Bytes per second this broker fetches for replicas that are catching up (not in
+    /// the ISR: new replicas of a partition being moved, or after a long absence); 0 does
+    /// not limit them. In-sync followers are never throttled.
+    #[arg(
+        long,
+        env = "TRIBUTARY_REPLICATION_THROTTLE_BYTES_PER_SEC",
+        default_value_t = 0
+    )]
+    replication_throttle_bytes_per_sec: u64,
     /// The cluster controller, as HOST:PORT. Without it the broker runs standalone, as its
     /// own single-broker cluster.
     #[arg(long, env = "TRIBUTARY_CONTROLLER")]
@@ -147,6 +156,8 @@ async fn start(args: Args) -> Result<(), String> {
         replication: ReplicationConfig {
             replica_lag_max: Duration::from_millis(args.replica_lag_time_max_ms.max(1)),
             fetch_max_wait: Duration::from_millis(args.replica_fetch_wait_max_ms),
+            catch_up_throttle: (args.replication_throttle_bytes_per_sec > 0)
+                .then_some(args.replication_throttle_bytes_per_sec),
             ..ReplicationConfig::default()
         },
     };

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use super::partition::FetchedFrom;
+use super::throttle::Throttle;
 use super::{Partition, ReplicaError, ReplicationConfig};
 use crate::TopicPartition;
 use crate::controller::BrokerInfo;
@@ -42,12 +43,17 @@ pub(super) struct Fetchers {
     shutdown: CancellationToken,
     by_leader: HashMap<i32, Fetcher>,
     following: HashMap<TopicPartition, (i32, Arc<Partition>)>,
+    /// Shared by every fetcher: the rate of replicas catching up.
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl Fetchers {
     pub fn new(broker_id: i32, config: ReplicationConfig, shutdown: CancellationToken) -> Self {
         Self {
             broker_id,
+            throttle: config
+                .catch_up_throttle
+                .map(|rate| Arc::new(Throttle::new(rate))),
             config,
             shutdown,
             by_leader: HashMap::new(),
@@ -63,6 +69,7 @@ impl Fetchers {
             leader,
             address.clone(),
             self.config.clone(),
+            self.throttle.clone(),
             receiver,
             stop.clone(),
         ));
@@ -186,6 +193,7 @@ async fn run(
     leader: i32,
     address: String,
     config: ReplicationConfig,
+    throttle: Option<Arc<Throttle>>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stop: CancellationToken,
 ) {
@@ -235,13 +243,19 @@ async fn run(
                     let tp = f.partition.topic_partition();
                     let epoch = f.partition.leader_epoch();
                     epochs.insert(tp.clone(), epoch);
+                    let max_bytes = match &throttle {
+                        Some(t) if !f.partition.in_sync(broker_id) => {
+                            t.fetch_limit(config.partition_fetch_max_bytes)
+                        }
+                        _ => config.partition_fetch_max_bytes,
+                    };
                     proto::ReplicaFetchPartition {
                         topic: tp.topic.clone(),
                         partition: tp.partition,
                         fetch_offset: log.log_end_offset(),
                         current_leader_epoch: epoch,
                         last_fetched_epoch: log.latest_epoch().map_or(-1, |e| e.epoch),
-                        max_bytes: config.partition_fetch_max_bytes as u32,
+                        max_bytes: max_bytes as u32,
                         high_watermark: f.partition.high_watermark(),
                     }
                 })
@@ -286,7 +300,17 @@ async fn run(
                     if let (Some(following), Some(&epoch)) =
                         (partitions.get_mut(&tp), epochs.get(&tp))
                     {
+                        let catching_up = !following.partition.in_sync(broker_id);
+                        let bytes = answer.records.len();
                         handle(following, FetchedFrom { leader, epoch }, answer);
+                        if let Some(throttle) = throttle.as_ref().filter(|_| catching_up) {
+                            let wait = throttle.take(bytes);
+                            if !wait.is_zero() {
+                                let until = Instant::now() + wait;
+                                following.paused_until =
+                                    Some(following.paused_until.map_or(until, |p| p.max(until)));
+                            }
+                        }
                     }
                 }
             }

@@ -9,6 +9,7 @@
 
 mod fetcher;
 mod partition;
+mod throttle;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -156,6 +157,9 @@ pub struct ReplicationConfig {
     pub partition_fetch_max_bytes: usize,
     /// How long a follower's fetch waits for new data at the leader.
     pub fetch_max_wait: Duration,
+    /// Bytes per second for replicas catching up (not in the ISR), over all leaders; None
+    /// does not limit them.
+    pub catch_up_throttle: Option<u64>,
 }
 
 impl ReplicationConfig {
@@ -172,6 +176,7 @@ impl Default for ReplicationConfig {
             fetch_max_bytes: 10 * 1024 * 1024,
             partition_fetch_max_bytes: 1024 * 1024,
             fetch_max_wait: Duration::from_millis(500),
+            catch_up_throttle: None,
         }
     }
 }

@@ -560,6 +560,11 @@ impl Partition {
     /// The controller answered the ISR proposal `change`: `committed` is the partition as it
     /// now is. An answer to an older proposal (from before a leadership change) leaves a
     /// newer one pending.
+    /// Whether `broker` is in this partition's ISR, as the metadata last said.
+    pub(super) fn in_sync(&self, broker: i32) -> bool {
+        self.state.read().isr.contains(&broker)
+    }
+
     pub(super) fn isr_answered(&self, change: &IsrChange, committed: Option<&PartitionRecord>) {
         let mut state = self.state.write();
         if state.pending_isr.as_ref() == Some(change) {

@@ -87,6 +87,15 @@ pub fn config_map(cluster: &Cluster, settings: &Settings) -> ConfigMap {
             (SHUTDOWN_TIMEOUT_SECONDS * 1000).to_string(),
         ),
         ("TRIBUTARY_LOG".to_string(), "info".to_string()),
+        (
+            "TRIBUTARY_REPLICATION_THROTTLE_BYTES_PER_SEC".to_string(),
+            cluster
+                .spec
+                .rebalance
+                .throttle_bytes_per_second
+                .unwrap_or(0)
+                .to_string(),
+        ),
     ]);
     if !defaults.is_empty() {
         data.insert("TRIBUTARY_TOPIC_DEFAULTS".into(), defaults.join(","));
