@@ -11,11 +11,11 @@ release_binaries() {
   fi
 }
 
-# Starts `tributary local up` (three brokers) on free ports with its data in
-# $work/cluster, waits until it is ready, and exports TRIBUTARY_BOOTSTRAP. Sets $cluster
-# to its pid; stop_local_cluster stops it.
+# Starts `tributary local up` (three brokers, or as ARGS say) on free ports with its data in
+# $work/cluster, waits until it is ready, and exports TRIBUTARY_BOOTSTRAP and
+# TRIBUTARY_CONTROLLER. Sets $cluster to its pid; stop_local_cluster stops it.
 start_local_cluster() {
-  "$bin/tributary" local up --data-dir "$work/cluster" --port 0 --http-port 0 --controller-port 0 >"$work/out" 2>&1 &
+  "$bin/tributary" local up --data-dir "$work/cluster" --port 0 --http-port 0 --controller-port 0 "$@" >"$work/out" 2>&1 &
   cluster=$!
   for _ in $(seq 1 300); do
     grep -q "^Try:" "$work/out" && break
@@ -24,7 +24,8 @@ start_local_cluster() {
   done
   grep -q "^Try:" "$work/out" || { echo "the local cluster did not start in 30 s:"; cat "$work/out"; exit 1; }
   TRIBUTARY_BOOTSTRAP="$(sed -nE 's/^ *bootstrap: *//p' "$work/out")"
-  export TRIBUTARY_BOOTSTRAP
+  TRIBUTARY_CONTROLLER="$(sed -nE 's/^ *controller:.*grpc ([0-9.:]+).*/\1/p' "$work/out")"
+  export TRIBUTARY_BOOTSTRAP TRIBUTARY_CONTROLLER
 }
 
 stop_local_cluster() {
