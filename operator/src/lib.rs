@@ -6,6 +6,7 @@ pub mod cluster_reconciler;
 pub mod context;
 pub mod crd;
 pub mod hosting;
+pub mod install;
 pub mod kube_store;
 pub mod leader;
 pub mod metrics;

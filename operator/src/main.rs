@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tributary_operator::api_access;
 use tributary_operator::crd::{self, Cluster};
+use tributary_operator::install::{self, Install};
 use tributary_operator::leader::LeaseConfig;
 use tributary_operator::resources::{self, Settings};
 use tributary_operator::run::{self, RunConfig};
@@ -69,21 +69,14 @@ enum Command {
     /// Run the operator: reconcile Clusters and Topics and host their controllers (in a
     /// cluster, or against the cluster of the current kubeconfig context).
     Run(Box<RunArgs>),
-    /// Print the RBAC rules the operator needs, as a Role (or, with --all-namespaces, a
-    /// ClusterRole) for the watched namespaces and a Role for its own namespace.
-    Rbac {
-        #[arg(long, default_value = "tributary-operator")]
-        name: String,
-        /// The operator's own namespace (its Lease and pods).
-        #[arg(long, default_value = "tributary-system")]
-        namespace: String,
-        /// The namespace the operator watches (run --namespace); defaults to its own.
-        #[arg(long, conflicts_with = "all_namespaces")]
-        watch_namespace: Option<String>,
-        /// Grant the watched-namespace rules cluster-wide (run without --namespace).
-        #[arg(long)]
-        all_namespaces: bool,
-    },
+    /// Print the RBAC the operator needs: a Role in the watched namespace (or, with
+    /// --all-namespaces, a ClusterRole) and a Role for its Lease and leader label in its
+    /// own namespace, each with its binding.
+    Rbac(InstallArgs),
+    /// Print everything that runs the operator, for `kubectl apply -f -`: the CRDs, its
+    /// namespace, ServiceAccount, RBAC, a Deployment of two replicas and the controller
+    /// Service.
+    Install(InstallArgs),
     /// Print the CustomResourceDefinitions (Cluster, Topic) as YAML, for `kubectl apply -f -`.
     Crd {
         /// Write one file per CRD into this directory instead (as in the repository's crds/).
@@ -100,6 +93,36 @@ enum Command {
         #[arg(long, env = "TRIBUTARY_CONTROLLER_ADDRESS", default_value = DEFAULT_CONTROLLER_ADDRESS)]
         controller_address: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    /// The operator's own namespace.
+    #[arg(long, default_value = "tributary-system")]
+    namespace: String,
+    /// The namespace the operator watches (run --namespace); defaults to its own.
+    #[arg(long, conflicts_with = "all_namespaces")]
+    watch_namespace: Option<String>,
+    /// Watch every namespace (a ClusterRole).
+    #[arg(long)]
+    all_namespaces: bool,
+    /// The operator image.
+    #[arg(long, default_value_t = install::default_image())]
+    image: String,
+}
+
+impl InstallArgs {
+    fn install(self) -> Install {
+        let watch = match (self.all_namespaces, self.watch_namespace) {
+            (true, _) => None,
+            (false, watched) => Some(watched.unwrap_or_else(|| self.namespace.clone())),
+        };
+        Install {
+            namespace: self.namespace,
+            watch,
+            image: self.image,
+        }
+    }
 }
 
 fn manifests(file: &std::path::Path, settings: &Settings) -> Result<String, String> {
@@ -139,31 +162,10 @@ fn manifests(file: &std::path::Path, settings: &Settings) -> Result<String, Stri
     Ok(out.join("---\n"))
 }
 
-fn rbac(name: &str, namespace: &str, watched: Option<&str>) -> String {
-    let watched = if let Some(watched) = watched {
-        serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": watched},
-            "rules": api_access::rules(api_access::WATCHED_NAMESPACES),
-        })
-    } else {
-        serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": name},
-            "rules": api_access::rules(api_access::WATCHED_NAMESPACES),
-        })
-    };
-    let own = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": format!("{name}-leader-election"), "namespace": namespace},
-        "rules": api_access::rules(api_access::OWN_NAMESPACE),
-    });
-    [watched, own]
+fn to_yaml(objects: &[serde_json::Value]) -> String {
+    objects
         .iter()
-        .map(|o| serde_yaml::to_string(o).expect("RBAC objects serialize"))
+        .map(|o| serde_yaml::to_string(o).expect("objects serialize"))
         .collect::<Vec<_>>()
         .join("---\n")
 }
@@ -225,17 +227,12 @@ fn main() -> ExitCode {
             init_logging(args.log_format);
             tributary_broker::server::run_process("tributary-operator", run_operator(*args))
         }
-        Command::Rbac {
-            name,
-            namespace,
-            watch_namespace,
-            all_namespaces,
-        } => {
-            let watched = match (all_namespaces, watch_namespace) {
-                (true, _) => None,
-                (false, watched) => Some(watched.unwrap_or_else(|| namespace.clone())),
-            };
-            print!("{}", rbac(&name, &namespace, watched.as_deref()));
+        Command::Rbac(args) => {
+            print!("{}", to_yaml(&install::rbac(&args.install())));
+            ExitCode::SUCCESS
+        }
+        Command::Install(args) => {
+            print!("{}", to_yaml(&install::objects(&args.install())));
             ExitCode::SUCCESS
         }
         Command::Crd { write: None } => {
