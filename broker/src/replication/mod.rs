@@ -460,10 +460,11 @@ impl ReplicaManager {
             return Err(ReplicaError::ShuttingDown);
         }
         let partition = self.leader_partition(tp)?;
-        let info = partition.append_as_leader(records, acks == Acks::All, crate::now_ms())?;
+        let (info, epoch) =
+            partition.append_as_leader(records, acks == Acks::All, crate::now_ms())?;
         if acks == Acks::All && info.last_offset >= 0 {
             tokio::select! {
-                result = partition.wait_for_replication(info.last_offset + 1, timeout) => result?,
+                result = partition.wait_for_replication(info.last_offset + 1, timeout, epoch) => result?,
                 () = self.shutdown.cancelled() => return Err(ReplicaError::ShuttingDown),
             }
         }

@@ -97,6 +97,9 @@ pub struct Partition {
     high_watermark: watch::Sender<i64>,
     /// Every append wakes followers long-polling for data.
     log_end: watch::Sender<i64>,
+    /// The leader epoch this replica leads at, or -1: acks=all producers waiting here stop
+    /// waiting when it changes, since a leader that moved on cannot vouch for them.
+    leading: watch::Sender<i32>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -159,6 +162,7 @@ impl Partition {
             }),
             high_watermark: watch::Sender::new(hw),
             log_end: watch::Sender::new(leo),
+            leading: watch::Sender::new(-1),
             log,
         }
     }
@@ -264,6 +268,11 @@ impl Partition {
         if new_epoch {
             state.leader_epoch = record.leader_epoch;
             state.role = role;
+            self.leading.send_replace(if role == Role::Leader {
+                record.leader_epoch
+            } else {
+                -1
+            });
             if role == Role::Leader {
                 self.log.begin_leader_epoch(record.leader_epoch)?;
                 let now = Instant::now();
@@ -317,6 +326,7 @@ impl Partition {
         state.leader_epoch = -1;
         state.pending_isr = None;
         state.followers.clear();
+        self.leading.send_replace(-1);
     }
 
     /// The high watermark: the smallest log end over the (maximal) ISR. It only moves
@@ -342,7 +352,7 @@ impl Partition {
         records: &Bytes,
         require_min_isr: bool,
         now_ms: i64,
-    ) -> Result<AppendInfo, ReplicaError> {
+    ) -> Result<(AppendInfo, i32), ReplicaError> {
         let state = self.state.read();
         if state.role != Role::Leader {
             return Err(ReplicaError::NotLeader {
@@ -362,27 +372,44 @@ impl Partition {
             .append_as_leader(records, state.leader_epoch, now_ms)?;
         self.log_end.send_replace(self.log.log_end_offset());
         self.update_high_watermark(&state);
-        Ok(info)
+        Ok((info, state.leader_epoch))
     }
 
     /// Waits until the high watermark reaches `offset` (every in-sync replica has the
-    /// records below it) or `wait` runs out; then the ISR must still hold at least
+    /// records below it) or `wait` runs out, while this replica still leads at
+    /// `leader_epoch` (the epoch of the append); then the ISR must still hold at least
     /// `min.insync.replicas`.
     pub async fn wait_for_replication(
         &self,
         offset: i64,
         wait: Duration,
+        leader_epoch: i32,
     ) -> Result<(), ReplicaError> {
+        let not_leader = || ReplicaError::NotLeader {
+            tp: self.tp.clone(),
+            leader: None,
+        };
         let mut hw = self.subscribe();
-        match tokio::time::timeout(wait, hw.wait_for(|&hw| hw >= offset)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return Err(ReplicaError::ShuttingDown),
-            Err(_) => {
-                return Err(ReplicaError::Timeout {
-                    tp: self.tp.clone(),
-                    waited: wait,
-                });
-            }
+        let mut leading = self.leading.subscribe();
+        let replicated = tokio::time::timeout(wait, hw.wait_for(|&hw| hw >= offset));
+        tokio::select! {
+            result = replicated => match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(ReplicaError::ShuttingDown),
+                Err(_) => {
+                    return Err(ReplicaError::Timeout {
+                        tp: self.tp.clone(),
+                        waited: wait,
+                    });
+                }
+            },
+            // Leadership moved (or the replica went): the records may be truncated by the
+            // next leader, so they are not acknowledged here. The producer retries there.
+            _ = leading.wait_for(|&epoch| epoch != leader_epoch) => return Err(not_leader()),
+        }
+        // Reached as leader at the epoch of the append, or not at all.
+        if *self.leading.borrow() != leader_epoch {
+            return Err(not_leader());
         }
         let state = self.state.read();
         if (state.isr.len() as u32) < state.min_insync_replicas {
@@ -714,5 +741,42 @@ mod tests {
 
         partition.isr_answered(&second[0], Some(&record(2, 3, &[1, 2])));
         assert_eq!(partition.status().isr, vec![1, 2]);
+    }
+
+    fn batch() -> Bytes {
+        let mut builder = crate::record::BatchBuilder::new(crate::record::Compression::None, 64);
+        builder.append(0, None, Some(b"v"), &[]);
+        builder.build().expect("a batch")
+    }
+
+    #[tokio::test]
+    async fn an_acks_all_wait_ends_unacknowledged_when_leadership_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = Arc::new(leader_of(dir.path()));
+        let config = TopicConfig::default();
+        partition.apply(&record(1, 1, &[1, 2]), &config).unwrap();
+        let (info, epoch) = partition.append_as_leader(&batch(), true, 0).unwrap();
+        let waiting = tokio::spawn({
+            let partition = partition.clone();
+            async move {
+                partition
+                    .wait_for_replication(info.last_offset + 1, Duration::from_secs(30), epoch)
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "broker 2 has not fetched it");
+        // Broker 2 leads now; this replica follows and might lose the record.
+        let mut moved = record(2, 2, &[1, 2]);
+        moved.leader = 2;
+        partition.apply(&moved, &config).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait ends at once, not at its timeout")
+            .unwrap();
+        assert!(
+            matches!(result, Err(ReplicaError::NotLeader { .. })),
+            "{result:?}"
+        );
     }
 }
