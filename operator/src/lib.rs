@@ -17,3 +17,5 @@ pub mod topic_reconciler;
 
 #[cfg(test)]
 mod fake_api;
+#[cfg(test)]
+mod test_support;

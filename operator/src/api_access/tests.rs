@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tributary_broker::controller::{BrokerInfo, ControllerConfig, Registration};
+use tributary_broker::controller::ControllerConfig;
 
 use super::*;
 use crate::context::Context;
@@ -106,15 +106,7 @@ async fn everything_the_operator_does(api: &FakeApi) {
         .ensure(&ctx.client, &cluster, ControllerConfig::default())
         .await
         .unwrap();
-    let registration = Registration {
-        broker: BrokerInfo {
-            id: 0,
-            host: "demo-broker-0".into(),
-            port: 9095,
-            rack: None,
-        },
-        incarnation: "disk".into(),
-    };
+    let registration = crate::test_support::registration(0, "demo-broker-0", 9095, "disk");
     controller.register_broker(registration).await.unwrap();
     reconcile().await;
     let mut object = api.get(TOPIC).unwrap();

@@ -250,23 +250,18 @@ async fn a_status_write_that_fails_is_an_error_the_controller_retries_and_the_re
 
 #[tokio::test]
 async fn broker_sessions_show_in_the_status_and_a_missing_broker_degrades_the_cluster() {
-    use tributary_broker::controller::{BrokerInfo, Registration};
-
     let operator = Operator::new();
     let api = &operator.api;
     api.put(CLUSTER, cluster_json(3, None));
     operator.reconcile().await.unwrap();
     let controller = operator.ctx.controllers.get("streams/demo").unwrap();
     for id in [0, 1] {
-        let registration = Registration {
-            broker: BrokerInfo {
-                id,
-                host: format!("demo-broker-{id}.demo-brokers.streams.svc"),
-                port: 9095,
-                rack: None,
-            },
-            incarnation: format!("disk-{id}"),
-        };
+        let registration = crate::test_support::registration(
+            id,
+            format!("demo-broker-{id}.demo-brokers.streams.svc"),
+            9095,
+            format!("disk-{id}"),
+        );
         controller.register_broker(registration).await.unwrap();
     }
     operator.reconcile().await.unwrap();
@@ -323,22 +318,19 @@ fn condition_of(api: &FakeApi, type_: &str) -> Value {
 
 /// A reconciled Cluster of `replicas` brokers, all registered, with a topic of `rf`.
 async fn running_cluster(replicas: i32, rf: u32) -> Operator {
-    use tributary_broker::controller::{BrokerInfo, NewTopic, Registration};
+    use tributary_broker::controller::NewTopic;
 
     let operator = Operator::new();
     operator.api.put(CLUSTER, cluster_json(replicas, Some(1)));
     operator.reconcile().await.unwrap();
     let controller = operator.ctx.controllers.get("streams/demo").unwrap();
     for id in 0..replicas {
-        let registration = Registration {
-            broker: BrokerInfo {
-                id,
-                host: format!("demo-broker-{id}"),
-                port: 9095,
-                rack: None,
-            },
-            incarnation: format!("disk-{id}"),
-        };
+        let registration = crate::test_support::registration(
+            id,
+            format!("demo-broker-{id}"),
+            9095,
+            format!("disk-{id}"),
+        );
         controller.register_broker(registration).await.unwrap();
     }
     let topic = NewTopic {

@@ -1,7 +1,7 @@
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tributary_broker::controller::{BrokerInfo, NewTopic, Registration};
+use tributary_broker::controller::{BrokerInfo, NewTopic};
 use tributary_broker::server::{ControllerLink, controller_server};
 
 use super::*;
@@ -47,15 +47,8 @@ async fn brokers_reach_their_own_clusters_controller_by_naming_it() {
             .ensure(&api.client(), &cluster(name), ControllerConfig::default())
             .await
             .unwrap();
-        let registration = Registration {
-            broker: BrokerInfo {
-                id: 0,
-                host: format!("{name}-broker-0"),
-                port: 9095,
-                rack: None,
-            },
-            incarnation: "disk".into(),
-        };
+        let registration =
+            crate::test_support::registration(0, format!("{name}-broker-0"), 9095, "disk");
         controller.register_broker(registration).await.unwrap();
     }
     let address = serve(controllers.clone()).await;

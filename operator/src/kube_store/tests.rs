@@ -1,7 +1,6 @@
 use serde_json::json;
-use tributary_broker::controller::BrokerInfo;
 use tributary_broker::controller::store_suite::StoreFactory;
-use tributary_broker::controller::{Controller, ControllerConfig, NewTopic, Registration};
+use tributary_broker::controller::{Controller, ControllerConfig, NewTopic};
 
 use super::*;
 use crate::fake_api::FakeApi;
@@ -62,15 +61,12 @@ async fn controller(api: &FakeApi) -> Controller<KubeStore> {
         .await
         .unwrap();
     for id in 1..=2 {
-        let registration = Registration {
-            broker: BrokerInfo {
-                id,
-                host: format!("demo-broker-{id}.demo-brokers"),
-                port: 9095,
-                rack: None,
-            },
-            incarnation: format!("disk-{id}"),
-        };
+        let registration = crate::test_support::registration(
+            id,
+            format!("demo-broker-{id}.demo-brokers"),
+            9095,
+            format!("disk-{id}"),
+        );
         controller.register_broker(registration).await.unwrap();
     }
     controller
@@ -194,15 +190,7 @@ async fn a_record_changed_by_another_controller_is_not_overwritten() {
     let mut metadata = api.get(METADATA).unwrap();
     metadata["data"]["brokers.1"] = json!({"incarnation": "someone else's"}).to_string().into();
     api.put(METADATA, metadata);
-    let registration = Registration {
-        broker: BrokerInfo {
-            id: 1,
-            host: "h".into(),
-            port: 1,
-            rack: None,
-        },
-        incarnation: "new-disk".into(),
-    };
+    let registration = crate::test_support::registration(1, "h", 1, "new-disk");
     let err = controller.register_broker(registration).await.unwrap_err();
     assert!(err.to_string().contains("another controller"), "{err}");
 }
@@ -289,15 +277,7 @@ async fn a_controller_of_an_older_epoch_is_fenced_everywhere() {
     // The ConfigMap's entries are fenced the same way.
     let older = controller(&api).await;
     let _newest = controller(&api).await;
-    let registration = Registration {
-        broker: BrokerInfo {
-            id: 7,
-            host: "h".into(),
-            port: 1,
-            rack: None,
-        },
-        incarnation: "disk-7".into(),
-    };
+    let registration = crate::test_support::registration(7, "h", 1, "disk-7");
     let err = older.register_broker(registration).await.unwrap_err();
     assert!(err.to_string().contains("another controller"), "{err}");
     assert_eq!(

@@ -1,5 +1,5 @@
 use serde_json::{Value, json};
-use tributary_broker::controller::{BrokerInfo, ControllerConfig, Registration};
+use tributary_broker::controller::ControllerConfig;
 
 use super::*;
 use crate::fake_api::FakeApi;
@@ -34,15 +34,12 @@ impl Operator {
         let operator = Self { api, ctx };
         let controller = operator.start_controller().await;
         for id in 0..3 {
-            let registration = Registration {
-                broker: BrokerInfo {
-                    id,
-                    host: format!("demo-broker-{id}"),
-                    port: 9095,
-                    rack: None,
-                },
-                incarnation: format!("disk-{id}"),
-            };
+            let registration = crate::test_support::registration(
+                id,
+                format!("demo-broker-{id}"),
+                9095,
+                format!("disk-{id}"),
+            );
             controller.register_broker(registration).await.unwrap();
         }
         operator
