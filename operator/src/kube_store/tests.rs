@@ -72,6 +72,17 @@ async fn controller(api: &FakeApi) -> Controller<KubeStore> {
     controller
 }
 
+/// A controller over `api` that has made topic `orders` of its Topic object.
+async fn controller_with_orders(api: &FakeApi) -> Controller<KubeStore> {
+    apply_topic(api, "orders", "demo");
+    let controller = controller(api).await;
+    controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    controller
+}
+
 fn new_topic(name: &str) -> NewTopic {
     NewTopic {
         name: name.into(),
@@ -141,12 +152,7 @@ async fn a_topic_object_holds_its_record_and_everything_else_is_in_the_configmap
 #[tokio::test]
 async fn a_status_write_that_loses_a_resource_version_race_is_retried_and_lands() {
     let api = FakeApi::new();
-    apply_topic(&api, "orders", "demo");
-    let controller = controller(&api).await;
-    controller
-        .create_topic(new_topic("orders"), false)
-        .await
-        .unwrap();
+    let controller = controller_with_orders(&api).await;
     // Someone else writes the conditions (a new resourceVersion), and the next write is
     // refused once more for good measure.
     let path = format!("{TOPICS}/orders");
@@ -169,12 +175,7 @@ async fn a_status_write_that_loses_a_resource_version_race_is_retried_and_lands(
 #[tokio::test]
 async fn a_record_changed_by_another_controller_is_not_overwritten() {
     let api = FakeApi::new();
-    apply_topic(&api, "orders", "demo");
-    let controller = controller(&api).await;
-    controller
-        .create_topic(new_topic("orders"), false)
-        .await
-        .unwrap();
+    let controller = controller_with_orders(&api).await;
     let path = format!("{TOPICS}/orders");
     let mut object = api.get(&path).unwrap();
     object["status"]["partitions"][0]["leaderEpoch"] = 7.into();
@@ -198,12 +199,7 @@ async fn a_record_changed_by_another_controller_is_not_overwritten() {
 #[tokio::test]
 async fn deleting_a_topic_clears_its_record_and_keeps_the_users_object() {
     let api = FakeApi::new();
-    apply_topic(&api, "orders", "demo");
-    let controller = controller(&api).await;
-    controller
-        .create_topic(new_topic("orders"), false)
-        .await
-        .unwrap();
+    let controller = controller_with_orders(&api).await;
     controller.delete_topic("orders").await.unwrap();
     let object = api.get(&format!("{TOPICS}/orders")).unwrap();
     assert_eq!(object["spec"]["cluster"], "demo");
@@ -294,12 +290,7 @@ async fn a_controller_of_an_older_epoch_is_fenced_everywhere() {
 #[tokio::test]
 async fn a_topic_whose_object_is_gone_is_deleted_and_a_lost_configmap_keeps_the_epoch() {
     let api = FakeApi::new();
-    apply_topic(&api, "orders", "demo");
-    let controller = controller(&api).await;
-    controller
-        .create_topic(new_topic("orders"), false)
-        .await
-        .unwrap();
+    let controller = controller_with_orders(&api).await;
     let topics: kube::Api<Topic> = kube::Api::namespaced(api.client(), "streams");
     topics.delete("orders", &Default::default()).await.unwrap();
     controller.delete_topic("orders").await.unwrap();
