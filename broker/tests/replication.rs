@@ -294,9 +294,25 @@ async fn a_paused_follower_leaves_the_isr_after_the_lag_time_and_rejoins_when_it
     .await;
     load.wait_for_progress(500, "acks=all writes go on with two in-sync replicas")
         .await;
+    let leader_http = cluster.brokers[partition.leader as usize].1.clone();
+    let under_replicated = |http: String| {
+        blocking(move || common::http_get_blocking(&http, "/metrics"))
+            .is_some_and(|(_, m)| m.contains("tributary_under_replicated_partitions 1"))
+    };
+    assert!(
+        under_replicated(leader_http.clone()),
+        "the leader reports it"
+    );
     blocking(|| cluster.resume(Member::Broker(follower)));
     let p = fully_in_sync(&admin, "lagging").await.remove(0);
     assert_eq!(p.leader, partition.leader, "the leader never changed");
+    eventually("the leader reports nothing under-replicated", || async {
+        let http = leader_http.clone();
+        blocking(move || common::http_get_blocking(&http, "/metrics"))
+            .filter(|(_, m)| m.contains("tributary_under_replicated_partitions 0"))
+            .map(drop)
+    })
+    .await;
 
     let outcome = load.finish().await;
     assert!(outcome.failed.is_empty(), "{:?}", &outcome.failed[..1]);

@@ -587,6 +587,12 @@ impl Partition {
     /// The controller answered the ISR proposal `change`: `committed` is the partition as it
     /// now is. An answer to an older proposal (from before a leadership change) leaves a
     /// newer one pending.
+    /// Whether fewer replicas are in sync than there are replicas.
+    pub fn is_under_replicated(&self) -> bool {
+        let state = self.state.read();
+        state.isr.len() < state.replicas.len()
+    }
+
     /// Whether `broker` is in this partition's ISR, as the metadata last said.
     pub(super) fn in_sync(&self, broker: i32) -> bool {
         self.state.read().isr.contains(&broker)

@@ -28,6 +28,7 @@ pub struct Metrics {
     high_watermark: IntGaugeVec,
     partitions: IntGauge,
     leaders: IntGauge,
+    under_replicated: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +129,14 @@ impl Metrics {
                 IntGauge::new("leader_partitions", "Partitions this broker leads.")
                     .expect("valid metric"),
             ),
+            under_replicated: register(
+                &registry,
+                IntGauge::new(
+                    "under_replicated_partitions",
+                    "Partitions this broker leads with fewer replicas in sync than replicas.",
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
     }
@@ -167,6 +176,12 @@ impl Metrics {
         self.partitions.set(partitions.len() as i64);
         self.leaders
             .set(partitions.iter().filter(|p| p.is_leader()).count() as i64);
+        self.under_replicated.set(
+            partitions
+                .iter()
+                .filter(|p| p.is_leader() && p.is_under_replicated())
+                .count() as i64,
+        );
         for partition in &partitions {
             let tp = partition.topic_partition();
             let number = tp.partition.to_string();
