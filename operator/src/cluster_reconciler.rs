@@ -230,7 +230,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         )
     };
     let brokers = hosting::broker_statuses(&snapshot, replicas);
-    let under_replicated = hosting::under_replicated(&snapshot);
+    let under_replicated = snapshot.under_replicated() as i32;
     let degraded = degraded_condition(&brokers, replicas, under_replicated, generation);
     let healthy = degraded.status == "False" && decision.rebalancing.status == "False";
     let (phase, ready_condition) = match &decision.refused {

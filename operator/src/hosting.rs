@@ -261,43 +261,25 @@ impl ControllerDirectory for Controllers {
 /// Each broker of a cluster of `replicas` brokers (ids 0..replicas) as the controller sees
 /// it, with brokers it knows beyond those (being removed) after them.
 pub fn broker_statuses(snapshot: &MetadataSnapshot, replicas: i32) -> Vec<BrokerStatus> {
-    let mut counts: BTreeMap<i32, (i32, i32)> = BTreeMap::new();
-    for p in snapshot.topics.values().flat_map(|t| &t.partitions) {
-        for r in &p.replicas {
-            counts.entry(*r).or_default().0 += 1;
-        }
-        if p.leader >= 0 {
-            counts.entry(p.leader).or_default().1 += 1;
-        }
-    }
+    let load = snapshot.load();
     let mut ids: Vec<i32> = (0..replicas.max(0)).collect();
     ids.extend(snapshot.brokers.keys().filter(|id| **id >= replicas));
-    ids.extend(counts.keys().filter(|id| **id >= replicas));
+    ids.extend(load.keys().filter(|id| **id >= replicas));
     ids.sort_unstable();
     ids.dedup();
     ids.into_iter()
         .map(|id| {
-            let (replicas, leaders) = counts.get(&id).copied().unwrap_or_default();
+            let (replicas, leaders) = load.get(&id).copied().unwrap_or_default();
             let broker = snapshot.brokers.get(&id);
             BrokerStatus {
                 id,
                 address: broker.map(|b| b.address()).unwrap_or_default(),
                 alive: broker.is_some(),
-                replicas,
-                leaders,
+                replicas: replicas as i32,
+                leaders: leaders as i32,
             }
         })
         .collect()
-}
-
-/// Partitions whose ISR is smaller than their replica set.
-pub fn under_replicated(snapshot: &MetadataSnapshot) -> i32 {
-    snapshot
-        .topics
-        .values()
-        .flat_map(|t| &t.partitions)
-        .filter(|p| p.isr.len() < p.replicas.len())
-        .count() as i32
 }
 
 #[cfg(test)]

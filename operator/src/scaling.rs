@@ -27,15 +27,6 @@ pub struct Decision {
     pub rebalancing: Condition,
 }
 
-fn replicas_on(snapshot: &MetadataSnapshot, broker: i32) -> usize {
-    snapshot
-        .topics
-        .values()
-        .flat_map(|t| &t.partitions)
-        .filter(|p| p.replicas.contains(&broker))
-        .count()
-}
-
 fn progress(plan: &Plan) -> String {
     format!("{} of {} moves done", plan.done, plan.total)
 }
@@ -76,7 +67,7 @@ pub fn decide(
         let holding: Vec<i32> = removing
             .iter()
             .copied()
-            .filter(|b| replicas_on(snapshot, *b) > 0)
+            .filter(|b| snapshot.replicas_on(*b).next().is_some())
             .collect();
         if holding.is_empty() {
             return Decision {
@@ -113,7 +104,7 @@ pub fn decide(
     }
     let wanted: Vec<i32> = (0..desired).collect();
     let all_in = wanted.iter().all(|b| snapshot.brokers.contains_key(b));
-    let empty_broker = wanted.iter().any(|b| replicas_on(snapshot, *b) == 0);
+    let empty_broker = wanted.iter().any(|b| snapshot.replicas_on(*b).next().is_none());
     let has_partitions = snapshot.topics.values().any(|t| !t.partitions.is_empty());
     let rebalance = auto_on_scale && !in_progress && all_in && empty_broker && has_partitions;
     let condition = if in_progress || rebalance {

@@ -74,6 +74,30 @@ impl MetadataSnapshot {
         Some((topic, topic.partitions.get(tp.partition as usize)?))
     }
 
+    /// How many replicas and leaderships each broker holding any has: `(replicas,
+    /// leaders)` by broker id.
+    pub fn load(&self) -> BTreeMap<i32, (u32, u32)> {
+        let mut load: BTreeMap<i32, (u32, u32)> = BTreeMap::new();
+        for p in self.topics.values().flat_map(|t| &t.partitions) {
+            for r in &p.replicas {
+                load.entry(*r).or_default().0 += 1;
+            }
+            if p.leader >= 0 {
+                load.entry(p.leader).or_default().1 += 1;
+            }
+        }
+        load
+    }
+
+    /// Partitions with fewer replicas in sync than replicas.
+    pub fn under_replicated(&self) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.isr.len() < p.replicas.len())
+            .count()
+    }
+
     /// Every partition that has a replica on `broker`.
     pub fn replicas_on(
         &self,

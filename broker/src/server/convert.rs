@@ -1,7 +1,7 @@
 //! Cluster metadata (and the requests that change it) between the engine's types and the
 //! wire; the client uses it too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::TopicPartition;
 use crate::controller::{BrokerInfo, MetadataSnapshot, NewTopic, PartitionRecord, TopicRecord};
@@ -232,26 +232,15 @@ pub fn cluster_status(
     cordoned: &BTreeSet<i32>,
     plan: &crate::controller::Plan,
 ) -> proto::ClusterStatusResponse {
-    let mut counts: BTreeMap<i32, (u32, u32)> = snapshot
-        .brokers
-        .keys()
-        .chain(cordoned.iter())
-        .map(|b| (*b, (0, 0)))
-        .collect();
-    let mut partitions = 0;
-    let mut under = 0;
-    for p in snapshot.topics.values().flat_map(|t| &t.partitions) {
-        partitions += 1;
-        if p.isr.len() < p.replicas.len() {
-            under += 1;
-        }
-        for r in &p.replicas {
-            counts.entry(*r).or_default().0 += 1;
-        }
-        if p.leader >= 0 {
-            counts.entry(p.leader).or_default().1 += 1;
-        }
+    let mut counts = snapshot.load();
+    for b in snapshot.brokers.keys().chain(cordoned.iter()) {
+        counts.entry(*b).or_default();
     }
+    let partitions = snapshot
+        .topics
+        .values()
+        .map(|t| t.partitions.len())
+        .sum::<usize>();
     proto::ClusterStatusResponse {
         brokers: counts
             .into_iter()
@@ -267,8 +256,8 @@ pub fn cluster_status(
                 }
             })
             .collect(),
-        partitions,
-        under_replicated_partitions: under,
+        partitions: partitions as u32,
+        under_replicated_partitions: snapshot.under_replicated() as u32,
         rebalance: Some(plan_to_proto(plan)),
         controller_epoch: snapshot.controller_epoch,
     }

@@ -178,7 +178,7 @@ fn broker_status_counts_replicas_and_leaders_and_names_missing_brokers() {
         [(0, true, 3, 3), (1, false, 2, 0), (3, false, 1, 0)]
     );
     assert_eq!(brokers[0].address, "b0:9095");
-    assert_eq!(under_replicated(&snapshot), 2);
+    assert_eq!(snapshot.under_replicated(), 2);
 }
 
 /// A real broker joins the operator's controller for its cluster, a Topic object becomes a
