@@ -104,7 +104,9 @@ pub fn decide(
     }
     let wanted: Vec<i32> = (0..desired).collect();
     let all_in = wanted.iter().all(|b| snapshot.brokers.contains_key(b));
-    let empty_broker = wanted.iter().any(|b| snapshot.replicas_on(*b).next().is_none());
+    let empty_broker = wanted
+        .iter()
+        .any(|b| snapshot.replicas_on(*b).next().is_none());
     let has_partitions = snapshot.topics.values().any(|t| !t.partitions.is_empty());
     let rebalance = auto_on_scale && !in_progress && all_in && empty_broker && has_partitions;
     let condition = if in_progress || rebalance {

@@ -421,6 +421,20 @@ impl<S: MetadataStore> Controller<S> {
         Ok(result?)
     }
 
+    /// Stores `value` under `key` over the version last read or written (None: the key
+    /// must not exist yet), stopping the controller when the store says the metadata
+    /// changed underneath it. Returns the new version.
+    async fn store_put(
+        &self,
+        key: &str,
+        value: &impl serde::Serialize,
+        version: Option<u64>,
+    ) -> Result<u64, ControllerError> {
+        let value = serde_json::to_value(value).map_err(|e| corrupt(key, e))?;
+        let expected = version.map_or(Expected::Absent, Expected::Version);
+        self.check_store(self.store.put(key, value, expected).await)
+    }
+
     /// Receives every published snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<MetadataSnapshot>> {
         self.updates.subscribe()
@@ -474,14 +488,9 @@ impl<S: MetadataStore> Controller<S> {
         }
         for topic in &changed {
             let version = state.topic_versions.get(&topic.name).copied();
-            let value =
-                serde_json::to_value(topic).map_err(|e| corrupt(&topic_key(&topic.name), e))?;
-            let expected = version.map_or(Expected::Absent, Expected::Version);
-            let new_version = self.check_store(
-                self.store
-                    .put(&topic_key(&topic.name), value, expected)
-                    .await,
-            )?;
+            let new_version = self
+                .store_put(&topic_key(&topic.name), topic, version)
+                .await?;
             // Each topic joins the snapshot once stored, so that a failed write of the next
             // leaves the snapshot as the store has it.
             state.topic_versions.insert(topic.name.clone(), new_version);
@@ -510,15 +519,14 @@ impl<S: MetadataStore> Controller<S> {
             .as_ref()
             .is_none_or(|(incarnation, _)| *incarnation != registration.incarnation)
         {
-            let expected = known
-                .as_ref()
-                .map_or(Expected::Absent, |(_, v)| Expected::Version(*v));
             let value = serde_json::json!({ "incarnation": registration.incarnation });
-            let version = self.check_store(
-                self.store
-                    .put(&format!("{BROKER_PREFIX}{id}"), value, expected)
-                    .await,
-            )?;
+            let version = self
+                .store_put(
+                    &format!("{BROKER_PREFIX}{id}"),
+                    &value,
+                    known.as_ref().map(|(_, v)| *v),
+                )
+                .await?;
             state
                 .incarnations
                 .insert(id, (registration.incarnation.clone(), version));
@@ -772,16 +780,13 @@ impl<S: MetadataStore> Controller<S> {
         let mut state = self.lock().await?;
         let (first, version) = state.next_producer_id;
         let next = first + i64::from(PRODUCER_ID_BLOCK);
-        let expected = version.map_or(Expected::Absent, Expected::Version);
-        let version = self.check_store(
-            self.store
-                .put(
-                    PRODUCER_IDS_KEY,
-                    serde_json::json!({ "next": next }),
-                    expected,
-                )
-                .await,
-        )?;
+        let version = self
+            .store_put(
+                PRODUCER_IDS_KEY,
+                &serde_json::json!({ "next": next }),
+                version,
+            )
+            .await?;
         state.next_producer_id = (next, Some(version));
         tracing::debug!(broker, first, "allocated producer ids");
         Ok((first, PRODUCER_ID_BLOCK))
@@ -995,13 +1000,10 @@ impl<S: MetadataStore> Controller<S> {
         state: &mut State,
         record: TopicRecord,
     ) -> Result<u64, ControllerError> {
-        let key = topic_key(&record.name);
-        let value = serde_json::to_value(&record).map_err(|e| corrupt(&key, e))?;
-        let expected = state
-            .topic_versions
-            .get(&record.name)
-            .map_or(Expected::Absent, |v| Expected::Version(*v));
-        let version = self.check_store(self.store.put(&key, value, expected).await)?;
+        let stored = state.topic_versions.get(&record.name).copied();
+        let version = self
+            .store_put(&topic_key(&record.name), &record, stored)
+            .await?;
         state.topic_versions.insert(record.name.clone(), version);
         state.snapshot.topics.insert(record.name.clone(), record);
         Ok(self.publish(state))
@@ -1069,9 +1071,9 @@ impl<S: MetadataStore> Controller<S> {
         if state.cordoned.0 == brokers {
             return Ok(());
         }
-        let expected = state.cordoned.1.map_or(Expected::Absent, Expected::Version);
-        let value = serde_json::to_value(&brokers).map_err(|e| corrupt(CORDONED_KEY, e))?;
-        let version = self.check_store(self.store.put(CORDONED_KEY, value, expected).await)?;
+        let version = self
+            .store_put(CORDONED_KEY, &brokers, state.cordoned.1)
+            .await?;
         tracing::info!(?brokers, "cordoned brokers");
         state.cordoned = (brokers, Some(version));
         Ok(())
@@ -1082,9 +1084,9 @@ impl<S: MetadataStore> Controller<S> {
     }
 
     async fn put_plan(&self, state: &mut State, plan: Plan) -> Result<(), ControllerError> {
-        let expected = state.plan.1.map_or(Expected::Absent, Expected::Version);
-        let value = serde_json::to_value(&plan).map_err(|e| corrupt(REASSIGNMENT_KEY, e))?;
-        let version = self.check_store(self.store.put(REASSIGNMENT_KEY, value, expected).await)?;
+        let version = self
+            .store_put(REASSIGNMENT_KEY, &plan, state.plan.1)
+            .await?;
         state.plan = (plan, Some(version));
         Ok(())
     }
