@@ -9,6 +9,11 @@ use crate::crd::condition;
 use crate::hosting::Controllers;
 use crate::resources::Settings;
 
+/// Whether the API server answered `error` with HTTP status `code` (404, 409, ...).
+pub fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "tributary-operator";
 

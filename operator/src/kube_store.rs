@@ -23,6 +23,7 @@ use tributary_broker::controller::{
     Expected, MetadataStore, PartitionRecord, StoreError, TopicRecord, Versioned,
 };
 
+use crate::context::is_status;
 use crate::crd::{Cluster, PartitionStatus, Topic, TopicStatus};
 use crate::resources::{Names, owned_meta};
 
@@ -125,10 +126,6 @@ fn refusal(refused: Refused, key: &str, expected: Expected, found: Option<&Entry
             KubeStore::conflict(key, expected, found)
         }
     }
-}
-
-fn is_status(error: &kube::Error, code: u16) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == code)
 }
 
 /// A ConfigMap data key for a store key: `/` is not allowed there, `.` is.

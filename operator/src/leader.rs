@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+
+use crate::context::is_status;
 use tokio::time::Instant;
 
 /// The label on the leader's pod, which the controller Service selects: brokers reach
@@ -84,10 +86,6 @@ pub struct LeaseLock {
     /// The Lease's resourceVersion when last seen, and when (on this clock) it was first
     /// seen at that version.
     observed: Option<(String, Instant)>,
-}
-
-fn is_status(error: &kube::Error, code: u16) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == code)
 }
 
 impl LeaseLock {

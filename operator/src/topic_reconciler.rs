@@ -4,12 +4,10 @@
 //! itself writes each partition's replicas, leader and ISR into the status (see
 //! [`crate::kube_store`]); this reconciler writes the conditions.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -34,22 +32,6 @@ fn namespace_of(topic: &Topic) -> Result<String, Error> {
         kind: "Topic",
         name: topic.name_any(),
     })
-}
-
-/// The spec's configuration as the controller takes it.
-fn spec_config(topic: &Topic) -> BTreeMap<String, String> {
-    topic
-        .spec
-        .config
-        .iter()
-        .map(|(key, value)| {
-            let value = match value {
-                IntOrString::Int(n) => n.to_string(),
-                IntOrString::String(s) => s.clone(),
-            };
-            (key.clone(), value)
-        })
-        .collect()
 }
 
 /// Brings the topic in line with its spec, or deletes it when the Topic is being deleted.
@@ -144,7 +126,7 @@ async fn converge(
 ) -> Result<TopicRecord, Refusal> {
     let name = topic.name_any();
     let partitions = topic.spec.partitions.max(1) as u32;
-    let config = spec_config(topic);
+    let config = crd::config_strings(&topic.spec.config);
     let Some(existing) = controller.snapshot().topics.get(&name).cloned() else {
         let new = NewTopic {
             name: name.clone(),

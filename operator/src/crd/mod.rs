@@ -11,6 +11,7 @@ pub use cluster::*;
 pub use topic::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResourceExt;
 
 pub const GROUP: &str = "tributary.dev";
@@ -30,6 +31,23 @@ pub fn all() -> Vec<(String, CustomResourceDefinition)> {
 /// One CRD as YAML, as `tributary-operator crd` prints it and `crds/` holds it.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
     serde_yaml::to_string(crd).expect("a CRD serializes")
+}
+
+/// Topic configuration as the broker takes it: every value a string, as Kafka's are
+/// (manifests may write numbers bare).
+pub fn config_strings(
+    config: &std::collections::BTreeMap<String, IntOrString>,
+) -> std::collections::BTreeMap<String, String> {
+    config
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                IntOrString::Int(n) => n.to_string(),
+                IntOrString::String(s) => s.clone(),
+            };
+            (key.clone(), value)
+        })
+        .collect()
 }
 
 /// A CEL rule that every key of the map at `path` is a topic configuration key.

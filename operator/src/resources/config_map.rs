@@ -1,7 +1,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{
@@ -22,17 +21,7 @@ pub fn default_replication_factor(cluster: &Cluster) -> i32 {
 /// Cluster-wide topic configuration defaults as Kafka keys and values.
 pub fn topic_defaults(cluster: &Cluster) -> BTreeMap<String, String> {
     let config = &cluster.spec.config;
-    let mut defaults: BTreeMap<String, String> = config
-        .topic_defaults
-        .iter()
-        .map(|(key, value)| {
-            let value = match value {
-                IntOrString::Int(n) => n.to_string(),
-                IntOrString::String(s) => s.clone(),
-            };
-            (key.clone(), value)
-        })
-        .collect();
+    let mut defaults = crate::crd::config_strings(&config.topic_defaults);
     let named = [
         (
             "min.insync.replicas",
