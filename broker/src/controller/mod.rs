@@ -1143,11 +1143,9 @@ impl<S: MetadataStore> Controller<S> {
                 *p != before
             })
             .await?;
-        let existing = state.assignment();
-        let before = plan.moves.len();
+        let topics = &state.snapshot.topics;
         plan.moves.retain(|m| {
-            let key = (m.topic.clone(), m.partition);
-            match steps.get(&key) {
+            match steps.get(&(m.topic.clone(), m.partition)) {
                 Some(reassignment::Step::Done) => {
                     plan.done += 1;
                     false
@@ -1158,14 +1156,15 @@ impl<S: MetadataStore> Controller<S> {
                 }
                 // A partition that no longer exists (its topic was deleted) has nothing
                 // left to move.
-                _ => existing.contains_key(&key),
+                _ => topics
+                    .get(&m.topic)
+                    .is_some_and(|t| (m.partition as usize) < t.partitions.len()),
             }
         });
-        let finished = before - plan.moves.len();
         if changed {
             self.publish(state);
         }
-        if finished > 0 || plan != state.plan.0 {
+        if plan != state.plan.0 {
             if plan.moves.is_empty() {
                 tracing::info!(
                     done = plan.done,
