@@ -1,0 +1,345 @@
+//! The operator's examples on a real Kubernetes cluster: the cluster of
+//! examples/cluster.yaml with the topics of examples/topics.yaml, each test in a namespace
+//! of its own. They need the operator installed watching all namespaces (`e2e/kind.sh`
+//! does all of it) and print `skipped: ...` and pass where no cluster is reachable.
+//! Records go in and out through the `tributary` CLI inside a broker pod (see
+//! `tributary_e2e::cli` for why).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use kube::api::DeleteParams;
+use tributary_e2e::access::cluster_or_skip;
+use tributary_e2e::example_cluster::{COMMAND_TIMEOUT, ExampleCluster, produce_args};
+use tributary_e2e::records::{self, check_read_back};
+use tributary_e2e::wait::{self, Check};
+
+/// A killed broker's pod back, in sync, and the cluster settled again.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(420);
+/// Two brokers added (or drained and removed) and the partitions rebalanced.
+const SCALE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A deleted topic gone from the controller and the brokers.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The first topic of examples/topics.yaml.
+fn first_topic(example: &ExampleCluster) -> anyhow::Result<String> {
+    example
+        .topic_names
+        .first()
+        .cloned()
+        .context("examples/topics.yaml has no topic")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_cluster_becomes_ready_and_serves_produce_and_consume() -> anyhow::Result<()> {
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client, "produce-consume").await?;
+    let cluster = example.cluster().await?;
+    let brokers = cluster.status.unwrap_or_default().brokers;
+    ensure!(
+        brokers.len() == 3 && brokers.iter().all(|b| b.alive),
+        "expected brokers 0, 1 and 2 in session, got {}",
+        tributary_e2e::status::brokers(&brokers)
+    );
+    let topic = first_topic(&example)?;
+    let spec = example.topic(&topic).await?.spec;
+    let partitions = example
+        .topic(&topic)
+        .await?
+        .status
+        .unwrap_or_default()
+        .partitions;
+    ensure!(
+        partitions.len() == spec.partitions as usize
+            && partitions
+                .iter()
+                .all(|p| Some(p.replicas.len() as i32) == spec.replication_factor),
+        "the Topic {topic} status does not match its spec: {partitions:?}"
+    );
+
+    let lines = records::keyed_lines("basic", 600);
+    let acked = example.produce_all(0, &topic, &lines).await?;
+    // Keyed records land where Kafka's partitioner puts them, which reaches every partition.
+    for ack in &acked {
+        let expected = records::partition_of(&lines[ack.line], spec.partitions as u32);
+        ensure!(
+            ack.partition == expected,
+            "{:?} went to partition {}, Kafka's partitioner says {expected}",
+            lines[ack.line],
+            ack.partition
+        );
+    }
+    let used: BTreeSet<i32> = acked.iter().map(|a| a.partition).collect();
+    ensure!(
+        used.len() == partitions.len(),
+        "the records reached only partitions {used:?}"
+    );
+    let read = example.consume_all(1, &topic, Some(lines.len())).await?;
+    check_read_back(&lines, &acked, &read).map_err(anyhow::Error::msg)?;
+    example.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_partition_leader_while_producing_with_acks_all_loses_no_acknowledged_record()
+-> anyhow::Result<()> {
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client, "kill-leader").await?;
+    let topic = first_topic(&example)?;
+    let before = example.topic(&topic).await?.status.unwrap_or_default();
+    let partition0 = before
+        .partitions
+        .iter()
+        .find(|p| p.id == 0)
+        .context("partition 0 has no status")?
+        .clone();
+    let victim = partition0.leader;
+    let victim_pod = example.pod(victim);
+    let victim_uid = example.pods.get(&victim_pod).await?.metadata.uid;
+    // The producer runs in another broker's pod, which stays up.
+    let producer_broker = (victim + 1) % 3;
+    println!(
+        "partition 0 is led by broker {victim} (epoch {}); producing from broker {producer_broker}'s pod",
+        partition0.leader_epoch
+    );
+
+    let lines = records::keyed_lines("kill", 3000);
+    let mut producer = example
+        .cli
+        .start(&example.pod(producer_broker), &produce_args(&topic))
+        .await?;
+    let chunks: Vec<&[String]> = lines.chunks(100).collect();
+    let kill_after = chunks.len() / 3;
+    for (i, chunk) in chunks.iter().enumerate() {
+        producer.write(&records::input(chunk)).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if i + 1 == kill_after {
+            println!(
+                "deleting pod {victim_pod} (grace period 0) after {} records",
+                (i + 1) * 100
+            );
+            example
+                .pods
+                .delete(&victim_pod, &DeleteParams::default().grace_period(0))
+                .await
+                .with_context(|| format!("deleting the pod {victim_pod}"))?;
+        }
+    }
+    let output = producer.finish(COMMAND_TIMEOUT).await?;
+    let acked = records::acknowledged(&output.stdout, &output.stderr, lines.len())?;
+    println!(
+        "{} of {} records acknowledged (producer exit code {:?})",
+        acked.len(),
+        lines.len(),
+        output.code
+    );
+    let after_kill = kill_after * 100;
+    ensure!(
+        acked.iter().any(|a| a.line >= after_kill),
+        "no record sent after the leader was killed was acknowledged: {}",
+        output.stderr.trim()
+    );
+
+    example
+        .wait_pod_replaced(&victim_pod, victim_uid, RECOVERY_TIMEOUT)
+        .await?;
+    example
+        .wait_settled("the killed broker to rejoin", RECOVERY_TIMEOUT)
+        .await?;
+    let now = example.wait_topic_ready(&topic).await?;
+    let epoch = now
+        .status
+        .unwrap_or_default()
+        .partitions
+        .iter()
+        .find(|p| p.id == 0)
+        .map_or(-1, |p| p.leader_epoch);
+    ensure!(
+        epoch > partition0.leader_epoch,
+        "partition 0's leader epoch is still {epoch}: its leadership never moved"
+    );
+    let read = example.consume_all(producer_broker, &topic, None).await?;
+    check_read_back(&lines, &acked, &read).map_err(anyhow::Error::msg)?;
+    example.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_three_to_five_to_three_rebalances_and_keeps_the_data() -> anyhow::Result<()> {
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client, "scale").await?;
+    let topic = first_topic(&example)?;
+    let lines = records::keyed_lines("scale", 1000);
+    let acked = example.produce_all(0, &topic, &lines).await?;
+
+    example.set_replicas(5).await?;
+    let grown = example
+        .wait_balanced("scaling to 5 brokers", SCALE_TIMEOUT)
+        .await?;
+    let brokers = grown.status.unwrap_or_default().brokers;
+    println!("5 brokers: {}", tributary_e2e::status::brokers(&brokers));
+    ensure!(
+        brokers.iter().filter(|b| b.id >= 3).all(|b| b.replicas > 0),
+        "the new brokers hold no replicas: {}",
+        tributary_e2e::status::brokers(&brokers)
+    );
+    let read = example.consume_all(0, &topic, Some(lines.len())).await?;
+    check_read_back(&lines, &acked, &read).map_err(anyhow::Error::msg)?;
+
+    example.set_replicas(3).await?;
+    let shrunk = example
+        .wait_balanced("scaling back to 3 brokers", SCALE_TIMEOUT)
+        .await?;
+    println!(
+        "3 brokers: {}",
+        tributary_e2e::status::brokers(&shrunk.status.unwrap_or_default().brokers)
+    );
+    for gone in [3, 4] {
+        let pod = example.pod(gone);
+        wait::until(
+            &format!("the pod {pod} to be removed"),
+            SCALE_TIMEOUT,
+            || async {
+                Ok(match example.pods.get_opt(&pod).await? {
+                    None => Check::Done(()),
+                    Some(_) => Check::Waiting(format!("{pod} still exists")),
+                })
+            },
+        )
+        .await?;
+    }
+    example.wait_topic_ready(&topic).await?;
+    let read = example.consume_all(0, &topic, Some(lines.len())).await?;
+    check_read_back(&lines, &acked, &read).map_err(anyhow::Error::msg)?;
+    example.passed();
+    Ok(())
+}
+
+/// Whether a broker's metrics still show a replica of `topic`: its log gauges are
+/// rendered from the replicas the broker holds, one per partition directory.
+fn holds_replica(metrics: &str, topic: &str) -> bool {
+    let label = format!("topic=\"{topic}\"");
+    metrics.lines().any(|line| {
+        (line.starts_with("tributary_log_size_bytes{")
+            || line.starts_with("tributary_log_end_offset{"))
+            && line.contains(&label)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_topic_deletes_its_data() -> anyhow::Result<()> {
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client.clone(), "delete-topic").await?;
+    let topic = first_topic(&example)?;
+    let lines = records::keyed_lines("delete", 300);
+    example.produce_all(0, &topic, &lines).await?;
+    let old_id = example
+        .topic(&topic)
+        .await?
+        .status
+        .unwrap_or_default()
+        .topic_id;
+
+    example
+        .topics
+        .delete(&topic, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting the Topic {topic}"))?;
+    wait::until(
+        &format!("the Topic {topic} to be gone (its finalizer deletes the topic first)"),
+        DELETE_TIMEOUT,
+        || async {
+            Ok(match example.topics.get_opt(&topic).await? {
+                None => Check::Done(()),
+                Some(t) => Check::Waiting(format!("finalizers {:?}", t.metadata.finalizers)),
+            })
+        },
+    )
+    .await?;
+
+    // The cluster no longer knows the topic.
+    let listed = example
+        .tributary(0, &["topic", "list", "--output", "json"])
+        .await?
+        .expect_success()?;
+    let names: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout)
+        .with_context(|| format!("topic list --output json printed {:?}", listed.stdout))?;
+    ensure!(
+        !names.iter().any(|t| t["name"] == topic.as_str()),
+        "`tributary topic list` still lists {topic}: {}",
+        listed.stdout
+    );
+    let described = example.tributary(0, &["topic", "describe", &topic]).await?;
+    ensure!(
+        !described.success() && described.stderr.contains("unknown topic"),
+        "`tributary topic describe {topic}` should fail with unknown topic, got exit code {:?}: {}{}",
+        described.code,
+        described.stdout,
+        described.stderr
+    );
+
+    // The brokers dropped their replicas. The broker image has no shell (no `ls` through
+    // exec), so this reads each broker's /metrics through the API server's pod proxy:
+    // its per-partition log gauges come from the replicas the broker holds, and a replica
+    // leaves that set when its directory is removed.
+    for broker in 0..3 {
+        let pod = example.pod(broker);
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{pod}:8080/proxy/metrics",
+            example.namespace.name()
+        );
+        wait::until(
+            &format!("broker {broker} to drop its replicas of {topic}"),
+            DELETE_TIMEOUT,
+            || async {
+                let request = http::Request::get(&path).body(Vec::new())?;
+                let metrics = client.request_text(request).await?;
+                Ok(if holds_replica(&metrics, &topic) {
+                    Check::Waiting(format!("{pod}'s /metrics still shows {topic}'s logs"))
+                } else {
+                    Check::Done(())
+                })
+            },
+        )
+        .await?;
+    }
+
+    // Made again, the topic starts empty: nothing of the old data is served.
+    let topics = tributary_e2e::repo_root().join("examples/topics.yaml");
+    tributary_e2e::manifest::apply_file(&client, example.namespace.name(), &topics).await?;
+    let again = example.wait_topic_ready(&topic).await?;
+    let new_id = again.status.unwrap_or_default().topic_id;
+    ensure!(
+        new_id.is_some() && new_id != old_id,
+        "the re-created topic has the old topic id {old_id:?}"
+    );
+    let read = example.consume_all(0, &topic, None).await?;
+    if !read.is_empty() {
+        bail!(
+            "the re-created topic {topic} serves {} old records, the first at partition {} offset {}",
+            read.len(),
+            read[0].partition,
+            read[0].offset
+        );
+    }
+    example.passed();
+    Ok(())
+}
+
+#[test]
+fn replica_metrics_are_told_apart_from_topic_counters() {
+    let metrics = "tributary_bytes_in_total{topic=\"orders\"} 10\n\
+                   tributary_log_size_bytes{partition=\"0\",topic=\"other\"} 0\n";
+    assert!(!holds_replica(metrics, "orders"));
+    let holding = "tributary_log_end_offset{partition=\"2\",topic=\"orders\"} 7\n";
+    assert!(holds_replica(holding, "orders"));
+}
