@@ -725,20 +725,29 @@ fn counts_within_one(status: &ClusterStatus, brokers: &[i32]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn growing_from_three_to_five_brokers_under_acks_all_moves_replicas_and_loses_nothing() {
     let dir = common::open_tempdir();
-    let cluster = LocalCluster::start(&dir.path().join("cluster"), &["--brokers", "5"], &[]);
-    let admin = ClusterAdmin::connect(&cluster.controller, None)
-        .await
-        .unwrap();
-    // Brokers 3 and 4 take no replicas yet: the topic lives on three brokers.
-    admin.cordon(&[3, 4].into()).await.unwrap();
+    let cluster = three_brokers(dir.path(), &[]);
     create_topic(&cluster, "growing", 6).await;
     let load = Load::start(patient_producer(&cluster.bootstrap), "growing");
     load.wait_for_progress(2_000, "records before the new brokers join")
         .await;
 
-    admin.cordon(&Default::default()).await.unwrap();
-    let plan = admin.rebalance(false).await.unwrap();
-    assert!(plan.total > 0, "{plan:?}");
+    // `tributary cluster scale 5`: local up starts brokers 3 and 4, and once they have
+    // registered the controller moves replicas onto them.
+    let admin = ClusterAdmin::connect(&cluster.controller, None)
+        .await
+        .unwrap();
+    let asked = admin.scale(5).await.unwrap();
+    assert_eq!((asked.brokers, asked.run), (5, 5), "{asked:?}");
+    let moving = cluster_status_when(&cluster, "the rebalance onto brokers 3 and 4 starts", |s| {
+        !s.rebalance.moves.is_empty()
+    })
+    .await;
+    let total = moving.rebalance.total;
+    assert!(
+        moving.brokers.iter().filter(|b| b.alive).count() == 5,
+        "{:?}",
+        moving.brokers
+    );
     // The controller dies in the middle of the rebalance; its successor resumes it.
     let pid = blocking(|| cluster.kill9(Member::Controller));
     blocking(|| cluster.wait_restarted(Member::Controller, pid));
@@ -748,15 +757,14 @@ async fn growing_from_three_to_five_brokers_under_acks_all_moves_replicas_and_lo
             && s.brokers.iter().filter(|b| b.alive).count() == 5
     })
     .await;
-    assert_eq!(
-        status.rebalance.done + status.rebalance.rolled_back,
-        plan.total
-    );
+    assert_eq!(status.rebalance.done + status.rebalance.rolled_back, total);
     assert!(
         counts_within_one(&status, &[0, 1, 2, 3, 4]),
         "{:?}",
         status.brokers
     );
+    let scale = status.scale.as_ref().unwrap();
+    assert_eq!((scale.brokers, scale.run), (5, 5), "{scale:?}");
     load.wait_for_progress(2_000, "records after the rebalance")
         .await;
     let outcome = load.finish().await;
@@ -765,10 +773,17 @@ async fn growing_from_three_to_five_brokers_under_acks_all_moves_replicas_and_lo
     for p in describe(&admin, "growing").await {
         assert_eq!((p.replicas.len(), p.isr.len()), (3, 3), "{p:?}");
     }
+    for id in [3, 4] {
+        assert!(
+            cluster.output().contains(&format!("broker {id} started")),
+            "{}",
+            cluster.output()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn draining_two_of_five_brokers_moves_everything_off_them_before_they_stop() {
+async fn shrinking_from_five_to_three_drains_the_two_brokers_before_they_stop() {
     let dir = common::open_tempdir();
     let cluster = LocalCluster::start(&dir.path().join("cluster"), &["--brokers", "5"], &[]);
     create_topic(&cluster, "draining", 6).await;
@@ -776,37 +791,77 @@ async fn draining_two_of_five_brokers_moves_everything_off_them_before_they_stop
     load.wait_for_progress(2_000, "records before the drain")
         .await;
 
-    let admin = ClusterAdmin::connect(&cluster.controller, None)
-        .await
-        .unwrap();
-    admin.cordon(&[3, 4].into()).await.unwrap();
-    admin.rebalance(false).await.unwrap();
-    let status = cluster_status_when(&cluster, "brokers 3 and 4 are drained", |s| {
-        s.rebalance.moves.is_empty()
-            && s.under_replicated_partitions == 0
-            && s.brokers
-                .iter()
-                .filter(|b| b.id >= 3)
-                .all(|b| b.replicas == 0 && b.leaders == 0)
+    // Through the CLI, as a user would: it waits until three brokers run and nothing moves.
+    let controller = cluster.controller.clone();
+    let (code, out, err) = blocking(|| {
+        common::cli(
+            &[
+                "cluster",
+                "scale",
+                "3",
+                "--wait",
+                "--timeout-secs",
+                "120",
+                "--controller",
+                &controller,
+            ],
+            "",
+        )
+    });
+    assert_eq!(code, 0, "{out}\n{err}\n{}", cluster.output());
+    assert!(out.contains("3 brokers run and nothing is moving"), "{out}");
+    let status = cluster_status_when(&cluster, "three brokers, all in sync", |s| {
+        s.under_replicated_partitions == 0 && s.brokers.iter().all(|b| b.id < 3)
     })
     .await;
+    assert_eq!(
+        status.brokers.iter().map(|b| b.id).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "brokers 3 and 4 are gone: {:?}",
+        status.brokers
+    );
     assert!(
         counts_within_one(&status, &[0, 1, 2]),
         "{:?}",
         status.brokers
     );
-    // Drained, they can go: the cluster carries on without them.
     for id in [3, 4] {
-        blocking(|| cluster.pause(Member::Broker(id)));
+        assert_eq!(cluster.pid(Member::Broker(id)), None, "broker {id} stopped");
+        assert!(
+            cluster.output().contains(&format!(
+                "broker {id} stopped (cleanly): it holds no replicas"
+            )),
+            "{}",
+            cluster.output()
+        );
     }
-    load.wait_for_progress(2_000, "records without the drained brokers")
+    // Below the topic's replication factor: refused, and nothing changes.
+    let (code, _, err) =
+        blocking(|| common::cli(&["cluster", "scale", "2", "--controller", &controller], ""));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("topic 'draining' keeps 3 replicas") && err.contains("scale to 3 or more"),
+        "{err}"
+    );
+    let status = cluster_status_when(&cluster, "the status after the refusal", |_| true).await;
+    let scale = status.scale.as_ref().unwrap();
+    assert_eq!((scale.brokers, scale.run), (3, 3), "{scale:?}");
+    assert!(
+        status.brokers.iter().all(|b| !b.cordoned),
+        "{:?}",
+        status.brokers
+    );
+
+    load.wait_for_progress(2_000, "records without the removed brokers")
         .await;
     let outcome = load.finish().await;
-    for id in [3, 4] {
-        blocking(|| cluster.resume(Member::Broker(id)));
-    }
     assert!(outcome.failed.is_empty(), "{:?}", &outcome.failed[..1]);
     verify(&cluster.bootstrap, "draining", &outcome).await;
+    let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
+    for p in describe(&admin, "draining").await {
+        assert_eq!((p.replicas.len(), p.isr.len()), (3, 3), "{p:?}");
+        assert!(p.replicas.iter().all(|r| *r < 3), "{p:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -835,11 +890,28 @@ async fn a_broker_gone_for_good_has_its_replicas_recreated_after_the_self_healin
     assert!(status.rebalance.done > 0, "{:?}", status.rebalance);
     load.wait_for_progress(2_000, "records after healing").await;
     let outcome = load.finish().await;
-    blocking(|| cluster.resume(Member::Broker(3)));
-    verify(&cluster.bootstrap, "healing", &outcome).await;
     let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
     for p in describe(&admin, "healing").await {
         assert!(!p.replicas.contains(&3), "{p:?}");
         assert_eq!(p.replicas.len(), 3, "{p:?}");
+    }
+    // Back, and empty: the balancer evens things out onto it again.
+    blocking(|| cluster.resume(Member::Broker(3)));
+    let status = cluster_status_when(&cluster, "broker 3 holds its share again", |s| {
+        s.rebalance.moves.is_empty()
+            && s.under_replicated_partitions == 0
+            && s.brokers
+                .iter()
+                .any(|b| b.id == 3 && b.alive && b.replicas > 0)
+    })
+    .await;
+    assert!(
+        counts_within_one(&status, &[0, 1, 2, 3]),
+        "{:?}",
+        status.brokers
+    );
+    verify(&cluster.bootstrap, "healing", &outcome).await;
+    for p in describe(&admin, "healing").await {
+        assert_eq!((p.replicas.len(), p.isr.len()), (3, 3), "{p:?}");
     }
 }

@@ -80,6 +80,11 @@ pub fn controller_config(cluster: &Cluster) -> Result<ControllerConfig, String> 
         topic_config,
         max_concurrent_moves: cluster.spec.rebalance.max_concurrent_moves.max(1) as usize,
         self_healing_after,
+        broker_count_set_by: Some(format!(
+            "the Cluster's spec.replicas (kubectl patch clusters.tributary.dev {} -n {} --type merge -p '{{\"spec\":{{\"replicas\":N}}}}')",
+            cluster.name_any(),
+            cluster.namespace().unwrap_or_default()
+        )),
         ..ControllerConfig::default()
     })
 }

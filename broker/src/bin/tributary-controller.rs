@@ -111,6 +111,7 @@ async fn start(args: Args) -> Result<(), String> {
                 .then(|| Duration::from_millis(args.self_healing_after_ms)),
             preferred_leader_interval: (args.preferred_leader_interval_ms > 0)
                 .then(|| Duration::from_millis(args.preferred_leader_interval_ms)),
+            broker_count_set_by: None,
         },
     };
     let shutdown = async {

@@ -1,5 +1,5 @@
 //! [`ClusterAdmin`]: cluster-wide operations the controller answers itself: rebalancing,
-//! cordoning brokers, and the cluster's status.
+//! cordoning brokers, the broker count, and the cluster's status.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,6 +25,30 @@ pub struct BrokerState {
     pub leaders: u32,
 }
 
+/// The broker count asked for with [`ClusterAdmin::scale`], and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScaleState {
+    /// The broker count asked for.
+    pub brokers: u32,
+    /// How many brokers should run now (ids 0 to `run - 1`): the old count until the
+    /// brokers that go are drained.
+    pub run: u32,
+    /// Draining, Drained, Rebalancing, Balanced or ScaleDownRefused.
+    pub phase: String,
+    pub message: String,
+}
+
+impl From<proto::ScaleStatus> for ScaleState {
+    fn from(s: proto::ScaleStatus) -> Self {
+        Self {
+            brokers: s.brokers,
+            run: s.run,
+            phase: s.phase,
+            message: s.message,
+        }
+    }
+}
+
 /// The cluster as its controller sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterStatus {
@@ -34,6 +58,8 @@ pub struct ClusterStatus {
     /// The rebalance in progress: no moves when none.
     pub rebalance: Plan,
     pub controller_epoch: i32,
+    /// The broker count asked for, when one was.
+    pub scale: Option<ScaleState>,
 }
 
 type Client =
@@ -110,7 +136,21 @@ impl ClusterAdmin {
                 .map(crate::server::plan_from_proto)
                 .unwrap_or_default(),
             controller_epoch: status.controller_epoch,
+            scale: status.scale.map(ScaleState::from),
         })
+    }
+
+    /// Asks for `brokers` brokers (ids 0 to `brokers - 1`): a shrink drains the brokers
+    /// that go first; `tributary local up` starts and stops the processes.
+    pub async fn scale(&self, brokers: u32) -> Result<ScaleState> {
+        let status = self
+            .client
+            .clone()
+            .scale(proto::ScaleRequest { brokers })
+            .await
+            .map_err(|s| Error::from_status(s, &self.address))?
+            .into_inner();
+        Ok(status.into())
     }
 
     /// Sets the brokers that take no new replicas; a rebalance then drains them. An empty

@@ -46,7 +46,7 @@ pub use admin::{
 };
 pub use cluster::{ClusterView, PartitionView, TopicView, parse_bootstrap};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};
-pub use controller_admin::{BrokerState, ClusterAdmin, ClusterStatus};
+pub use controller_admin::{BrokerState, ClusterAdmin, ClusterStatus, ScaleState};
 pub use error::{Error, Result};
 pub use offsets::{Found, OffsetQuery};
 pub use partitioner::{murmur2, partition_for_key};

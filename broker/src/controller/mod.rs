@@ -13,6 +13,7 @@ mod election;
 mod metadata;
 mod placement;
 mod reassignment;
+pub mod scaling;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ use crate::config::{ConfigError, TopicConfig};
 use crate::validate_topic_name;
 pub use metadata::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
 pub use reassignment::{Move, Plan};
+pub use scaling::{ScaleDecision, ScalePhase};
 pub use store::{Expected, FileStore, MetadataStore, StoreError, Versioned};
 
 const TOPIC_PREFIX: &str = "topics/";
@@ -37,6 +39,9 @@ const CONTROLLER_KEY: &str = "controller";
 const PRODUCER_IDS_KEY: &str = "producer_ids";
 const REASSIGNMENT_KEY: &str = "reassignment";
 const CORDONED_KEY: &str = "cordoned";
+const BROKER_COUNT_KEY: &str = "broker_count";
+/// How a user asks for a broker count, for the advice when a shrink is refused.
+const SCALE_ADVICE: &str = "scale to";
 /// Producer ids handed to a broker at a time.
 pub const PRODUCER_ID_BLOCK: u32 = 1000;
 /// No topic may have more partitions than this.
@@ -68,6 +73,8 @@ pub enum ControllerError {
         "a rebalance is in progress ({done} of {total} moves done); wait for it to finish (`tributary cluster status` shows it)"
     )]
     RebalanceInProgress { done: usize, total: usize },
+    #[error("{0}")]
+    ScaleRefused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -100,6 +107,9 @@ pub struct ControllerConfig {
     /// How often leadership goes back to preferred leaders that are in sync (Kafka's
     /// leader imbalance check); None never.
     pub preferred_leader_interval: Option<Duration>,
+    /// Where the broker count is set when something other than [`Controller::scale`] sets
+    /// it (a Cluster's `spec.replicas`): `scale` is refused with this advice.
+    pub broker_count_set_by: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -112,6 +122,7 @@ impl Default for ControllerConfig {
             max_concurrent_moves: 2,
             self_healing_after: None,
             preferred_leader_interval: Some(Duration::from_secs(300)),
+            broker_count_set_by: None,
         }
     }
 }
@@ -179,6 +190,9 @@ struct State {
     plan: (Plan, Option<u64>),
     /// Brokers that take no new replicas (being drained), and the store version.
     cordoned: (BTreeSet<i32>, Option<u64>),
+    /// The broker count asked for with [`Controller::scale`] (None: never asked), and the
+    /// store version.
+    broker_count: (Option<i32>, Option<u64>),
     /// Since when each broker holding replicas has been out of session.
     gone_since: BTreeMap<i32, Instant>,
     /// Brokers that have registered with this controller since it started.
@@ -198,6 +212,26 @@ impl State {
                 rack: self.snapshot.brokers.get(&id).and_then(|b| b.rack.clone()),
             })
             .collect()
+    }
+
+    /// How many brokers there are: one more than the highest id in session or holding
+    /// replicas.
+    fn running_brokers(&self) -> i32 {
+        let holding = self.snapshot.load().into_keys();
+        let alive = self.snapshot.brokers.keys().copied();
+        holding.chain(alive).max().map_or(0, |b| b + 1)
+    }
+
+    fn scale_decision(&self, desired: i32) -> ScaleDecision {
+        let running = self.running_brokers();
+        scaling::decide(
+            desired,
+            running,
+            &self.snapshot,
+            &self.plan.0,
+            true,
+            SCALE_ADVICE,
+        )
     }
 
     /// Every partition's replicas.
@@ -315,6 +349,18 @@ impl<S: MetadataStore> Controller<S> {
             ),
             None => (BTreeSet::new(), None),
         };
+        let broker_count = match records.get(BROKER_COUNT_KEY) {
+            Some(r) => (
+                Some(serde_json::from_value(r.value.clone()).map_err(|e| {
+                    corrupt(
+                        BROKER_COUNT_KEY,
+                        format!("the broker count does not parse: {e}"),
+                    )
+                })?),
+                Some(r.version),
+            ),
+            None => (None, None),
+        };
         let previous = records.get(CONTROLLER_KEY);
         let epoch = previous
             .and_then(|r| r.value.get("epoch"))
@@ -348,6 +394,7 @@ impl<S: MetadataStore> Controller<S> {
             last_expiry_check: None,
             plan,
             cordoned,
+            broker_count,
             gone_since: BTreeMap::new(),
             registered: BTreeSet::new(),
             last_preferred_election: Instant::now(),
@@ -1068,6 +1115,14 @@ impl<S: MetadataStore> Controller<S> {
     /// rebalance moves their replicas away (draining them before they are removed).
     pub async fn cordon(&self, brokers: BTreeSet<i32>) -> Result<(), ControllerError> {
         let mut state = self.lock().await?;
+        self.cordon_locked(&mut state, brokers).await
+    }
+
+    async fn cordon_locked(
+        &self,
+        state: &mut State,
+        brokers: BTreeSet<i32>,
+    ) -> Result<(), ControllerError> {
         if state.cordoned.0 == brokers {
             return Ok(());
         }
@@ -1081,6 +1136,79 @@ impl<S: MetadataStore> Controller<S> {
 
     pub async fn cordoned(&self) -> Result<BTreeSet<i32>, ControllerError> {
         Ok(self.lock().await?.cordoned.0.clone())
+    }
+
+    /// Asks for `brokers` brokers, ids 0 to `brokers - 1` (`tributary cluster scale`). A
+    /// shrink cordons the brokers that go and drains them; a growth rebalances once the new
+    /// brokers have registered. Whoever runs the brokers (`tributary local up`) starts and
+    /// stops them as [`Controller::scale_status`] says. Refused, changing nothing, when a
+    /// topic keeps more replicas than `brokers`, or when the broker count is set elsewhere.
+    pub async fn scale(&self, brokers: i32) -> Result<ScaleDecision, ControllerError> {
+        if let Some(set_by) = self.config.read().broker_count_set_by.clone() {
+            return Err(ControllerError::ScaleRefused(format!(
+                "this cluster's broker count is set by {set_by}; change it there"
+            )));
+        }
+        if brokers < 1 {
+            return Err(ControllerError::ScaleRefused(format!(
+                "cannot scale to {brokers} brokers: a cluster needs at least one"
+            )));
+        }
+        let mut state = self.lock().await?;
+        let running = state.running_brokers();
+        if let Some(why) = scaling::refusal(brokers, running, &state.snapshot, SCALE_ADVICE) {
+            return Err(ControllerError::ScaleRefused(why));
+        }
+        if state.broker_count.0 != Some(brokers) {
+            let version = self
+                .store_put(BROKER_COUNT_KEY, &brokers, state.broker_count.1)
+                .await?;
+            tracing::info!(brokers, running, "broker count changed");
+            state.broker_count = (Some(brokers), Some(version));
+        }
+        let decision = self.apply_scale_locked(&mut state).await?;
+        Ok(decision.unwrap_or_else(|| state.scale_decision(brokers)))
+    }
+
+    /// The broker count asked for with [`Controller::scale`] and where it stands; None when
+    /// it was never asked for.
+    pub async fn scale_status(&self) -> Result<Option<(i32, ScaleDecision)>, ControllerError> {
+        let state = self.lock().await?;
+        Ok(state
+            .broker_count
+            .0
+            .map(|desired| (desired, state.scale_decision(desired))))
+    }
+
+    /// Cordons the brokers that go and starts the rebalance that drains them (or fills new
+    /// ones), for the broker count asked for; cordons of brokers that stay are kept.
+    async fn apply_scale_locked(
+        &self,
+        state: &mut State,
+    ) -> Result<Option<ScaleDecision>, ControllerError> {
+        let Some(desired) = state.broker_count.0 else {
+            return Ok(None);
+        };
+        let decision = state.scale_decision(desired);
+        if decision.phase == ScalePhase::ScaleDownRefused || self.still_registering(state) {
+            return Ok(Some(decision));
+        }
+        let cordon: BTreeSet<i32> = state
+            .cordoned
+            .0
+            .iter()
+            .copied()
+            .filter(|b| *b < desired)
+            .chain(decision.cordon.iter().copied())
+            .collect();
+        self.cordon_locked(state, cordon).await?;
+        if decision.rebalance {
+            match self.rebalance_locked(state, false).await {
+                Ok(_) | Err(ControllerError::RebalanceInProgress { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(Some(decision))
     }
 
     async fn put_plan(&self, state: &mut State, plan: Plan) -> Result<(), ControllerError> {
@@ -1099,18 +1227,21 @@ impl<S: MetadataStore> Controller<S> {
         self.advance_locked(&mut state).await
     }
 
-    async fn advance_locked(&self, state: &mut State) -> Result<(), ControllerError> {
-        if state.plan.0.moves.is_empty() {
-            return Ok(());
-        }
-        // Just after a (re)start brokers are still registering: one not back yet is not
-        // gone, so no move is judged (or rolled back) until they have had their chance.
-        if self.started.elapsed() < self.session_timeout()
+    /// Just after a (re)start brokers are still registering: one not back yet is not gone,
+    /// so no move is judged (or rolled back, or started) until they have had their chance.
+    fn still_registering(&self, state: &State) -> bool {
+        self.started.elapsed() < self.session_timeout()
             && state
                 .incarnations
                 .keys()
                 .any(|b| !state.registered.contains(b))
-        {
+    }
+
+    async fn advance_locked(&self, state: &mut State) -> Result<(), ControllerError> {
+        if state.plan.0.moves.is_empty() {
+            return Ok(());
+        }
+        if self.still_registering(state) {
             return Ok(());
         }
         let mut plan = state.plan.0.clone();
@@ -1208,6 +1339,7 @@ impl<S: MetadataStore> Controller<S> {
         self.expire_sessions().await?;
         self.advance_reassignments().await?;
         self.elect_preferred_leaders().await?;
+        self.apply_scale_locked(&mut *self.lock().await?).await?;
         let Some(after) = self.config.read().self_healing_after else {
             return Ok(());
         };

@@ -41,7 +41,8 @@ macro_rules! metadata_store_suite {
                 a_rebalance_onto_new_brokers_moves_replicas_safely_and_evens_the_counts,
                 a_restarted_controller_resumes_a_rebalance_where_it_was,
                 a_cordoned_broker_is_drained_and_gets_no_new_replicas,
-                a_move_whose_new_broker_goes_away_is_rolled_back
+                a_move_whose_new_broker_goes_away_is_rolled_back,
+                the_broker_count_drains_the_brokers_that_go_and_fills_new_ones
             ]
             paused [
                 a_silent_broker_is_fenced_after_the_session_timeout,
@@ -888,6 +889,99 @@ pub async fn a_cordoned_broker_is_drained_and_gets_no_new_replicas(stores: &impl
     drop(controller);
     let controller = self::controller(stores).await;
     assert_eq!(controller.cordoned().await.unwrap(), BTreeSet::from([4]));
+}
+
+pub async fn the_broker_count_drains_the_brokers_that_go_and_fills_new_ones(
+    stores: &impl StoreFactory,
+) {
+    let controller = controller(stores).await;
+    let mut sessions = BTreeMap::new();
+    for id in 0..4 {
+        let session = controller.register_broker(registration(id)).await.unwrap();
+        sessions.insert(id, session);
+    }
+    create(&controller, "t", 8, Some(2)).await;
+    // Below the replication factor: refused, and nothing is stored or cordoned.
+    let err = controller.scale(1).await.unwrap_err();
+    assert!(
+        err.to_string().contains("topic 't' keeps 2 replicas")
+            && err.to_string().contains("scale to 2 or more"),
+        "{err}"
+    );
+    assert!(controller.scale_status().await.unwrap().is_none());
+    assert!(controller.scale(0).await.is_err());
+
+    // Shrinking: the highest ids are cordoned and drained, and may go only when empty.
+    let asked = controller.scale(2).await.unwrap();
+    assert_eq!((asked.run, asked.phase), (4, ScalePhase::Draining));
+    assert_eq!(controller.cordoned().await.unwrap(), BTreeSet::from([2, 3]));
+    assert!(
+        !controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+    );
+    drive(&controller, 2).await;
+    let (replicas, leaders) = counts(&controller);
+    assert!(replicas.keys().all(|b| *b < 2), "{replicas:?}");
+    assert!(leaders.keys().all(|b| *b < 2), "{leaders:?}");
+    let (wanted, drained) = controller.scale_status().await.unwrap().unwrap();
+    assert_eq!(
+        (wanted, drained.run, drained.phase),
+        (2, 2, ScalePhase::Drained)
+    );
+    // They stop; once gone, their cordons go too.
+    for id in [2, 3] {
+        controller.end_session(id, sessions[&id]).await.unwrap();
+    }
+    controller.tick().await.unwrap();
+    assert!(controller.cordoned().await.unwrap().is_empty());
+    let (_, after) = controller.scale_status().await.unwrap().unwrap();
+    assert_eq!((after.run, after.phase), (2, ScalePhase::Balanced));
+
+    // Growing: nothing moves until the new broker has registered, then it is filled.
+    let asked = controller.scale(3).await.unwrap();
+    assert_eq!((asked.run, asked.phase), (3, ScalePhase::WaitingForBrokers));
+    assert!(
+        controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+    );
+    controller.register_broker(registration(2)).await.unwrap();
+    controller.tick().await.unwrap();
+    assert!(
+        !controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+    );
+    drive(&controller, 2).await;
+    let (replicas, _) = counts(&controller);
+    assert!(within_one(&replicas, &[0, 1, 2]), "{replicas:?}");
+
+    // The count asked for survives a restart.
+    drop(controller);
+    let controller = self::controller(stores).await;
+    assert_eq!(controller.scale_status().await.unwrap().unwrap().0, 3);
+    drop(controller);
+    // Where something else sets the broker count (a Cluster's spec.replicas), `scale`
+    // says where.
+    let config = ControllerConfig {
+        broker_count_set_by: Some("the Cluster's spec.replicas".into()),
+        ..ControllerConfig::default()
+    };
+    let elsewhere = Controller::start(0, stores.open().await, config)
+        .await
+        .unwrap();
+    let err = elsewhere.scale(4).await.unwrap_err();
+    assert!(err.to_string().contains("spec.replicas"), "{err}");
 }
 
 pub async fn a_move_whose_new_broker_goes_away_is_rolled_back(stores: &impl StoreFactory) {

@@ -264,10 +264,27 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
         let controller = self.controller(&request)?;
         let plan = controller.rebalance_status().await?;
         let cordoned = controller.cordoned().await?;
+        let scale = controller
+            .scale_status()
+            .await?
+            .map(|(desired, decision)| convert::scale_to_proto(desired, &decision));
         let snapshot = controller.snapshot();
         Ok(Response::new(convert::cluster_status(
-            &snapshot, &cordoned, &plan,
+            &snapshot, &cordoned, &plan, scale,
         )))
+    }
+
+    async fn scale(
+        &self,
+        request: Request<proto::ScaleRequest>,
+    ) -> Result<Response<proto::ScaleStatus>, Status> {
+        let controller = self.controller(&request)?;
+        let brokers = request.into_inner().brokers;
+        let desired = i32::try_from(brokers).map_err(|_| {
+            Status::invalid_argument(format!("cannot scale to {brokers} brokers: too many"))
+        })?;
+        let decision = controller.scale(desired).await?;
+        Ok(Response::new(convert::scale_to_proto(desired, &decision)))
     }
 
     async fn cordon(

@@ -225,12 +225,25 @@ pub fn plan_from_proto(plan: proto::RebalancePlan) -> crate::controller::Plan {
     }
 }
 
+pub fn scale_to_proto(
+    desired: i32,
+    decision: &crate::controller::ScaleDecision,
+) -> proto::ScaleStatus {
+    proto::ScaleStatus {
+        brokers: desired.max(0) as u32,
+        run: decision.run.max(0) as u32,
+        phase: decision.phase.name().to_string(),
+        message: decision.message.clone(),
+    }
+}
+
 /// Every broker the metadata names (in session, cordoned, or holding replicas), with its
 /// replica and leader counts.
 pub fn cluster_status(
     snapshot: &MetadataSnapshot,
     cordoned: &BTreeSet<i32>,
     plan: &crate::controller::Plan,
+    scale: Option<proto::ScaleStatus>,
 ) -> proto::ClusterStatusResponse {
     let mut counts = snapshot.load();
     for b in snapshot.brokers.keys().chain(cordoned.iter()) {
@@ -260,6 +273,7 @@ pub fn cluster_status(
         under_replicated_partitions: snapshot.under_replicated() as u32,
         rebalance: Some(plan_to_proto(plan)),
         controller_epoch: snapshot.controller_epoch,
+        scale,
     }
 }
 

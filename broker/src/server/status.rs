@@ -100,7 +100,9 @@ impl From<ControllerError> for Status {
             ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
             ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControllerError::Store(_) => ErrorCode::StorageError,
-            ControllerError::RebalanceInProgress { .. } => ErrorCode::InvalidRequest,
+            ControllerError::RebalanceInProgress { .. } | ControllerError::ScaleRefused(_) => {
+                ErrorCode::InvalidRequest
+            }
             ControllerError::NoSession(_) | ControllerError::Closed => {
                 ErrorCode::BrokerNotAvailable
             }

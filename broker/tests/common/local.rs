@@ -197,10 +197,21 @@ impl Drop for LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // The children stop with `local up`, but a paused one cannot: kill them all.
-        let members = (0..self.brokers.len() as i32)
-            .map(Member::Broker)
-            .chain([Member::Controller]);
+        // The children stop with `local up`, but a paused one cannot: kill them all,
+        // including brokers started later by `tributary cluster scale`.
+        let brokers = std::fs::read_dir(&self.data_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                entry
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("broker-")?
+                    .parse()
+                    .ok()
+            });
+        let members = brokers.map(Member::Broker).chain([Member::Controller]);
         for member in members {
             if let Some(pid) = self.pid(member) {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();

@@ -416,7 +416,7 @@ async fn a_scale_down_below_a_topics_replication_factor_is_refused() {
     let message = ready["message"].as_str().unwrap();
     assert!(
         message.contains("topic 'events' keeps 3 replicas")
-            && message.contains("set replicas to 3 or more"),
+            && message.contains("set spec.replicas to 3 or more"),
         "{message}"
     );
     let controller = operator.ctx.controllers.get("streams/demo").unwrap();

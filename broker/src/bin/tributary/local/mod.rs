@@ -1,10 +1,12 @@
 //! `tributary local up`: a whole cluster on this machine, in the foreground: the controller
 //! and N `tributary-broker` processes, kept running by a supervisor.
 
+mod follow;
 mod supervisor;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
@@ -12,7 +14,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tributary_broker::client::{Admin, Error as ClientError, ErrorCode, NewTopic};
+use tributary_broker::client::{Admin, ClusterAdmin, Error as ClientError, ErrorCode, NewTopic};
 use tributary_broker::config::TopicConfig;
 use tributary_broker::manifest::{self, Manifest, TopicManifest};
 
@@ -125,10 +127,40 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
         }
     }
 
+    // `tributary cluster scale` asks the controller for another broker count; follow it.
+    let controller = cluster
+        .controller_address
+        .context("the controller has not started")?;
+    let admin = ClusterAdmin::connect(&controller.to_string(), None).await;
+    match &admin {
+        Ok(admin) => {
+            if let Some(note) = cluster.ask_for_brokers(&plan, admin).await {
+                println!("{note}");
+            }
+        }
+        Err(error) => {
+            println!("warning: `tributary cluster scale` will not start or stop brokers: {error}")
+        }
+    }
+    let mut follow = tokio::time::interval(FOLLOW_SCALE_EVERY);
+    follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = signals.next() => break,
             Some(event) = event_rx.recv() => report(event),
+            _ = follow.tick() => {
+                let Ok(admin) = &admin else { continue };
+                tokio::select! {
+                    () = signals.next() => break,
+                    step = cluster.follow_scale(&plan, admin) => match step {
+                        Ok(Some(done)) => println!("{done}"),
+                        Ok(None) => {}
+                        // The controller restarting: it is supervised, ask again later.
+                        Err(error) if is_unreachable(&error) => {}
+                        Err(error) => println!("{error:#}"),
+                    },
+                }
+            }
         }
     }
     let failures = cluster.stop(&mut signals).await;
@@ -141,6 +173,25 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
             failures.join("\n  ")
         )
     }
+}
+
+/// How often `local up` asks the controller how many brokers should run.
+const FOLLOW_SCALE_EVERY: Duration = Duration::from_millis(500);
+
+/// True when the controller could not be reached (it is being restarted).
+fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<ClientError>().is_some_and(|e| {
+            matches!(
+                e,
+                ClientError::Connection { .. }
+                    | ClientError::Broker {
+                        code: ErrorCode::BrokerNotAvailable,
+                        ..
+                    }
+            )
+        })
+    })
 }
 
 /// What stops `local up`: Ctrl-C, SIGTERM, or SIGHUP (its terminal was closed). Listened
@@ -264,6 +315,58 @@ fn program(name: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `--config KEY=VALUE` for each cluster default, for the controller and every broker.
+fn config_args(plan: &Plan) -> Vec<String> {
+    plan.config
+        .iter()
+        .flat_map(|pair| ["--config".to_string(), pair.clone()])
+        .collect()
+}
+
+/// Broker `id`: data in `DIR/broker-<id>/`, ports `--port + id` and `--http-port + id`.
+fn broker_spec(plan: &Plan, id: u32, controller: SocketAddr) -> Spec {
+    let dir = plan.data_dir.join(format!("broker-{id}"));
+    let shift = |base: u16| {
+        if base == 0 {
+            0
+        } else {
+            base.saturating_add(id as u16)
+        }
+    };
+    let mut args = vec![
+        "--id".to_string(),
+        id.to_string(),
+        "--data-dir".to_string(),
+        dir.display().to_string(),
+        "--controller".to_string(),
+        controller.to_string(),
+    ];
+    args.extend(config_args(plan));
+    Spec {
+        name: format!("broker {id}"),
+        program: plan.broker_program.clone(),
+        args,
+        dir,
+        listen: vec![
+            Listen {
+                flag: "--listen",
+                field: "grpc",
+                address: loopback(shift(plan.port)),
+            },
+            Listen {
+                flag: "--http-listen",
+                field: "http",
+                address: loopback(shift(plan.http_port)),
+            },
+        ],
+        ready_field: Some("http"),
+    }
+}
+
 struct Supervised {
     stop: CancellationToken,
     task: JoinHandle<Stopped>,
@@ -272,7 +375,11 @@ struct Supervised {
 /// The supervised processes of a running local cluster.
 struct Processes {
     controller: Option<Supervised>,
+    /// Broker `id` is `brokers[id]`.
     brokers: Vec<Supervised>,
+    controller_address: Option<SocketAddr>,
+    /// When starting a broker for `tributary cluster scale` last failed.
+    start_failed_at: Option<tokio::time::Instant>,
     events: mpsc::UnboundedSender<Event>,
     /// Cancelled to kill every process at once instead of waiting for it to stop.
     kill: CancellationToken,
@@ -283,6 +390,8 @@ impl Processes {
         Self {
             controller: None,
             brokers: Vec::new(),
+            controller_address: None,
+            start_failed_at: None,
             events,
             kill: CancellationToken::new(),
         }
@@ -304,12 +413,6 @@ impl Processes {
     /// Starts the controller, then the brokers, waits until every broker is ready, and
     /// creates the manifests' topics. Returns what to tell the user.
     async fn start(&mut self, plan: &Plan) -> anyhow::Result<String> {
-        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let mut shared = Vec::new();
-        for pair in &plan.config {
-            shared.extend(["--config".to_string(), pair.clone()]);
-        }
-
         let controller_dir = plan.data_dir.join("controller");
         let mut args = vec![
             "--data-dir".to_string(),
@@ -317,7 +420,7 @@ impl Processes {
             "--default-replication-factor".to_string(),
             plan.replication_factor.to_string(),
         ];
-        args.extend(shared.iter().cloned());
+        args.extend(config_args(plan));
         let spec = Spec {
             name: "controller".into(),
             program: plan.controller_program.clone(),
@@ -338,38 +441,10 @@ impl Processes {
             .context("the controller's supervisor stopped")??;
         let controller_address = controller.addresses["grpc"];
 
+        self.controller_address = Some(controller_address);
         let mut pending = Vec::new();
         for id in 0..plan.brokers {
-            let dir = plan.data_dir.join(format!("broker-{id}"));
-            let shift = |base: u16| if base == 0 { 0 } else { base + id as u16 };
-            let mut args = vec![
-                "--id".to_string(),
-                id.to_string(),
-                "--data-dir".to_string(),
-                dir.display().to_string(),
-                "--controller".to_string(),
-                controller_address.to_string(),
-            ];
-            args.extend(shared.iter().cloned());
-            let spec = Spec {
-                name: format!("broker {id}"),
-                program: plan.broker_program.clone(),
-                args,
-                dir,
-                listen: vec![
-                    Listen {
-                        flag: "--listen",
-                        field: "grpc",
-                        address: loopback(shift(plan.port)),
-                    },
-                    Listen {
-                        flag: "--http-listen",
-                        field: "http",
-                        address: loopback(shift(plan.http_port)),
-                    },
-                ],
-                ready_field: Some("http"),
-            };
+            let spec = broker_spec(plan, id, controller_address);
             let paths = (spec.dir.clone(), spec.log_file(), spec.pid_file());
             let (supervised, started) = self.supervise(spec);
             self.brokers.push(supervised);
