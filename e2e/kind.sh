@@ -114,6 +114,8 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 mkdir -p "$logs" "$root/target"
+# Absolute: the tests run in e2e/, and write there.
+logs=$(cd "$logs" && pwd)
 kubeconfig=$root/target/kind-$name.kubeconfig
 export KUBECONFIG=$kubeconfig
 created=0
