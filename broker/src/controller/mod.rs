@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::TopicPartition;
 use crate::config::{ConfigError, TopicConfig};
 use crate::validate_topic_name;
 pub use metadata::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
@@ -193,6 +194,8 @@ struct State {
     /// The broker count asked for with [`Controller::scale`] (None: never asked), and the
     /// store version.
     broker_count: (Option<i32>, Option<u64>),
+    /// The bytes of each replica, as its broker last reported: (broker, partition).
+    replica_sizes: BTreeMap<(i32, TopicPartition), u64>,
     /// Since when each broker holding replicas has been out of session.
     gone_since: BTreeMap<i32, Instant>,
     /// Brokers that have registered with this controller since it started.
@@ -228,10 +231,45 @@ impl State {
             desired,
             running,
             &self.snapshot,
-            &self.plan.0,
+            &self.plan_with_progress(),
             true,
             SCALE_ADVICE,
         )
+    }
+
+    /// The plan with what its new replicas still have to copy: for each one, what its
+    /// partition's leader holds less what it holds already.
+    fn plan_with_progress(&self) -> Plan {
+        let mut plan = self.plan.0.clone();
+        let size = |broker: i32, topic: &str, partition: u32| {
+            let tp = TopicPartition::new(topic, partition);
+            self.replica_sizes.get(&(broker, tp)).copied()
+        };
+        plan.bytes_remaining = plan
+            .moves
+            .iter()
+            .flat_map(|m| {
+                let leader = self
+                    .snapshot
+                    .topics
+                    .get(&m.topic)
+                    .and_then(|t| t.partitions.get(m.partition as usize))
+                    .map_or(-1, |p| p.leader);
+                let full = size(leader, &m.topic, m.partition)
+                    .or_else(|| {
+                        m.original
+                            .iter()
+                            .find_map(|r| size(*r, &m.topic, m.partition))
+                    })
+                    .unwrap_or(0);
+                m.target
+                    .iter()
+                    .filter(|r| !m.original.contains(r))
+                    .map(move |r| full.saturating_sub(size(*r, &m.topic, m.partition).unwrap_or(0)))
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        plan
     }
 
     /// Every partition's replicas.
@@ -395,6 +433,7 @@ impl<S: MetadataStore> Controller<S> {
             plan,
             cordoned,
             broker_count,
+            replica_sizes: BTreeMap::new(),
             gone_since: BTreeMap::new(),
             registered: BTreeSet::new(),
             last_preferred_election: Instant::now(),
@@ -1096,6 +1135,7 @@ impl<S: MetadataStore> Controller<S> {
             done: 0,
             rolled_back: 0,
             max_concurrent: self.config.read().max_concurrent_moves.max(1),
+            bytes_remaining: 0,
         };
         if dry_run || plan.moves.is_empty() {
             return Ok(plan);
@@ -1106,9 +1146,24 @@ impl<S: MetadataStore> Controller<S> {
         Ok(plan)
     }
 
-    /// The rebalance in progress (no moves when none).
+    /// The rebalance in progress (no moves when none), with the bytes it still has to copy.
     pub async fn rebalance_status(&self) -> Result<Plan, ControllerError> {
-        Ok(self.lock().await?.plan.0.clone())
+        Ok(self.lock().await?.plan_with_progress())
+    }
+
+    /// What a broker reported its replicas hold, in bytes (with its heartbeats): how a
+    /// rebalance's bytes remaining are worked out. Kept in memory only.
+    pub async fn report_replica_sizes(
+        &self,
+        broker: i32,
+        sizes: Vec<(TopicPartition, u64)>,
+    ) -> Result<(), ControllerError> {
+        let mut state = self.lock().await?;
+        state.replica_sizes.retain(|(b, _), _| *b != broker);
+        state
+            .replica_sizes
+            .extend(sizes.into_iter().map(|(tp, bytes)| ((broker, tp), bytes)));
+        Ok(())
     }
 
     /// Brokers that take no new replicas: new topics and rebalances leave them out, and a

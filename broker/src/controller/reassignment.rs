@@ -49,6 +49,38 @@ pub struct Plan {
     pub rolled_back: usize,
     /// At most this many moves at once.
     pub max_concurrent: usize,
+    /// What the new replicas of the moves not done yet still have to copy, from the replica
+    /// sizes brokers report; worked out when the plan is asked for, not stored.
+    #[serde(default)]
+    pub bytes_remaining: u64,
+}
+
+impl Plan {
+    /// "3 of 8 moves done, 1.2 GiB to copy".
+    pub fn progress(&self) -> String {
+        format!(
+            "{} of {} moves done, {} to copy",
+            self.done,
+            self.total,
+            human_bytes(self.bytes_remaining)
+        )
+    }
+}
+
+/// Bytes for people: "512 B", "3.4 MiB", "1.2 GiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// What one step did to a partition.
@@ -126,6 +158,13 @@ fn roll_back(p: &mut PartitionRecord, m: &Move, alive: &dyn Fn(i32) -> bool) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(3 * 1024 * 1024 + 400 * 1024), "3.4 MiB");
+        assert_eq!(super::human_bytes(1 << 30), "1.0 GiB");
+    }
+
     use super::*;
 
     fn partition(replicas: &[i32], isr: &[i32], leader: i32) -> PartitionRecord {

@@ -63,10 +63,6 @@ pub struct ScaleDecision {
     pub message: String,
 }
 
-fn progress(plan: &Plan) -> String {
-    format!("{} of {} moves done", plan.done, plan.total)
-}
-
 /// Why going from `running` to `desired` brokers is refused, if it is: a topic keeps more
 /// replicas of every partition than `desired` brokers can hold. `ask` is how the user asks
 /// for a broker count ("set spec.replicas to"), for the advice.
@@ -138,7 +134,7 @@ pub fn decide(
             message: format!(
                 "moving replicas off broker(s) {} before they are removed; {}",
                 holding.join(", "),
-                progress(plan)
+                plan.progress()
             ),
         };
     }
@@ -172,7 +168,7 @@ pub fn decide(
             ScalePhase::Rebalancing,
             format!(
                 "moving replicas to even out the brokers; {}",
-                progress(plan)
+                plan.progress()
             ),
         )
     } else {

@@ -42,7 +42,8 @@ macro_rules! metadata_store_suite {
                 a_restarted_controller_resumes_a_rebalance_where_it_was,
                 a_cordoned_broker_is_drained_and_gets_no_new_replicas,
                 a_move_whose_new_broker_goes_away_is_rolled_back,
-                the_broker_count_drains_the_brokers_that_go_and_fills_new_ones
+                the_broker_count_drains_the_brokers_that_go_and_fills_new_ones,
+                a_rebalance_says_how_many_bytes_its_new_replicas_still_have_to_copy
             ]
             paused [
                 a_silent_broker_is_fenced_after_the_session_timeout,
@@ -982,6 +983,56 @@ pub async fn the_broker_count_drains_the_brokers_that_go_and_fills_new_ones(
         .unwrap();
     let err = elsewhere.scale(4).await.unwrap_err();
     assert!(err.to_string().contains("spec.replicas"), "{err}");
+}
+
+pub async fn a_rebalance_says_how_many_bytes_its_new_replicas_still_have_to_copy(
+    stores: &impl StoreFactory,
+) {
+    let (controller, _) = cluster(stores, 2).await;
+    create(&controller, "t", 2, Some(2)).await;
+    let sizes = |bytes: u64| {
+        vec![
+            (TopicPartition::new("t", 0), bytes),
+            (TopicPartition::new("t", 1), bytes),
+        ]
+    };
+    for broker in [1, 2] {
+        controller
+            .report_replica_sizes(broker, sizes(1000))
+            .await
+            .unwrap();
+    }
+    controller.register_broker(registration(3)).await.unwrap();
+    let plan = controller.rebalance(false).await.unwrap();
+    let new_replicas: usize = plan
+        .moves
+        .iter()
+        .map(|m| m.target.iter().filter(|r| !m.original.contains(r)).count())
+        .sum();
+    assert!(new_replicas > 0, "{plan:?}");
+    let status = controller.rebalance_status().await.unwrap();
+    assert_eq!(status.bytes_remaining, 1000 * new_replicas as u64);
+    assert!(
+        status.progress().contains("to copy"),
+        "{}",
+        status.progress()
+    );
+    // Broker 3 has copied 400 bytes of each partition it takes.
+    controller
+        .report_replica_sizes(3, sizes(400))
+        .await
+        .unwrap();
+    let status = controller.rebalance_status().await.unwrap();
+    assert_eq!(status.bytes_remaining, 600 * new_replicas as u64);
+    controller
+        .report_replica_sizes(3, sizes(1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        controller.rebalance_status().await.unwrap().bytes_remaining,
+        0
+    );
+    assert_eq!(drive(&controller, 2).await.bytes_remaining, 0);
 }
 
 pub async fn a_move_whose_new_broker_goes_away_is_rolled_back(stores: &impl StoreFactory) {

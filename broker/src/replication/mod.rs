@@ -686,6 +686,14 @@ impl ReplicaManager {
         self.checkpoint_logs();
     }
 
+    /// The bytes of every replica this broker holds.
+    pub fn replica_sizes(&self) -> Vec<(TopicPartition, u64)> {
+        self.partitions()
+            .iter()
+            .map(|p| (p.topic_partition().clone(), p.log().size()))
+            .collect()
+    }
+
     /// Partitions this broker leads.
     pub fn leader_count(&self) -> usize {
         self.partitions().iter().filter(|p| p.is_leader()).count()

@@ -332,10 +332,14 @@ async fn run_local_session(
                 changed = true;
             }
             _ = heartbeats.tick() => {
-                if let Some(id) = session
-                    && controller.heartbeat(broker, id).await.is_err()
-                {
-                    session = None;
+                if let Some(id) = session {
+                    let beaten = match controller.heartbeat(broker, id).await {
+                        Ok(()) => controller.report_replica_sizes(broker, replicas.replica_sizes()).await,
+                        Err(error) => Err(error),
+                    };
+                    if beaten.is_err() {
+                        session = None;
+                    }
                 }
             }
             _ = expiry.tick() => {
@@ -388,6 +392,7 @@ async fn run_remote_session(
         tracing::info!(controller = %address, "session with the controller established");
         backoff = Duration::from_millis(100);
         let beats = requests.clone();
+        let sizes = replicas.clone();
         let beating = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(heartbeat);
             loop {
@@ -395,6 +400,7 @@ async fn run_remote_session(
                 let beat = proto::SessionRequest {
                     kind: Some(proto::session_request::Kind::Heartbeat(proto::Heartbeat {
                         broker_id: broker.id,
+                        replica_sizes: convert::replica_sizes_to_proto(sizes.replica_sizes()),
                     })),
                 };
                 if beats.send(beat).await.is_err() {

@@ -122,8 +122,13 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
                         open = tx.send(Ok(session_response(&snapshot))).await.is_ok();
                     }
                     message = inbound.message() => match message {
-                        Ok(Some(proto::SessionRequest { kind: Some(proto::session_request::Kind::Heartbeat(_)) })) => {
-                            if let Err(error) = controller.heartbeat(broker, session).await {
+                        Ok(Some(proto::SessionRequest { kind: Some(proto::session_request::Kind::Heartbeat(beat)) })) => {
+                            let beaten = controller.heartbeat(broker, session).await;
+                            let reported = match beaten {
+                                Ok(()) => controller.report_replica_sizes(broker, convert::replica_sizes_from_proto(beat.replica_sizes)).await,
+                                Err(error) => Err(error),
+                            };
+                            if let Err(error) = reported {
                                 let _ = tx.send(Err(status(ErrorCode::BrokerNotAvailable, error.to_string()))).await;
                                 break;
                             }

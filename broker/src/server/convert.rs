@@ -202,6 +202,7 @@ pub fn plan_to_proto(plan: &crate::controller::Plan) -> proto::RebalancePlan {
         done: plan.done as u32,
         rolled_back: plan.rolled_back as u32,
         max_concurrent: plan.max_concurrent as u32,
+        bytes_remaining: plan.bytes_remaining,
     }
 }
 
@@ -222,7 +223,26 @@ pub fn plan_from_proto(plan: proto::RebalancePlan) -> crate::controller::Plan {
         done: plan.done as usize,
         rolled_back: plan.rolled_back as usize,
         max_concurrent: plan.max_concurrent as usize,
+        bytes_remaining: plan.bytes_remaining,
     }
+}
+
+pub fn replica_sizes_to_proto(sizes: Vec<(TopicPartition, u64)>) -> Vec<proto::ReplicaSize> {
+    sizes
+        .into_iter()
+        .map(|(tp, bytes)| proto::ReplicaSize {
+            topic: tp.topic,
+            partition: tp.partition,
+            bytes,
+        })
+        .collect()
+}
+
+pub fn replica_sizes_from_proto(sizes: Vec<proto::ReplicaSize>) -> Vec<(TopicPartition, u64)> {
+    sizes
+        .into_iter()
+        .map(|s| (TopicPartition::new(s.topic, s.partition), s.bytes))
+        .collect()
 }
 
 pub fn scale_to_proto(

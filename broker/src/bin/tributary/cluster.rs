@@ -147,9 +147,8 @@ fn print_status(status: &ClusterStatus, format: Output) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "Rebalance: {} of {} moves done ({} rolled back); in flight: {}",
-            plan.done,
-            plan.total,
+            "Rebalance: {} ({} rolled back); in flight: {}",
+            plan.progress(),
             plan.rolled_back,
             in_flight.join("; ")
         );
