@@ -200,6 +200,8 @@ async fn run(
     let mut partitions: HashMap<TopicPartition, Following> = HashMap::new();
     let mut stream: Option<Stream> = None;
     let mut backoff = Duration::from_millis(100);
+    // Which catching-up partition goes first in the next fetch, so they take turns.
+    let mut turn = 0usize;
     tracing::debug!(leader, %address, "fetcher started");
     loop {
         while let Ok(command) = commands.try_recv() {
@@ -209,10 +211,15 @@ async fn run(
             return;
         }
         let now = Instant::now();
-        let active: Vec<&Following> = partitions
-            .values()
-            .filter(|f| f.paused_until.is_none_or(|t| t <= now))
-            .collect();
+        let active = fetch_now(
+            &partitions,
+            broker_id,
+            now,
+            &config,
+            throttle.as_deref(),
+            turn,
+        );
+        turn = turn.wrapping_add(1);
         if active.is_empty() {
             let wake = partitions
                 .values()
@@ -238,24 +245,18 @@ async fn run(
             max_bytes: config.fetch_max_bytes as u32,
             partitions: active
                 .iter()
-                .map(|f| {
+                .map(|(f, max_bytes)| {
                     let log = f.partition.log();
                     let tp = f.partition.topic_partition();
                     let epoch = f.partition.leader_epoch();
                     epochs.insert(tp.clone(), epoch);
-                    let max_bytes = match &throttle {
-                        Some(t) if !f.partition.in_sync(broker_id) => {
-                            t.fetch_limit(config.partition_fetch_max_bytes)
-                        }
-                        _ => config.partition_fetch_max_bytes,
-                    };
                     proto::ReplicaFetchPartition {
                         topic: tp.topic.clone(),
                         partition: tp.partition,
                         fetch_offset: log.log_end_offset(),
                         current_leader_epoch: epoch,
                         last_fetched_epoch: log.latest_epoch().map_or(-1, |e| e.epoch),
-                        max_bytes: max_bytes as u32,
+                        max_bytes: *max_bytes as u32,
                         high_watermark: f.partition.high_watermark(),
                     }
                 })
@@ -322,6 +323,53 @@ async fn run(
             }
         }
     }
+}
+
+/// The partitions to fetch now, each with the most it may ask for: every in-sync one, and
+/// catching-up ones (not paused by the throttle) in turn, starting at `turn`, until
+/// `catch_up_fetch_max_bytes` is spent (at least one, so a copy always moves on).
+fn fetch_now<'a>(
+    partitions: &'a HashMap<TopicPartition, Following>,
+    broker_id: i32,
+    now: Instant,
+    config: &ReplicationConfig,
+    throttle: Option<&Throttle>,
+    turn: usize,
+) -> Vec<(&'a Following, usize)> {
+    let mut in_sync = Vec::new();
+    let mut catching_up = Vec::new();
+    for f in partitions.values() {
+        if f.paused_until.is_some_and(|t| t > now) {
+            continue;
+        }
+        if f.partition.in_sync(broker_id) {
+            in_sync.push((f, config.partition_fetch_max_bytes));
+        } else {
+            catching_up.push(f);
+        }
+    }
+    catching_up.sort_by(|a, b| {
+        a.partition
+            .topic_partition()
+            .cmp(b.partition.topic_partition())
+    });
+    if !catching_up.is_empty() {
+        let start = turn % catching_up.len();
+        catching_up.rotate_left(start);
+    }
+    let per_partition = throttle.map_or(config.partition_fetch_max_bytes, |t| {
+        t.fetch_limit(config.partition_fetch_max_bytes)
+    });
+    let mut budget = config.catch_up_fetch_max_bytes;
+    for (i, f) in catching_up.into_iter().enumerate() {
+        if budget == 0 && i > 0 {
+            break;
+        }
+        let max_bytes = per_partition.min(budget.max(1));
+        budget = budget.saturating_sub(max_bytes);
+        in_sync.push((f, max_bytes));
+    }
+    in_sync
 }
 
 fn apply(partitions: &mut HashMap<TopicPartition, Following>, command: Command) {

@@ -155,6 +155,11 @@ pub struct ReplicationConfig {
     /// Largest answer to one follower fetch, and per partition.
     pub fetch_max_bytes: usize,
     pub partition_fetch_max_bytes: usize,
+    /// The most one follower fetch asks for replicas catching up (the rest of the answer is
+    /// for in-sync followers): the partitions of a leader share one stream, so a large copy
+    /// in one answer would hold back the in-sync followers, and acks=all producers with
+    /// them. Catching-up partitions take turns.
+    pub catch_up_fetch_max_bytes: usize,
     /// How long a follower's fetch waits for new data at the leader.
     pub fetch_max_wait: Duration,
     /// Bytes per second for replicas catching up (not in the ISR), over all leaders; None
@@ -175,6 +180,7 @@ impl Default for ReplicationConfig {
             replica_lag_max: Duration::from_secs(30),
             fetch_max_bytes: 10 * 1024 * 1024,
             partition_fetch_max_bytes: 1024 * 1024,
+            catch_up_fetch_max_bytes: 1024 * 1024,
             fetch_max_wait: Duration::from_millis(500),
             catch_up_throttle: None,
         }
