@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, ClusterView};
 use super::error::{Error, Result};
 use super::partitioner::partition_for_key;
 use crate::TopicPartition;
@@ -586,9 +586,16 @@ impl Inner {
     }
 
     /// Ends a request: completed batches give back their memory; batches to retry go back to
-    /// the front of their queue, in order. `reset` asks for a new producer id for the
-    /// partition first.
-    fn finish(&self, tp: &TopicPartition, retry: Vec<ReadyBatch>, released: usize, reset: bool) {
+    /// the front of their queue, in order, and are sent again after `retry_after`. `reset`
+    /// asks for a new producer id for the partition first.
+    fn finish(
+        &self,
+        tp: &TopicPartition,
+        retry: Vec<ReadyBatch>,
+        released: usize,
+        reset: bool,
+        retry_after: Duration,
+    ) {
         self.memory.add_permits(released);
         let mut accumulator = self.accumulator.lock();
         let idempotent = accumulator.identity.is_some();
@@ -601,7 +608,7 @@ impl Inner {
             queue.in_flight.clear();
             queue.reset_pending |= reset && idempotent;
             if !retry.is_empty() {
-                queue.retry_at = Some(Instant::now() + self.config.retry_backoff);
+                queue.retry_at = Some(Instant::now() + retry_after);
                 for batch in retry.into_iter().rev() {
                     queue.ready.push_front(batch);
                 }
@@ -763,6 +770,7 @@ async fn send(inner: Arc<Inner>, job: Job) {
     let mut released = 0;
     let mut retry = Vec::new();
     let mut reset = false;
+    let mut retry_after = inner.config.retry_backoff;
     match result {
         Ok(response) => {
             let mut base = response.base_offset;
@@ -787,8 +795,20 @@ async fn send(inner: Arc<Inner>, job: Job) {
             }
         }
         Err(error) => {
+            // A leader that moved on is retried at once, at the new leader (as Kafka clients
+            // do since KIP-951); anything else waits the backoff.
             if error.needs_metadata_refresh() {
-                let _ = inner.cluster.refresh().await;
+                let epoch =
+                    |view: &ClusterView| view.partition(&tp).map(|p| (p.leader_epoch, p.leader));
+                let before = inner.cluster.view().await.ok().and_then(|v| epoch(&v));
+                if let Ok(after) = inner.cluster.refresh().await
+                    && let Some((after_epoch, leader)) = epoch(&after)
+                {
+                    let moved = before.is_none_or(|(before_epoch, _)| after_epoch > before_epoch);
+                    if moved && leader >= 0 {
+                        retry_after = Duration::ZERO;
+                    }
+                }
             }
             // A sequence gap: the leader lost batches it had acknowledged (acks=1 and a leader
             // change) or its producer state. Start over with a new producer id and resend.
@@ -819,7 +839,7 @@ async fn send(inner: Arc<Inner>, job: Job) {
             }
         }
     }
-    inner.finish(&tp, retry, released, reset);
+    inner.finish(&tp, retry, released, reset, retry_after);
 }
 
 #[cfg(test)]
