@@ -62,45 +62,9 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use tributary_broker::controller::{BrokerInfo, PartitionRecord, TopicRecord};
+    use tributary_broker::controller::scaling::fixtures::snapshot;
 
     use super::*;
-
-    fn snapshot(alive: &[i32], partitions: &[&[i32]]) -> MetadataSnapshot {
-        let mut s = MetadataSnapshot::default();
-        for id in alive {
-            s.brokers.insert(
-                *id,
-                BrokerInfo {
-                    id: *id,
-                    host: format!("b{id}"),
-                    port: 9095,
-                    rack: None,
-                },
-            );
-        }
-        s.topics.insert(
-            "t".into(),
-            TopicRecord {
-                name: "t".into(),
-                id: uuid::Uuid::nil(),
-                config: BTreeMap::new(),
-                partitions: partitions
-                    .iter()
-                    .map(|r| PartitionRecord {
-                        replicas: r.to_vec(),
-                        isr: r.to_vec(),
-                        leader: r[0],
-                        leader_epoch: 0,
-                        partition_epoch: 0,
-                    })
-                    .collect(),
-            },
-        );
-        s
-    }
 
     #[test]
     fn the_statefulset_shrinks_only_when_the_brokers_that_go_hold_nothing() {

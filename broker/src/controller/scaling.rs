@@ -183,14 +183,16 @@ pub fn decide(
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// Metadata for tests of scaling decisions, here and in the operator.
+#[cfg(any(test, feature = "store-suite"))]
+pub mod fixtures {
     use std::collections::BTreeMap;
 
-    use super::super::{BrokerInfo, PartitionRecord, TopicRecord};
-    use super::*;
+    use super::super::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
 
-    fn snapshot(alive: &[i32], partitions: &[&[i32]]) -> MetadataSnapshot {
+    /// Brokers `alive` in session and one topic 't' whose partitions have these replicas
+    /// (all in sync, the first leading).
+    pub fn snapshot(alive: &[i32], partitions: &[&[i32]]) -> MetadataSnapshot {
         let mut s = MetadataSnapshot::default();
         for id in alive {
             s.brokers.insert(
@@ -223,6 +225,12 @@ mod tests {
         );
         s
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::snapshot;
+    use super::*;
 
     #[test]
     fn a_scale_down_drains_first_and_lets_the_brokers_go_only_when_they_hold_nothing() {
