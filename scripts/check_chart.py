@@ -444,11 +444,22 @@ def pod_problems(case: Case, operator: str) -> list[str]:
     services = [
         s
         for s in find(case.objects, "Service")
-        if s["spec"].get("selector", {}).get(LEADER_LABEL) == "true"
+        if LEADER_LABEL in s["spec"].get("selector", {})
     ]
     if len(services) != 1:
         return problems + [f"  {len(services)} Services select the leader label; expected one"]
     service = services[0]
+    # The leader labels its pod with its Lease's name: the Service must select that.
+    lease = next(
+        (a.split("=", 1)[1] for a in got["args"] if a.startswith("--lease-name=")),
+        "tributary-operator",
+    )
+    if service["spec"]["selector"][LEADER_LABEL] != lease:
+        problems.append(
+            f"  the controller Service selects {LEADER_LABEL}="
+            f"{service['spec']['selector'][LEADER_LABEL]}, but the leader labels its pod with "
+            f"its Lease's name, {lease}"
+        )
     port = service["spec"]["ports"][0]
     address = f"{service['metadata']['name']}.{case.namespace}.svc:{port['port']}"
     if case.merged.get("controllerAddress"):

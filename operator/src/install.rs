@@ -131,7 +131,8 @@ pub fn objects(install: &Install) -> Vec<Value> {
         },
     }));
     let mut selector = labels();
-    selector[LEADER_LABEL] = "true".into();
+    // The leader's pod is labelled with the Lease's name, the default one here.
+    selector[LEADER_LABEL] = NAME.into();
     objects.push(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("{NAME}-controller"), "namespace": ns, "labels": labels()},
@@ -163,7 +164,7 @@ mod tests {
     fn the_controller_service_reaches_only_the_leader_and_brokers_are_told_its_address() {
         let objects = objects(&install(None));
         let service = kind(&objects, "Service")[0];
-        assert_eq!(service["spec"]["selector"][LEADER_LABEL], "true");
+        assert_eq!(service["spec"]["selector"][LEADER_LABEL], NAME);
         let deployment = kind(&objects, "Deployment")[0];
         assert_eq!(deployment["spec"]["replicas"], 2);
         let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -16,22 +16,29 @@ use crate::context::is_status;
 use tokio::time::Instant;
 
 /// The label on the leader's pod, which the controller Service selects: brokers reach
-/// the cluster controllers only where they run.
+/// the cluster controllers only where they run. Its value is the Lease's name, so that
+/// operators with Leases of their own in one namespace (two Helm releases) leave each
+/// other's leader alone.
 pub const LEADER_LABEL: &str = "tributary.dev/controller-leader";
 
 fn leader_label_patch(value: Option<&str>) -> Patch<serde_json::Value> {
     Patch::Merge(serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}}))
 }
 
-/// Marks `pod` as the leader's, after taking the mark off every other pod of `namespace`.
-pub async fn label_leader(client: &Client, namespace: &str, pod: &str) -> Result<(), kube::Error> {
+/// Marks `pod` as the leader of `lease`, after taking that mark off every other pod of
+/// `namespace`.
+pub async fn label_leader(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    lease: &str,
+) -> Result<(), kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let marked = pods
-        .list(&ListParams::default().labels(LEADER_LABEL))
-        .await?;
+    let selector = format!("{LEADER_LABEL}={lease}");
+    let marked = pods.list(&ListParams::default().labels(&selector)).await?;
     for other in marked.items {
         let name = other.name_any();
-        if name != pod && other.labels().contains_key(LEADER_LABEL) {
+        if name != pod && other.labels().get(LEADER_LABEL).map(String::as_str) == Some(lease) {
             pods.patch(&name, &PatchParams::default(), &leader_label_patch(None))
                 .await?;
         }
@@ -39,7 +46,7 @@ pub async fn label_leader(client: &Client, namespace: &str, pod: &str) -> Result
     pods.patch(
         pod,
         &PatchParams::default(),
-        &leader_label_patch(Some("true")),
+        &leader_label_patch(Some(lease)),
     )
     .await?;
     Ok(())
@@ -305,7 +312,7 @@ mod tests {
     async fn only_the_leaders_pod_carries_the_leader_label() {
         let api = FakeApi::new();
         let pods = "/api/v1/namespaces/tributary-system/pods";
-        for name in ["op-a", "op-b"] {
+        for name in ["op-a", "op-b", "other-a"] {
             api.put(
                 &format!("{pods}/{name}"),
                 serde_json::json!({"apiVersion": "v1", "kind": "Pod",
@@ -313,17 +320,26 @@ mod tests {
             );
         }
         let client = api.client();
-        label_leader(&client, "tributary-system", "op-a")
+        // Another release's operator, with a Lease of its own, leads too.
+        label_leader(&client, "tributary-system", "other-a", "other")
             .await
             .unwrap();
-        label_leader(&client, "tributary-system", "op-b")
+        label_leader(&client, "tributary-system", "op-a", "ours")
+            .await
+            .unwrap();
+        label_leader(&client, "tributary-system", "op-b", "ours")
             .await
             .unwrap();
         let label = |name: &str| {
             api.get(&format!("{pods}/{name}")).unwrap()["metadata"]["labels"][LEADER_LABEL].clone()
         };
         assert_eq!(label("op-a"), serde_json::Value::Null);
-        assert_eq!(label("op-b"), "true");
+        assert_eq!(label("op-b"), "ours");
+        assert_eq!(
+            label("other-a"),
+            "other",
+            "another Lease's leader keeps its mark"
+        );
         unlabel(&client, "tributary-system", "op-b").await.unwrap();
         assert_eq!(label("op-b"), serde_json::Value::Null);
     }

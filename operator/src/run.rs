@@ -269,7 +269,7 @@ pub async fn run(
             tracing::info!(identity = %config.lease.identity, "leading");
             metrics.leader.set(1);
             if let Some((namespace, pod)) = &config.pod
-                && let Err(error) = leader::label_leader(&client, namespace, pod).await
+                && let Err(error) = leader::label_leader(&client, namespace, pod, &config.lease.name).await
             {
                 tracing::error!(%error, "cannot label this pod as the leader's; brokers will not reach the controllers");
             }

@@ -65,7 +65,7 @@ async fn the_leader_labels_its_pod_reconciles_and_releases_the_lease_on_shutdown
         POD,
         json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "op-a", "namespace": "tributary-system",
-                "labels": {crate::leader::LEADER_LABEL: "true"}}}),
+                "labels": {crate::leader::LEADER_LABEL: "tributary-operator"}}}),
     );
     api.put(
         CLUSTER,
@@ -102,7 +102,8 @@ async fn the_leader_labels_its_pod_reconciles_and_releases_the_lease_on_shutdown
     let pod = api.get(POD).unwrap();
     assert_eq!(
         pod["metadata"]["labels"][crate::leader::LEADER_LABEL],
-        "true"
+        "tributary-operator",
+        "labelled with its Lease's name"
     );
     assert_eq!(api.get(LEASE).unwrap()["spec"]["holderIdentity"], "op-a");
 
