@@ -550,6 +550,68 @@ fn local_up_stops_cleanly_on_hangup_and_a_second_ctrl_c_kills_what_does_not_stop
 }
 
 #[test]
+fn local_up_comes_back_with_the_broker_count_it_was_scaled_to() {
+    let dir = common::open_tempdir();
+    let data = dir.path().join("local");
+    let mut cluster = LocalCluster::start(&data, &["--brokers", "1"], &[]);
+    let controller = cluster.controller.clone();
+    let scaled = ok(
+        &[
+            "cluster",
+            "scale",
+            "2",
+            "--wait",
+            "--timeout-secs",
+            "60",
+            "--controller",
+            &controller,
+        ],
+        "",
+    );
+    assert!(
+        scaled.contains("2 brokers run and nothing is moving"),
+        "{scaled}"
+    );
+    cluster.wait_for_output("broker 1 started (2 of 2 brokers)");
+    let (code, output) = cluster.stop();
+    assert_eq!(code, 0, "{output}");
+
+    // Without --brokers, the count it was scaled to holds (not the default of three).
+    let cluster = LocalCluster::start(&data, &[], &[]);
+    cluster.wait_for_output("This cluster was scaled to 2 brokers");
+    cluster.wait_for_output("broker 2 stopped (cleanly): it holds no replicas");
+    // The stopped broker's session ends as its process exits: look until it has.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let status = loop {
+        let status = ok(
+            &[
+                "cluster",
+                "status",
+                "--output",
+                "json",
+                "--controller",
+                &cluster.controller,
+            ],
+            "",
+        );
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let alive: Vec<i64> = status["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["alive"] == true)
+            .map(|b| b["id"].as_i64().unwrap())
+            .collect();
+        if alive == [0, 1] {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status["scale"]["brokers"], 2, "{status}");
+}
+
+#[test]
 fn local_up_refuses_bad_manifests_and_busy_ports_before_starting() {
     let dir = common::open_tempdir();
     let bad = dir.path().join("bad.yaml");

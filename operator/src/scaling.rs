@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use tributary_broker::controller::{MetadataSnapshot, Plan, ScalePhase, scaling};
+use tributary_broker::controller::{Balance, MetadataSnapshot, Plan, ScalePhase, scaling};
 
 use crate::crd::condition;
 
@@ -26,7 +26,8 @@ pub struct Decision {
     pub rebalancing: Condition,
 }
 
-/// `desired` brokers are wanted, `running` are in the StatefulSet now (None: none yet).
+/// `desired` brokers are wanted, `running` are in the StatefulSet now (None: none yet);
+/// `balance` as for the controller's [`scaling::decide`].
 pub fn decide(
     desired: i32,
     running: Option<i32>,
@@ -34,6 +35,7 @@ pub fn decide(
     plan: &Plan,
     auto_on_scale: bool,
     generation: Option<i64>,
+    balance: Balance,
 ) -> Decision {
     let d = scaling::decide(
         desired,
@@ -42,6 +44,7 @@ pub fn decide(
         plan,
         auto_on_scale,
         "set spec.replicas to",
+        balance,
     );
     let refused = d.phase == ScalePhase::ScaleDownRefused;
     let message = d.message;
@@ -69,7 +72,15 @@ mod tests {
     #[test]
     fn the_statefulset_shrinks_only_when_the_brokers_that_go_hold_nothing() {
         let holding = snapshot(&[0, 1, 2, 3, 4], &[&[0, 3], &[1, 4], &[2, 0]]);
-        let d = decide(3, Some(5), &holding, &Plan::default(), true, Some(2));
+        let d = decide(
+            3,
+            Some(5),
+            &holding,
+            &Plan::default(),
+            true,
+            Some(2),
+            Balance::Unknown,
+        );
         assert_eq!(d.statefulset_replicas, 5, "not before the drain");
         assert_eq!(d.cordon, BTreeSet::from([3, 4]));
         assert!(d.rebalance);
@@ -77,7 +88,15 @@ mod tests {
         assert_eq!(d.rebalancing.status, "True");
 
         let drained = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(3, Some(5), &drained, &Plan::default(), true, Some(2));
+        let d = decide(
+            3,
+            Some(5),
+            &drained,
+            &Plan::default(),
+            true,
+            Some(2),
+            Balance::Unknown,
+        );
         assert_eq!(d.statefulset_replicas, 3);
         assert!(!d.rebalance);
         assert_eq!(d.rebalancing.status, "False");
@@ -86,7 +105,15 @@ mod tests {
     #[test]
     fn a_refused_scale_down_says_which_field_to_change_and_changes_nothing() {
         let s = snapshot(&[0, 1, 2], &[&[0, 1, 2]]);
-        let d = decide(2, Some(3), &s, &Plan::default(), true, Some(2));
+        let d = decide(
+            2,
+            Some(3),
+            &s,
+            &Plan::default(),
+            true,
+            Some(2),
+            Balance::Unknown,
+        );
         assert_eq!(d.statefulset_replicas, 3);
         assert!(d.cordon.is_empty() && !d.rebalance);
         let why = d.refused.unwrap();
@@ -101,11 +128,27 @@ mod tests {
     #[test]
     fn a_scale_up_sets_the_statefulset_at_once_and_rebalances_once_the_brokers_registered() {
         let before = snapshot(&[0, 1, 2], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(5, Some(3), &before, &Plan::default(), true, Some(2));
+        let d = decide(
+            5,
+            Some(3),
+            &before,
+            &Plan::default(),
+            true,
+            Some(2),
+            Balance::Unknown,
+        );
         assert_eq!(d.statefulset_replicas, 5);
         assert!(!d.rebalance);
         let joined = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(5, Some(5), &joined, &Plan::default(), true, Some(2));
+        let d = decide(
+            5,
+            Some(5),
+            &joined,
+            &Plan::default(),
+            true,
+            Some(2),
+            Balance::Unknown,
+        );
         assert!(d.rebalance);
         assert_eq!(d.rebalancing.status, "True");
     }

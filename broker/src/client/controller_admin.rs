@@ -33,7 +33,7 @@ pub struct ScaleState {
     /// How many brokers should run now (ids 0 to `run - 1`): the old count until the
     /// brokers that go are drained.
     pub run: u32,
-    /// Draining, Drained, Rebalancing, Balanced or ScaleDownRefused.
+    /// WaitingForBrokers, Draining, Drained, Rebalancing, Balanced or ScaleDownRefused.
     pub phase: String,
     pub message: String,
 }

@@ -766,6 +766,9 @@ async fn send(inner: Arc<Inner>, job: Job) {
             joined.freeze()
         }
     };
+    // The leader epoch this request goes out at, to tell a moved leader after an error.
+    let epoch_of = |view: &ClusterView| view.partition(&tp).map(|p| (p.leader_epoch, p.leader));
+    let sent_at = inner.cluster.view().await.ok().and_then(|v| epoch_of(&v));
     let result = produce_once(&inner, &tp, records).await;
     let mut released = 0;
     let mut retry = Vec::new();
@@ -797,17 +800,13 @@ async fn send(inner: Arc<Inner>, job: Job) {
         Err(error) => {
             // A leader that moved on is retried at once, at the new leader (as Kafka clients
             // do since KIP-951); anything else waits the backoff.
-            if error.needs_metadata_refresh() {
-                let epoch =
-                    |view: &ClusterView| view.partition(&tp).map(|p| (p.leader_epoch, p.leader));
-                let before = inner.cluster.view().await.ok().and_then(|v| epoch(&v));
-                if let Ok(after) = inner.cluster.refresh().await
-                    && let Some((after_epoch, leader)) = epoch(&after)
-                {
-                    let moved = before.is_none_or(|(before_epoch, _)| after_epoch > before_epoch);
-                    if moved && leader >= 0 {
-                        retry_after = Duration::ZERO;
-                    }
+            if error.needs_metadata_refresh()
+                && let Ok(after) = inner.cluster.refresh().await
+                && let Some((after_epoch, leader)) = epoch_of(&after)
+            {
+                let moved = sent_at.is_none_or(|(sent_epoch, _)| after_epoch > sent_epoch);
+                if moved && leader >= 0 {
+                    retry_after = Duration::ZERO;
                 }
             }
             // A sequence gap: the leader lost batches it had acknowledged (acks=1 and a leader

@@ -16,7 +16,7 @@ mod reassignment;
 pub mod scaling;
 mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use crate::config::{ConfigError, TopicConfig};
 use crate::validate_topic_name;
 pub use metadata::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
 pub use reassignment::{Move, Plan};
-pub use scaling::{ScaleDecision, ScalePhase};
+pub use scaling::{Balance, ScaleDecision, ScalePhase};
 pub use store::{Expected, FileStore, MetadataStore, StoreError, Versioned};
 
 const TOPIC_PREFIX: &str = "topics/";
@@ -194,8 +194,8 @@ struct State {
     /// The broker count asked for with [`Controller::scale`] (None: never asked), and the
     /// store version.
     broker_count: (Option<i32>, Option<u64>),
-    /// The bytes of each replica, as its broker last reported: (broker, partition).
-    replica_sizes: BTreeMap<(i32, TopicPartition), u64>,
+    /// The bytes of each replica, as its broker last reported.
+    replica_sizes: BTreeMap<i32, HashMap<TopicPartition, u64>>,
     /// Since when each broker holding replicas has been out of session.
     gone_since: BTreeMap<i32, Instant>,
     /// Brokers that have registered with this controller since it started.
@@ -220,21 +220,54 @@ impl State {
     /// How many brokers there are: one more than the highest id in session or holding
     /// replicas.
     fn running_brokers(&self) -> i32 {
-        let holding = self.snapshot.load().into_keys();
-        let alive = self.snapshot.brokers.keys().copied();
-        holding.chain(alive).max().map_or(0, |b| b + 1)
+        self.present_brokers().last().map_or(0, |b| b + 1)
     }
 
+    /// The decision for `desired` brokers; a rebalance is asked for only when the
+    /// balancer would move something.
     fn scale_decision(&self, desired: i32) -> ScaleDecision {
         let running = self.running_brokers();
-        scaling::decide(
-            desired,
-            running,
-            &self.snapshot,
-            &self.plan_with_progress(),
-            true,
-            SCALE_ADVICE,
-        )
+        let plan = self.plan_with_progress();
+        let decide = |balance| {
+            scaling::decide(
+                desired,
+                running,
+                &self.snapshot,
+                &plan,
+                true,
+                SCALE_ADVICE,
+                balance,
+            )
+        };
+        let decision = decide(Balance::Unknown);
+        if decision.rebalance && self.rebalance_moves().is_empty() {
+            return decide(Balance::Balanced);
+        }
+        decision
+    }
+
+    /// The moves a rebalance would make now.
+    fn rebalance_moves(&self) -> Vec<Move> {
+        let current = self.assignment();
+        balancer::balance(&self.placeable(), &current)
+            .into_iter()
+            .filter(|(key, replicas)| current.get(key) != Some(replicas))
+            .map(|((topic, partition), target)| Move {
+                original: current[&(topic.clone(), partition)].clone(),
+                topic,
+                partition,
+                target,
+                started: false,
+            })
+            .collect()
+    }
+
+    /// Brokers in session or holding replicas.
+    fn present_brokers(&self) -> BTreeSet<i32> {
+        let holding = self.snapshot.load().into_keys();
+        holding
+            .chain(self.snapshot.brokers.keys().copied())
+            .collect()
     }
 
     /// The plan with what its new replicas still have to copy: for each one, what its
@@ -243,7 +276,7 @@ impl State {
         let mut plan = self.plan.0.clone();
         let size = |broker: i32, topic: &str, partition: u32| {
             let tp = TopicPartition::new(topic, partition);
-            self.replica_sizes.get(&(broker, tp)).copied()
+            self.replica_sizes.get(&broker)?.get(&tp).copied()
         };
         plan.bytes_remaining = plan
             .moves
@@ -1116,19 +1149,7 @@ impl<S: MetadataStore> Controller<S> {
                 total: plan.total,
             });
         }
-        let current = state.assignment();
-        let target = balancer::balance(&state.placeable(), &current);
-        let moves: Vec<Move> = target
-            .into_iter()
-            .filter(|(key, replicas)| current.get(key) != Some(replicas))
-            .map(|((topic, partition), target)| Move {
-                original: current[&(topic.clone(), partition)].clone(),
-                topic,
-                partition,
-                target,
-                started: false,
-            })
-            .collect();
+        let moves = state.rebalance_moves();
         let plan = Plan {
             total: moves.len(),
             moves,
@@ -1159,10 +1180,9 @@ impl<S: MetadataStore> Controller<S> {
         sizes: Vec<(TopicPartition, u64)>,
     ) -> Result<(), ControllerError> {
         let mut state = self.lock().await?;
-        state.replica_sizes.retain(|(b, _), _| *b != broker);
         state
             .replica_sizes
-            .extend(sizes.into_iter().map(|(tp, bytes)| ((broker, tp), bytes)));
+            .insert(broker, sizes.into_iter().collect());
         Ok(())
     }
 
@@ -1211,8 +1231,29 @@ impl<S: MetadataStore> Controller<S> {
         }
         let mut state = self.lock().await?;
         let running = state.running_brokers();
+        let present = state.present_brokers();
+        if present.len() as i32 != running {
+            let ids: Vec<String> = present.iter().map(i32::to_string).collect();
+            return Err(ControllerError::ScaleRefused(format!(
+                "`scale` works on brokers numbered 0 to N-1, as `tributary local up` runs them; this cluster has broker(s) {} in session or holding replicas. Move replicas with `tributary cluster cordon` and `rebalance` instead",
+                ids.join(", ")
+            )));
+        }
         if let Some(why) = scaling::refusal(brokers, running, &state.snapshot, SCALE_ADVICE) {
             return Err(ControllerError::ScaleRefused(why));
+        }
+        // Growing again: the brokers a shrink cordoned stay, so they take replicas again.
+        if let Some(before) = state.broker_count.0
+            && brokers > before
+        {
+            let kept: BTreeSet<i32> = state
+                .cordoned
+                .0
+                .iter()
+                .copied()
+                .filter(|b| !(before..brokers).contains(b))
+                .collect();
+            self.cordon_locked(&mut state, kept).await?;
         }
         if state.broker_count.0 != Some(brokers) {
             let version = self
@@ -1228,6 +1269,9 @@ impl<S: MetadataStore> Controller<S> {
     /// The broker count asked for with [`Controller::scale`] and where it stands; None when
     /// it was never asked for.
     pub async fn scale_status(&self) -> Result<Option<(i32, ScaleDecision)>, ControllerError> {
+        if self.config.read().broker_count_set_by.is_some() {
+            return Ok(None);
+        }
         let state = self.lock().await?;
         Ok(state
             .broker_count
@@ -1244,6 +1288,10 @@ impl<S: MetadataStore> Controller<S> {
         let Some(desired) = state.broker_count.0 else {
             return Ok(None);
         };
+        if self.config.read().broker_count_set_by.is_some() {
+            // Set elsewhere (a Cluster's spec.replicas): a stored count is not followed.
+            return Ok(None);
+        }
         let decision = state.scale_decision(desired);
         if decision.phase == ScalePhase::ScaleDownRefused || self.still_registering(state) {
             return Ok(Some(decision));

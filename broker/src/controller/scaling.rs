@@ -87,8 +87,20 @@ pub fn refusal(
     })
 }
 
+/// What the balancer says of the brokers as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Not asked (yet): a rebalance may move something.
+    Unknown,
+    /// A rebalance now would move nothing (a broker may stay empty: fewer replicas than
+    /// brokers, racks, cordons).
+    Balanced,
+}
+
 /// `desired` brokers are wanted and `running` exist now (ids 0 to `running - 1`); `ask` as
-/// for [`refusal`].
+/// for [`refusal`]. With [`Balance::Unknown`] a growth whose new brokers are still empty
+/// asks for a rebalance; the caller tries it (or a dry run) and, when nothing would move,
+/// decides again with [`Balance::Balanced`].
 pub fn decide(
     desired: i32,
     running: i32,
@@ -96,6 +108,7 @@ pub fn decide(
     plan: &Plan,
     auto_rebalance: bool,
     ask: &str,
+    balance: Balance,
 ) -> ScaleDecision {
     let in_progress = !plan.moves.is_empty();
     if let Some(message) = refusal(desired, running, snapshot, ask) {
@@ -148,8 +161,12 @@ pub fn decide(
         .clone()
         .any(|b| snapshot.replicas_on(b).next().is_none());
     let has_partitions = snapshot.topics.values().any(|t| !t.partitions.is_empty());
-    let rebalance =
-        auto_rebalance && !in_progress && missing.is_empty() && empty_broker && has_partitions;
+    let rebalance = auto_rebalance
+        && !in_progress
+        && missing.is_empty()
+        && empty_broker
+        && has_partitions
+        && balance == Balance::Unknown;
     let (phase, message) = if !in_progress && !missing.is_empty() {
         (
             ScalePhase::WaitingForBrokers,
@@ -235,7 +252,15 @@ mod tests {
     #[test]
     fn a_scale_down_drains_first_and_lets_the_brokers_go_only_when_they_hold_nothing() {
         let holding = snapshot(&[0, 1, 2, 3, 4], &[&[0, 3], &[1, 4], &[2, 0]]);
-        let d = decide(3, 5, &holding, &Plan::default(), true, "ask for");
+        let d = decide(
+            3,
+            5,
+            &holding,
+            &Plan::default(),
+            true,
+            "ask for",
+            Balance::Unknown,
+        );
         assert_eq!(d.run, 5, "not before the drain");
         assert_eq!(d.cordon, BTreeSet::from([3, 4]));
         assert!(d.rebalance);
@@ -243,7 +268,15 @@ mod tests {
         assert!(d.message.contains("broker(s) 3, 4"), "{}", d.message);
 
         let drained = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(3, 5, &drained, &Plan::default(), true, "ask for");
+        let d = decide(
+            3,
+            5,
+            &drained,
+            &Plan::default(),
+            true,
+            "ask for",
+            Balance::Unknown,
+        );
         assert_eq!(d.run, 3);
         assert_eq!(d.phase, ScalePhase::Drained);
         assert_eq!(
@@ -257,7 +290,15 @@ mod tests {
     #[test]
     fn a_scale_down_below_a_topics_replication_factor_is_refused_and_changes_nothing() {
         let s = snapshot(&[0, 1, 2], &[&[0, 1, 2]]);
-        let d = decide(2, 3, &s, &Plan::default(), true, "ask for");
+        let d = decide(
+            2,
+            3,
+            &s,
+            &Plan::default(),
+            true,
+            "ask for",
+            Balance::Unknown,
+        );
         assert_eq!(d.run, 3);
         assert!(d.cordon.is_empty() && !d.rebalance);
         assert_eq!(d.phase, ScalePhase::ScaleDownRefused);
@@ -274,17 +315,54 @@ mod tests {
     #[test]
     fn a_scale_up_rebalances_once_the_new_brokers_have_registered() {
         let before = snapshot(&[0, 1, 2], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(5, 3, &before, &Plan::default(), true, "ask for");
+        let d = decide(
+            5,
+            3,
+            &before,
+            &Plan::default(),
+            true,
+            "ask for",
+            Balance::Unknown,
+        );
         assert_eq!(d.run, 5);
         assert!(!d.rebalance, "brokers 3 and 4 are not registered yet");
         assert_eq!(d.phase, ScalePhase::WaitingForBrokers);
         assert!(d.message.contains("broker(s) 3, 4"), "{}", d.message);
         let joined = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(5, 5, &joined, &Plan::default(), true, "ask for");
+        let d = decide(
+            5,
+            5,
+            &joined,
+            &Plan::default(),
+            true,
+            "ask for",
+            Balance::Unknown,
+        );
         assert!(d.rebalance);
         assert_eq!(d.phase, ScalePhase::Rebalancing);
-        let d = decide(5, 5, &joined, &Plan::default(), false, "ask for");
+        let d = decide(
+            5,
+            5,
+            &joined,
+            &Plan::default(),
+            false,
+            "ask for",
+            Balance::Unknown,
+        );
         assert!(!d.rebalance, "auto-rebalance off");
+        assert_eq!(d.phase, ScalePhase::Balanced);
+        // A broker that stays empty after balancing (fewer replicas than brokers) is not a
+        // rebalance forever.
+        let d = decide(
+            5,
+            5,
+            &joined,
+            &Plan::default(),
+            true,
+            "ask for",
+            Balance::Balanced,
+        );
+        assert!(!d.rebalance);
         assert_eq!(d.phase, ScalePhase::Balanced);
     }
 }

@@ -43,6 +43,7 @@ macro_rules! metadata_store_suite {
                 a_cordoned_broker_is_drained_and_gets_no_new_replicas,
                 a_move_whose_new_broker_goes_away_is_rolled_back,
                 the_broker_count_drains_the_brokers_that_go_and_fills_new_ones,
+                a_broker_count_settles_with_brokers_left_empty_and_growing_again_uncordons,
                 a_rebalance_says_how_many_bytes_its_new_replicas_still_have_to_copy
             ]
             paused [
@@ -983,6 +984,49 @@ pub async fn the_broker_count_drains_the_brokers_that_go_and_fills_new_ones(
         .unwrap();
     let err = elsewhere.scale(4).await.unwrap_err();
     assert!(err.to_string().contains("spec.replicas"), "{err}");
+}
+
+pub async fn a_broker_count_settles_with_brokers_left_empty_and_growing_again_uncordons(
+    stores: &impl StoreFactory,
+) {
+    let controller = controller(stores).await;
+    for id in 0..4 {
+        controller.register_broker(registration(id)).await.unwrap();
+    }
+    // One partition of two replicas on four brokers: two stay empty, and that is balanced.
+    create(&controller, "t", 1, Some(2)).await;
+    let settled = controller.scale(4).await.unwrap();
+    assert_eq!(settled.phase, ScalePhase::Balanced, "{settled:?}");
+    controller.tick().await.unwrap();
+    let (_, settled) = controller.scale_status().await.unwrap().unwrap();
+    assert_eq!(settled.phase, ScalePhase::Balanced, "{settled:?}");
+    assert!(
+        controller
+            .rebalance_status()
+            .await
+            .unwrap()
+            .moves
+            .is_empty()
+    );
+
+    // A shrink cordons brokers 2 and 3; asking for four again before they went lets them
+    // take replicas again, while a cordon of a broker that stays is kept.
+    controller.cordon(BTreeSet::from([1])).await.unwrap();
+    controller.scale(2).await.unwrap();
+    assert_eq!(
+        controller.cordoned().await.unwrap(),
+        BTreeSet::from([1, 2, 3])
+    );
+    controller.scale(4).await.unwrap();
+    assert_eq!(controller.cordoned().await.unwrap(), BTreeSet::from([1]));
+
+    // Brokers not numbered 0 to N-1 are not what `scale` works on.
+    controller.register_broker(registration(7)).await.unwrap();
+    let err = controller.scale(3).await.unwrap_err();
+    assert!(
+        err.to_string().contains("0 to N-1") && err.to_string().contains("0, 1, 2, 3, 7"),
+        "{err}"
+    );
 }
 
 pub async fn a_rebalance_says_how_many_bytes_its_new_replicas_still_have_to_copy(

@@ -327,7 +327,8 @@ async fn run(
 
 /// The partitions to fetch now, each with the most it may ask for: every in-sync one, and
 /// catching-up ones (not paused by the throttle) in turn, starting at `turn`, until
-/// `catch_up_fetch_max_bytes` is spent (at least one, so a copy always moves on).
+/// `catch_up_fetch_max_bytes` is spent (at least one, so a copy always moves on). With no
+/// in-sync partition to hold back, catching-up ones may take a whole fetch.
 fn fetch_now<'a>(
     partitions: &'a HashMap<TopicPartition, Following>,
     broker_id: i32,
@@ -360,7 +361,11 @@ fn fetch_now<'a>(
     let per_partition = throttle.map_or(config.partition_fetch_max_bytes, |t| {
         t.fetch_limit(config.partition_fetch_max_bytes)
     });
-    let mut budget = config.catch_up_fetch_max_bytes;
+    let mut budget = if in_sync.is_empty() {
+        config.fetch_max_bytes
+    } else {
+        config.catch_up_fetch_max_bytes
+    };
     for (i, f) in catching_up.into_iter().enumerate() {
         if budget == 0 && i > 0 {
             break;

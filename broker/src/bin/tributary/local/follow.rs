@@ -14,13 +14,29 @@ use super::{Plan, Processes, broker_spec};
 const RETRY_START_AFTER: Duration = Duration::from_secs(10);
 
 impl Processes {
-    /// Records `plan.brokers` as the broker count (so `--brokers` decides, whatever an
-    /// earlier run was scaled to). Returns a note for the user when that is refused.
+    /// Records the broker count: `--brokers` when given (whatever an earlier run was
+    /// scaled to), else the count the cluster was last scaled to, else the brokers just
+    /// started. Returns a note for the user when the count is not what was started.
     pub(super) async fn ask_for_brokers(
         &self,
         plan: &Plan,
         admin: &ClusterAdmin,
     ) -> Option<String> {
+        if !plan.brokers_given {
+            match admin.status().await {
+                Ok(status) => match status.scale {
+                    Some(scale) if scale.brokers != plan.brokers => {
+                        return Some(format!(
+                            "This cluster was scaled to {} brokers with `tributary cluster scale`; following that (--brokers sets another count).",
+                            scale.brokers
+                        ));
+                    }
+                    Some(_) => return None,
+                    None => {}
+                },
+                Err(error) => return Some(format!("warning: cannot ask the controller: {error}")),
+            }
+        }
         match admin.scale(plan.brokers).await {
             Ok(_) => None,
             Err(error) => Some(format!(
@@ -70,8 +86,9 @@ impl Processes {
                     };
                     return Err(error).with_context(|| {
                         format!(
-                            "cannot start broker {id} (trying again in {}s)",
-                            RETRY_START_AFTER.as_secs()
+                            "cannot start broker {id} for `tributary cluster scale` (trying again in {}s; see {}, and `tributary cluster scale {id}` gives up on it)",
+                            RETRY_START_AFTER.as_secs(),
+                            dir.join("broker.log").display()
                         )
                     });
                 }

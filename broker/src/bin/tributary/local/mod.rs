@@ -26,9 +26,10 @@ pub enum LocalCommand {
     /// process, started again if it exits) and create the topics of the given manifests;
     /// Ctrl-C stops it cleanly.
     Up {
-        /// Number of brokers; their ids are 0 to N-1.
-        #[arg(long, default_value_t = 3)]
-        brokers: u32,
+        /// Number of brokers; their ids are 0 to N-1 [default: the count the cluster in
+        /// --data-dir was last scaled to with `tributary cluster scale`, else 3].
+        #[arg(long)]
+        brokers: Option<u32>,
         /// Where the cluster keeps its data: broker-<id>/ for each broker and controller/
         /// for the cluster metadata, each with its pid file and log.
         #[arg(long, default_value = "./.tributary")]
@@ -59,6 +60,8 @@ pub enum LocalCommand {
 /// Everything `local up` needs, checked before anything starts.
 struct Plan {
     brokers: u32,
+    /// Whether --brokers was given: it then sets the cluster's broker count.
+    brokers_given: bool,
     data_dir: PathBuf,
     topics: Vec<TopicManifest>,
     port: u16,
@@ -81,6 +84,8 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
         default_replication_factor,
         config,
     } = command;
+    let brokers_given = brokers.is_some();
+    let brokers = brokers.unwrap_or(3);
     if !(1..=100).contains(&brokers) {
         bail!("--brokers {brokers}: a local cluster has between 1 and 100 brokers");
     }
@@ -97,6 +102,7 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let plan = Plan {
         brokers,
+        brokers_given,
         data_dir,
         topics,
         port,
