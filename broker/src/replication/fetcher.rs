@@ -327,8 +327,10 @@ async fn run(
 
 /// The partitions to fetch now, each with the most it may ask for: every in-sync one, and
 /// catching-up ones (not paused by the throttle) in turn, starting at `turn`, until
-/// `catch_up_fetch_max_bytes` is spent (at least one, so a copy always moves on). With no
-/// in-sync partition to hold back, catching-up ones may take a whole fetch.
+/// `catch_up_fetch_max_bytes` is spent (at least one, so a copy always moves on). Without a
+/// throttle (moves are meant to stay in the background when one is set) and with no
+/// in-sync partition to hold back, catching-up ones may take a whole fetch: a broker
+/// rebuilding after losing its disk catches up at full speed.
 fn fetch_now<'a>(
     partitions: &'a HashMap<TopicPartition, Following>,
     broker_id: i32,
@@ -361,7 +363,7 @@ fn fetch_now<'a>(
     let per_partition = throttle.map_or(config.partition_fetch_max_bytes, |t| {
         t.fetch_limit(config.partition_fetch_max_bytes)
     });
-    let mut budget = if in_sync.is_empty() {
+    let mut budget = if in_sync.is_empty() && throttle.is_none() {
         config.fetch_max_bytes
     } else {
         config.catch_up_fetch_max_bytes
