@@ -470,3 +470,96 @@ fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFe
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TopicConfig;
+    use crate::controller::PartitionRecord;
+    use crate::log::{Log, LogConfig};
+
+    /// A replica on broker 2 of partition `name`-0 led by broker 1, in the ISR or not.
+    fn following(dir: &std::path::Path, name: &str, in_sync: bool) -> (TopicPartition, Following) {
+        let tp = TopicPartition::new(name, 0);
+        let (log, _) = Log::open(
+            &dir.join(name),
+            tp.clone(),
+            LogConfig::default(),
+            true,
+            (None, None),
+        )
+        .expect("open the log");
+        let partition = Partition::new(tp.clone(), uuid::Uuid::new_v4(), 2, Arc::new(log), None);
+        let isr = if in_sync { vec![1, 2] } else { vec![1] };
+        let record = PartitionRecord {
+            replicas: vec![1, 2],
+            isr,
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch: 1,
+        };
+        partition
+            .apply(&record, &TopicConfig::default())
+            .expect("a follower");
+        let f = Following {
+            partition: Arc::new(partition),
+            paused_until: None,
+        };
+        (tp, f)
+    }
+
+    fn fetched(
+        partitions: &HashMap<TopicPartition, Following>,
+        throttle: Option<&Throttle>,
+        turn: usize,
+    ) -> Vec<(String, usize)> {
+        let config = ReplicationConfig::default();
+        let mut asked: Vec<(String, usize)> =
+            fetch_now(partitions, 2, Instant::now(), &config, throttle, turn)
+                .into_iter()
+                .map(|(f, max)| (f.partition.topic_partition().topic.clone(), max))
+                .collect();
+        asked.sort();
+        asked
+    }
+
+    #[test]
+    fn catching_up_replicas_take_turns_at_a_share_of_the_fetch_and_in_sync_ones_are_never_capped() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mib = 1024 * 1024;
+        let mut partitions: HashMap<TopicPartition, Following> = ["b", "c", "d"]
+            .into_iter()
+            .map(|name| following(dir.path(), name, false))
+            .collect();
+        let (tp, in_sync) = following(dir.path(), "a", true);
+        partitions.insert(tp.clone(), in_sync);
+
+        // With an in-sync replica on the stream, one catching-up replica per fetch, in turn.
+        for (turn, expected) in [(0, "b"), (1, "c"), (2, "d"), (3, "b")] {
+            assert_eq!(
+                fetched(&partitions, None, turn),
+                [("a".to_string(), mib), (expected.to_string(), mib)],
+                "turn {turn}"
+            );
+        }
+        // Only catching-up replicas, no throttle (a rebuild): they take the whole fetch.
+        let in_sync = partitions.remove(&tp).expect("present");
+        assert_eq!(fetched(&partitions, None, 0).len(), 3);
+        // With a throttle, moves stay fine-grained even alone on the stream.
+        let throttle = Throttle::new(64 * 1000 * 1000);
+        assert_eq!(
+            fetched(&partitions, Some(&throttle), 1),
+            [("c".to_string(), mib)]
+        );
+        // A paused replica sits its turn out.
+        partitions.insert(tp.clone(), in_sync);
+        let c = TopicPartition::new("c", 0);
+        if let Some(f) = partitions.get_mut(&c) {
+            f.paused_until = Some(Instant::now() + Duration::from_secs(60));
+        }
+        assert_eq!(
+            fetched(&partitions, None, 1),
+            [("a".to_string(), mib), ("d".to_string(), mib)]
+        );
+    }
+}
