@@ -25,6 +25,10 @@ use tokio::task::JoinHandle;
 const CONTAINER: &str = "broker";
 /// Bytes the exec stream buffers in each direction.
 const BUFFER: usize = 1 << 20;
+/// How long one write to a command's standard input may take: it blocks once the exec
+/// stream's buffer is full and the command reads no more (say, a producer stuck on a full
+/// send buffer).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `tributary` in the broker pods of one namespace, bootstrapping from `bootstrap`.
 #[derive(Clone)]
@@ -133,14 +137,21 @@ impl Cli {
 }
 
 impl Running {
+    /// Writes `bytes` to the command's standard input, failing if that takes longer than
+    /// a minute.
     pub async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         let stdin = self
             .stdin
             .as_mut()
             .context("standard input is already closed")?;
-        stdin
-            .write_all(bytes)
+        tokio::time::timeout(WRITE_TIMEOUT, stdin.write_all(bytes))
             .await
+            .with_context(|| {
+                format!(
+                    "`{}` took no input for {WRITE_TIMEOUT:?}: it reads its standard input no more",
+                    self.command
+                )
+            })?
             .with_context(|| format!("writing to `{}`", self.command))
     }
 

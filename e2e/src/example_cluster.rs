@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use tributary_operator::crd::{Cluster, Topic};
-use tributary_operator::resources::{GRPC_PORT, Names};
+use tributary_operator::resources::{GRPC_PORT, HTTP_PORT, Names};
 
 use crate::cli::{Cli, Output};
 use crate::namespace::TestNamespace;
@@ -243,6 +243,21 @@ impl ExampleCluster {
             .await?
             .expect_success()?;
         records::consumed(&output.stdout)
+    }
+
+    /// Broker `id`'s Prometheus metrics, read through the API server's pod proxy (the
+    /// broker image has no shell to read them with through exec).
+    pub async fn broker_metrics(&self, id: i32) -> anyhow::Result<String> {
+        let pod = self.pod(id);
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{pod}:{HTTP_PORT}/proxy/metrics",
+            self.namespace.name()
+        );
+        let request = http::Request::get(&path).body(Vec::new())?;
+        self.client
+            .request_text(request)
+            .await
+            .with_context(|| format!("reading {path}"))
     }
 
     /// Runs any `tributary` command from the pod of broker `from`.

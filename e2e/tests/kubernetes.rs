@@ -9,11 +9,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use kube::ResourceExt;
 use kube::api::DeleteParams;
 use tributary_e2e::access::cluster_or_skip;
 use tributary_e2e::example_cluster::{COMMAND_TIMEOUT, ExampleCluster, produce_args};
 use tributary_e2e::records::{self, check_read_back};
 use tributary_e2e::wait::{self, Check};
+use tributary_operator::topic_reconciler::FINALIZER;
 
 /// A killed broker's pod back, in sync, and the cluster settled again.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(420);
@@ -21,6 +23,15 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(420);
 const SCALE_TIMEOUT: Duration = Duration::from_secs(600);
 /// A deleted topic gone from the controller and the brokers.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(180);
+/// The grace period the partition leader's pod is deleted with: the shortest that is not a
+/// force deletion. A force deletion (0) removes the pod from the API at once, so the
+/// StatefulSet starts its replacement while the kubelet still stops the old container
+/// gracefully, with the pod's whole termination grace period (kubernetes/kubernetes#115819,
+/// #120449): the new broker finds its data directory locked and restarts until the old one
+/// has shut down cleanly, which is no kill at all. With one second the kubelet stops the
+/// broker within about two (its preStop hook and its shutdown are cut short), and the
+/// replacement starts only once the old pod is gone.
+const KILL_GRACE_SECONDS: u32 = 1;
 
 /// The first topic of examples/topics.yaml.
 fn first_topic(example: &ExampleCluster) -> anyhow::Result<String> {
@@ -115,30 +126,45 @@ async fn killing_a_partition_leader_while_producing_with_acks_all_loses_no_ackno
         .await?;
     let chunks: Vec<&[String]> = lines.chunks(100).collect();
     let kill_after = chunks.len() / 3;
+    // Lines written to the producer. It stops reading when a line cannot be sent (and
+    // says so): then what it printed tells more than the failed write.
+    let mut written = 0;
     for (i, chunk) in chunks.iter().enumerate() {
-        producer.write(&records::input(chunk)).await?;
+        if let Err(error) = producer.write(&records::input(chunk)).await {
+            println!("stopped writing after {written} records: {error:#}");
+            break;
+        }
+        written += chunk.len();
         tokio::time::sleep(Duration::from_millis(200)).await;
         if i + 1 == kill_after {
             println!(
-                "deleting pod {victim_pod} (grace period 0) after {} records",
+                "deleting pod {victim_pod} (grace period {KILL_GRACE_SECONDS} s) after {} records",
                 (i + 1) * 100
             );
             example
                 .pods
-                .delete(&victim_pod, &DeleteParams::default().grace_period(0))
+                .delete(
+                    &victim_pod,
+                    &DeleteParams::default().grace_period(KILL_GRACE_SECONDS),
+                )
                 .await
                 .with_context(|| format!("deleting the pod {victim_pod}"))?;
         }
     }
     let output = producer.finish(COMMAND_TIMEOUT).await?;
-    let acked = records::acknowledged(&output.stdout, &output.stderr, lines.len())?;
+    let after_kill = kill_after * 100;
+    ensure!(
+        written > after_kill,
+        "the producer took only {written} records, not one after the leader was killed (exit code {:?}): {}",
+        output.code,
+        output.stderr.trim()
+    );
+    let acked = records::acknowledged(&output.stdout, &output.stderr, written)?;
     println!(
-        "{} of {} records acknowledged (producer exit code {:?})",
+        "{} of {written} records acknowledged (producer exit code {:?})",
         acked.len(),
-        lines.len(),
         output.code
     );
-    let after_kill = kill_after * 100;
     ensure!(
         acked.iter().any(|a| a.line >= after_kill),
         "no record sent after the leader was killed was acknowledged: {}",
@@ -233,6 +259,40 @@ fn holds_replica(metrics: &str, topic: &str) -> bool {
     })
 }
 
+/// What `tributary topic list --output json` and `tributary topic describe`, run from
+/// broker `from`'s pod, say of `topic`: None once both say it does not exist, else what
+/// still shows it.
+async fn still_listed(
+    example: &ExampleCluster,
+    from: i32,
+    topic: &str,
+) -> anyhow::Result<Option<String>> {
+    let listed = example
+        .tributary(from, &["topic", "list", "--output", "json"])
+        .await?
+        .expect_success()?;
+    let names: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout)
+        .with_context(|| format!("topic list --output json printed {:?}", listed.stdout))?;
+    if names.iter().any(|t| t["name"] == topic) {
+        return Ok(Some(format!(
+            "`tributary topic list` still lists {topic}: {}",
+            listed.stdout.trim()
+        )));
+    }
+    let described = example
+        .tributary(from, &["topic", "describe", topic])
+        .await?;
+    if described.success() || !described.stderr.contains("unknown topic") {
+        return Ok(Some(format!(
+            "`tributary topic describe {topic}` should fail with unknown topic, got exit code {:?}: {}{}",
+            described.code,
+            described.stdout.trim(),
+            described.stderr.trim()
+        )));
+    }
+    Ok(None)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_topic_deletes_its_data() -> anyhow::Result<()> {
     let Some(client) = cluster_or_skip().await else {
@@ -242,12 +302,22 @@ async fn deleting_a_topic_deletes_its_data() -> anyhow::Result<()> {
     let topic = first_topic(&example)?;
     let lines = records::keyed_lines("delete", 300);
     example.produce_all(0, &topic, &lines).await?;
-    let old_id = example
-        .topic(&topic)
-        .await?
-        .status
-        .unwrap_or_default()
-        .topic_id;
+    let before = example.topic(&topic).await?;
+    ensure!(
+        before.finalizers().iter().any(|f| f == FINALIZER),
+        "the Topic {topic} does not hold the finalizer {FINALIZER} (it has {:?}): deleting it would not delete the topic",
+        before.finalizers()
+    );
+    let old_id = before.status.unwrap_or_default().topic_id;
+    // The brokers' replicas are read from /metrics below: first make sure the metrics
+    // show them now, so that their absence later means something.
+    for broker in 0..3 {
+        let metrics = example.broker_metrics(broker).await?;
+        ensure!(
+            holds_replica(&metrics, &topic),
+            "broker {broker}'s /metrics shows no replica of {topic} before the delete (no tributary_log_size_bytes or tributary_log_end_offset with topic=\"{topic}\"):\n{metrics}"
+        );
+    }
 
     example
         .topics
@@ -266,45 +336,36 @@ async fn deleting_a_topic_deletes_its_data() -> anyhow::Result<()> {
     )
     .await?;
 
-    // The cluster no longer knows the topic.
-    let listed = example
-        .tributary(0, &["topic", "list", "--output", "json"])
-        .await?
-        .expect_success()?;
-    let names: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout)
-        .with_context(|| format!("topic list --output json printed {:?}", listed.stdout))?;
-    ensure!(
-        !names.iter().any(|t| t["name"] == topic.as_str()),
-        "`tributary topic list` still lists {topic}: {}",
-        listed.stdout
-    );
-    let described = example.tributary(0, &["topic", "describe", &topic]).await?;
-    ensure!(
-        !described.success() && described.stderr.contains("unknown topic"),
-        "`tributary topic describe {topic}` should fail with unknown topic, got exit code {:?}: {}{}",
-        described.code,
-        described.stdout,
-        described.stderr
-    );
+    // The cluster no longer knows the topic. The finalizer goes once the controller has
+    // deleted it; the brokers, which answer list and describe from their own copy of the
+    // metadata, apply that a moment later.
+    wait::until(
+        &format!("the brokers to forget {topic}"),
+        DELETE_TIMEOUT,
+        || async {
+            Ok(match still_listed(&example, 0, &topic).await? {
+                None => Check::Done(()),
+                Some(shown) => Check::Waiting(shown),
+            })
+        },
+    )
+    .await?;
 
     // The brokers dropped their replicas. The broker image has no shell (no `ls` through
     // exec), so this reads each broker's /metrics through the API server's pod proxy:
-    // its per-partition log gauges come from the replicas the broker holds, and a replica
-    // leaves that set when its directory is removed.
+    // its per-partition log gauges are rendered from the replicas the broker holds, and a
+    // replica leaves that set when the broker applies the topic's deletion.
     for broker in 0..3 {
-        let pod = example.pod(broker);
-        let path = format!(
-            "/api/v1/namespaces/{}/pods/{pod}:8080/proxy/metrics",
-            example.namespace.name()
-        );
         wait::until(
             &format!("broker {broker} to drop its replicas of {topic}"),
             DELETE_TIMEOUT,
             || async {
-                let request = http::Request::get(&path).body(Vec::new())?;
-                let metrics = client.request_text(request).await?;
+                let metrics = example.broker_metrics(broker).await?;
                 Ok(if holds_replica(&metrics, &topic) {
-                    Check::Waiting(format!("{pod}'s /metrics still shows {topic}'s logs"))
+                    Check::Waiting(format!(
+                        "{}'s /metrics still shows {topic}'s logs",
+                        example.pod(broker)
+                    ))
                 } else {
                     Check::Done(())
                 })
