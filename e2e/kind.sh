@@ -176,6 +176,15 @@ else
 fi
 cluster_up=1
 
+# The chart and the CRDs need Kubernetes 1.33 or newer; say so before building anything.
+server="$(kubectl --kubeconfig "$kubeconfig" get --raw /version | tr -d ' \n')"
+major="$(sed -nE 's/.*"major":"([0-9]+).*/\1/p' <<<"$server")"
+minor="$(sed -nE 's/.*"minor":"([0-9]+).*/\1/p' <<<"$server")"
+if (( ${major:-0} * 1000 + ${minor:-0} < 1033 )); then
+  echo "error: the cluster $name runs Kubernetes older than 1.33; Tributary needs 1.33 or newer (use a kind release whose default node image is 1.33 or newer, or delete the cluster so that it is made again)" >&2
+  exit 1
+fi
+
 # BuildKit (the default builder since Docker 23) for the Dockerfiles' cache mounts; the
 # images land in the local image store, where `kind load` takes them from.
 export DOCKER_BUILDKIT=1
