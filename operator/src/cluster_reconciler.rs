@@ -21,7 +21,7 @@ use crate::crd::{self, Cluster, ClusterStatus, Topic, condition};
 use crate::hosting::{self, controller_config};
 use crate::resources::{self, config_map::default_replication_factor};
 use crate::scaling;
-use tributary_broker::controller::{Balance, ControllerError};
+use tributary_broker::controller::ControllerError;
 
 /// Why `cluster` cannot be applied as it is, with what to change; `None` when it can.
 pub fn spec_problem(cluster: &Cluster, topics: &[Topic]) -> Option<String> {
@@ -153,24 +153,19 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .get_opt(&resources::Names::of(&cluster).statefulset)
         .await?
         .and_then(|s| s.spec?.replicas);
-    let plan = controller.rebalance_status().await?;
-    let decide = |balance| {
-        scaling::decide(
-            cluster.spec.replicas,
-            running,
-            &controller.snapshot(),
-            &plan,
+    let desired = cluster.spec.replicas;
+    let decided = controller
+        .decide_scale(
+            desired,
+            running.unwrap_or(desired),
             cluster.spec.rebalance.auto_on_scale,
-            generation,
-            balance,
+            scaling::ASK,
         )
-    };
-    let mut decision = decide(Balance::Unknown);
+        .await?;
+    let decision = scaling::for_cluster(decided, generation);
     controller.cordon(decision.cordon.clone()).await?;
     if decision.rebalance {
         match controller.rebalance(false).await {
-            // A broker may stay empty (fewer replicas than brokers): balanced as it is.
-            Ok(plan) if plan.total == 0 => decision = decide(Balance::Balanced),
             Ok(plan) => {
                 tracing::info!(cluster = %cluster.name_any(), moves = plan.total, "rebalance started")
             }

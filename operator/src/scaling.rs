@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use tributary_broker::controller::{Balance, MetadataSnapshot, Plan, ScalePhase, scaling};
+use tributary_broker::controller::{ScaleDecision, ScalePhase};
 
 use crate::crd::condition;
 
@@ -26,26 +26,12 @@ pub struct Decision {
     pub rebalancing: Condition,
 }
 
-/// `desired` brokers are wanted, `running` are in the StatefulSet now (None: none yet);
-/// `balance` as for the controller's [`scaling::decide`].
-pub fn decide(
-    desired: i32,
-    running: Option<i32>,
-    snapshot: &MetadataSnapshot,
-    plan: &Plan,
-    auto_on_scale: bool,
-    generation: Option<i64>,
-    balance: Balance,
-) -> Decision {
-    let d = scaling::decide(
-        desired,
-        running.unwrap_or(desired),
-        snapshot,
-        plan,
-        auto_on_scale,
-        "set spec.replicas to",
-        balance,
-    );
+/// How the Cluster's users ask for a broker count, for the advice when a shrink is refused.
+pub const ASK: &str = "set spec.replicas to";
+
+/// The controller's decision (`Controller::decide_scale` with [`ASK`]) as the StatefulSet's
+/// replicas, the cordons and the Cluster's conditions.
+pub fn for_cluster(d: ScaleDecision, generation: Option<i64>) -> Decision {
     let refused = d.phase == ScalePhase::ScaleDownRefused;
     let message = d.message;
     Decision {
@@ -65,22 +51,29 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
-    use tributary_broker::controller::scaling::fixtures::snapshot;
+    use tributary_broker::controller::scaling::{Balance, decide, fixtures::snapshot};
+    use tributary_broker::controller::{MetadataSnapshot, Plan};
 
     use super::*;
+
+    /// As the reconciler does: `desired` brokers, `running` in the StatefulSet.
+    fn cluster_decision(desired: i32, running: i32, s: &MetadataSnapshot) -> Decision {
+        let d = decide(
+            desired,
+            running,
+            s,
+            &Plan::default(),
+            true,
+            ASK,
+            Balance::Unknown,
+        );
+        for_cluster(d, Some(2))
+    }
 
     #[test]
     fn the_statefulset_shrinks_only_when_the_brokers_that_go_hold_nothing() {
         let holding = snapshot(&[0, 1, 2, 3, 4], &[&[0, 3], &[1, 4], &[2, 0]]);
-        let d = decide(
-            3,
-            Some(5),
-            &holding,
-            &Plan::default(),
-            true,
-            Some(2),
-            Balance::Unknown,
-        );
+        let d = cluster_decision(3, 5, &holding);
         assert_eq!(d.statefulset_replicas, 5, "not before the drain");
         assert_eq!(d.cordon, BTreeSet::from([3, 4]));
         assert!(d.rebalance);
@@ -88,15 +81,7 @@ mod tests {
         assert_eq!(d.rebalancing.status, "True");
 
         let drained = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(
-            3,
-            Some(5),
-            &drained,
-            &Plan::default(),
-            true,
-            Some(2),
-            Balance::Unknown,
-        );
+        let d = cluster_decision(3, 5, &drained);
         assert_eq!(d.statefulset_replicas, 3);
         assert!(!d.rebalance);
         assert_eq!(d.rebalancing.status, "False");
@@ -105,15 +90,7 @@ mod tests {
     #[test]
     fn a_refused_scale_down_says_which_field_to_change_and_changes_nothing() {
         let s = snapshot(&[0, 1, 2], &[&[0, 1, 2]]);
-        let d = decide(
-            2,
-            Some(3),
-            &s,
-            &Plan::default(),
-            true,
-            Some(2),
-            Balance::Unknown,
-        );
+        let d = cluster_decision(2, 3, &s);
         assert_eq!(d.statefulset_replicas, 3);
         assert!(d.cordon.is_empty() && !d.rebalance);
         let why = d.refused.unwrap();
@@ -128,27 +105,11 @@ mod tests {
     #[test]
     fn a_scale_up_sets_the_statefulset_at_once_and_rebalances_once_the_brokers_registered() {
         let before = snapshot(&[0, 1, 2], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(
-            5,
-            Some(3),
-            &before,
-            &Plan::default(),
-            true,
-            Some(2),
-            Balance::Unknown,
-        );
+        let d = cluster_decision(5, 3, &before);
         assert_eq!(d.statefulset_replicas, 5);
         assert!(!d.rebalance);
         let joined = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(
-            5,
-            Some(5),
-            &joined,
-            &Plan::default(),
-            true,
-            Some(2),
-            Balance::Unknown,
-        );
+        let d = cluster_decision(5, 5, &joined);
         assert!(d.rebalance);
         assert_eq!(d.rebalancing.status, "True");
     }

@@ -223,10 +223,20 @@ impl State {
         self.present_brokers().last().map_or(0, |b| b + 1)
     }
 
-    /// The decision for `desired` brokers; a rebalance is asked for only when the
-    /// balancer would move something.
+    /// The decision for the broker count asked for with `scale`.
     fn scale_decision(&self, desired: i32) -> ScaleDecision {
-        let running = self.running_brokers();
+        self.decide_scale(desired, self.running_brokers(), true, SCALE_ADVICE)
+    }
+
+    /// [`scaling::decide`] on this metadata; a rebalance is asked for only when the
+    /// balancer would move something.
+    fn decide_scale(
+        &self,
+        desired: i32,
+        running: i32,
+        auto_rebalance: bool,
+        ask: &str,
+    ) -> ScaleDecision {
         let plan = self.plan_with_progress();
         let decide = |balance| {
             scaling::decide(
@@ -234,8 +244,8 @@ impl State {
                 running,
                 &self.snapshot,
                 &plan,
-                true,
-                SCALE_ADVICE,
+                auto_rebalance,
+                ask,
                 balance,
             )
         };
@@ -1264,6 +1274,21 @@ impl<S: MetadataStore> Controller<S> {
         }
         let decision = self.apply_scale_locked(&mut state).await?;
         Ok(decision.unwrap_or_else(|| state.scale_decision(brokers)))
+    }
+
+    /// What `desired` brokers mean when `running` exist (ids 0 to `running - 1`), for a
+    /// host that sets the broker count itself (the operator, from a Cluster's
+    /// `spec.replicas`); `ask` is how its users ask for a count, for the advice when a shrink
+    /// is refused. A rebalance is asked for only when the balancer would move something.
+    pub async fn decide_scale(
+        &self,
+        desired: i32,
+        running: i32,
+        auto_rebalance: bool,
+        ask: &str,
+    ) -> Result<ScaleDecision, ControllerError> {
+        let state = self.lock().await?;
+        Ok(state.decide_scale(desired, running, auto_rebalance, ask))
     }
 
     /// The broker count asked for with [`Controller::scale`] and where it stands; None when
