@@ -84,6 +84,30 @@ impl ClusterView {
             .partitions
             .get(tp.partition as usize)
     }
+
+    /// The address of the partition's leader in this view.
+    pub fn leader(&self, tp: &TopicPartition) -> Result<String> {
+        let Some(topic) = self.topics.get(&tp.topic) else {
+            return Err(unknown_topic(&tp.topic));
+        };
+        let Some(partition) = topic.partitions.get(tp.partition as usize) else {
+            return Err(Error::broker(
+                ErrorCode::UnknownTopicOrPartition,
+                format!(
+                    "topic '{}' has no partition {}: it has partitions 0 to {}",
+                    tp.topic,
+                    tp.partition,
+                    topic.partitions.len().saturating_sub(1)
+                ),
+            ));
+        };
+        self.brokers.get(&partition.leader).cloned().ok_or_else(|| {
+            Error::broker(
+                ErrorCode::LeaderNotAvailable,
+                format!("{tp} has no leader available right now"),
+            )
+        })
+    }
 }
 
 /// Parses `host:port[,host:port...]`.
@@ -296,27 +320,7 @@ impl Cluster {
 
     /// The address of the partition's leader, per the cached metadata.
     pub async fn leader(&self, tp: &TopicPartition) -> Result<String> {
-        let view = self.view().await?;
-        let Some(topic) = view.topics.get(&tp.topic) else {
-            return Err(unknown_topic(&tp.topic));
-        };
-        let Some(partition) = topic.partitions.get(tp.partition as usize) else {
-            return Err(Error::broker(
-                ErrorCode::UnknownTopicOrPartition,
-                format!(
-                    "topic '{}' has no partition {}: it has partitions 0 to {}",
-                    tp.topic,
-                    tp.partition,
-                    topic.partitions.len().saturating_sub(1)
-                ),
-            ));
-        };
-        view.brokers.get(&partition.leader).cloned().ok_or_else(|| {
-            Error::broker(
-                ErrorCode::LeaderNotAvailable,
-                format!("{tp} has no leader available right now"),
-            )
-        })
+        self.view().await?.leader(tp)
     }
 }
 

@@ -717,10 +717,11 @@ async fn run_sender(inner: Arc<Inner>) {
 
 async fn produce_once(
     inner: &Inner,
+    view: &ClusterView,
     tp: &TopicPartition,
     records: Bytes,
 ) -> Result<proto::ProduceResponse> {
-    let leader = inner.cluster.leader(tp).await?;
+    let leader = view.leader(tp)?;
     let mut client = inner.cluster.broker_client(&leader)?;
     let request = proto::ProduceRequest {
         topic: tp.topic.clone(),
@@ -766,10 +767,15 @@ async fn send(inner: Arc<Inner>, job: Job) {
             joined.freeze()
         }
     };
-    // The leader epoch this request goes out at, to tell a moved leader after an error.
     let epoch_of = |view: &ClusterView| view.partition(&tp).map(|p| (p.leader_epoch, p.leader));
-    let sent_at = inner.cluster.view().await.ok().and_then(|v| epoch_of(&v));
-    let result = produce_once(&inner, &tp, records).await;
+    // The leader epoch the request went out at, to tell a moved leader after an error.
+    let (sent_at, result) = match inner.cluster.view().await {
+        Ok(view) => (
+            epoch_of(&view),
+            produce_once(&inner, &view, &tp, records).await,
+        ),
+        Err(error) => (None, Err(error)),
+    };
     let mut released = 0;
     let mut retry = Vec::new();
     let mut reset = false;
