@@ -776,6 +776,11 @@ async fn drive<S: MetadataStore>(c: &Controller<S>, rf: usize) -> Plan {
     );
 }
 
+/// Whether a rebalance is in progress.
+async fn moving<S: MetadataStore>(c: &Controller<S>) -> bool {
+    !c.rebalance_status().await.unwrap().moves.is_empty()
+}
+
 fn counts<S: MetadataStore>(c: &Controller<S>) -> (BTreeMap<i32, usize>, BTreeMap<i32, usize>) {
     let mut replicas = BTreeMap::new();
     let mut leaders = BTreeMap::new();
@@ -813,14 +818,7 @@ pub async fn a_rebalance_onto_new_brokers_moves_replicas_safely_and_evens_the_co
         before.topics,
         "a dry run moves nothing"
     );
-    assert!(
-        controller
-            .rebalance_status()
-            .await
-            .unwrap()
-            .moves
-            .is_empty()
-    );
+    assert!(!moving(&controller).await);
 
     let plan = controller.rebalance(false).await.unwrap();
     assert_eq!(plan.total, dry.total);
@@ -917,14 +915,7 @@ pub async fn the_broker_count_drains_the_brokers_that_go_and_fills_new_ones(
     let asked = controller.scale(2).await.unwrap();
     assert_eq!((asked.run, asked.phase), (4, ScalePhase::Draining));
     assert_eq!(controller.cordoned().await.unwrap(), BTreeSet::from([2, 3]));
-    assert!(
-        !controller
-            .rebalance_status()
-            .await
-            .unwrap()
-            .moves
-            .is_empty()
-    );
+    assert!(moving(&controller).await);
     drive(&controller, 2).await;
     let (replicas, leaders) = counts(&controller);
     assert!(replicas.keys().all(|b| *b < 2), "{replicas:?}");
@@ -946,24 +937,10 @@ pub async fn the_broker_count_drains_the_brokers_that_go_and_fills_new_ones(
     // Growing: nothing moves until the new broker has registered, then it is filled.
     let asked = controller.scale(3).await.unwrap();
     assert_eq!((asked.run, asked.phase), (3, ScalePhase::WaitingForBrokers));
-    assert!(
-        controller
-            .rebalance_status()
-            .await
-            .unwrap()
-            .moves
-            .is_empty()
-    );
+    assert!(!moving(&controller).await);
     controller.register_broker(registration(2)).await.unwrap();
     controller.tick().await.unwrap();
-    assert!(
-        !controller
-            .rebalance_status()
-            .await
-            .unwrap()
-            .moves
-            .is_empty()
-    );
+    assert!(moving(&controller).await);
     drive(&controller, 2).await;
     let (replicas, _) = counts(&controller);
     assert!(within_one(&replicas, &[0, 1, 2]), "{replicas:?}");
@@ -1000,14 +977,7 @@ pub async fn a_broker_count_settles_with_brokers_left_empty_and_growing_again_un
     controller.tick().await.unwrap();
     let (_, settled) = controller.scale_status().await.unwrap().unwrap();
     assert_eq!(settled.phase, ScalePhase::Balanced, "{settled:?}");
-    assert!(
-        controller
-            .rebalance_status()
-            .await
-            .unwrap()
-            .moves
-            .is_empty()
-    );
+    assert!(!moving(&controller).await);
 
     // A shrink cordons brokers 2 and 3; asking for four again before they went lets them
     // take replicas again, while a cordon of a broker that stays is kept.
@@ -1124,28 +1094,13 @@ pub async fn a_broker_gone_longer_than_self_healing_allows_has_its_replicas_recr
     controller.tick().await.unwrap();
     tokio::time::advance(Duration::from_secs(30)).await;
     controller.tick().await.unwrap();
-    assert!(
-        controller
-            .rebalance_status()
-            .await
-            .unwrap()
-            .moves
-            .is_empty(),
-        "not before selfHealing.after"
-    );
+    assert!(!moving(&controller).await, "not before selfHealing.after");
     tokio::time::advance(Duration::from_secs(31)).await;
     for id in 1..=3 {
         controller.heartbeat(id, sessions[&id]).await.unwrap();
     }
     controller.tick().await.unwrap();
-    assert!(
-        !controller
-            .rebalance_status()
-            .await
-            .unwrap()
-            .moves
-            .is_empty()
-    );
+    assert!(moving(&controller).await);
     drive(&controller, 3).await;
     for p in &controller.snapshot().topics["t"].partitions {
         assert_eq!(p.replicas.len(), 3, "{p:?}");
