@@ -25,6 +25,13 @@ use crate::server::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
 };
 
+/// How long a partition waits before it is fetched again after the leader refused it:
+/// leadership moved, and this broker learns where to soon.
+const REFUSED_WAIT: Duration = Duration::from_millis(300);
+/// The first wait after the leader said it has not yet heard of the partition or its
+/// epoch; each such answer in a row doubles it, up to `REFUSED_WAIT`.
+const LEADER_BEHIND_FIRST_WAIT: Duration = Duration::from_millis(5);
+
 enum Command {
     Follow(Arc<Partition>),
     Unfollow(TopicPartition),
@@ -158,6 +165,9 @@ impl Fetchers {
 struct Following {
     partition: Arc<Partition>,
     paused_until: Option<Instant>,
+    /// Answers in a row saying the leader has not yet heard of this partition or its
+    /// epoch; the follower asks again after a wait that doubles with each.
+    leader_behind: u32,
 }
 
 type Stream = (
@@ -238,9 +248,17 @@ async fn run(
         }
         // The epoch each partition is fetched at: its answer applies only at that epoch.
         let mut epochs: HashMap<TopicPartition, i32> = HashMap::new();
+        // A paused partition is fetched again when its pause ends, so the long poll must not
+        // outlast it.
+        let max_wait = partitions
+            .values()
+            .filter_map(|f| f.paused_until)
+            .filter(|&until| until > now)
+            .map(|until| until - now)
+            .fold(config.fetch_max_wait, Duration::min);
         let request = proto::ReplicaFetchRequest {
             replica_id: broker_id,
-            max_wait_ms: config.fetch_max_wait.as_millis() as u32,
+            max_wait_ms: max_wait.as_millis() as u32,
             min_bytes: 1,
             max_bytes: config.fetch_max_bytes as u32,
             partitions: active
@@ -387,6 +405,7 @@ fn apply(partitions: &mut HashMap<TopicPartition, Following>, command: Command) 
                 Following {
                     partition,
                     paused_until: None,
+                    leader_behind: 0,
                 },
             );
         }
@@ -452,13 +471,25 @@ fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFe
                 Ok(())
             }
         }
+        // The controller told this broker of the partition or its epoch before the leader:
+        // the leader hears of it within moments, and acks=all producers wait until then.
+        ErrorCode::UnknownTopicOrPartition | ErrorCode::UnknownLeaderEpoch => {
+            tracing::debug!(partition = %tp, error = %answer.error_message, "the leader is behind on metadata");
+            let wait = LEADER_BEHIND_FIRST_WAIT
+                .saturating_mul(1 << following.leader_behind.min(8))
+                .min(REFUSED_WAIT);
+            following.leader_behind += 1;
+            pause(following, wait);
+            return;
+        }
         _ => {
-            // Leadership moved or the leader is behind on metadata: wait for it to settle.
+            // Leadership moved: wait for the new metadata to settle.
             tracing::debug!(partition = %tp, error = %answer.error_message, "leader refused the fetch");
-            pause(following, Duration::from_millis(300));
+            pause(following, REFUSED_WAIT);
             Ok(())
         }
     };
+    following.leader_behind = 0;
     match result {
         Ok(()) => {}
         Err(error @ ReplicaError::StaleFetch { .. }) => {
@@ -504,6 +535,7 @@ mod tests {
         let f = Following {
             partition: Arc::new(partition),
             paused_until: None,
+            leader_behind: 0,
         };
         (tp, f)
     }
@@ -561,5 +593,59 @@ mod tests {
             fetched(&partitions, None, 1),
             [("a".to_string(), mib), ("d".to_string(), mib)]
         );
+    }
+
+    fn refusal(code: ErrorCode) -> proto::ReplicaFetchedPartition {
+        proto::ReplicaFetchedPartition {
+            topic: "a".into(),
+            partition: 0,
+            error_code: code.into(),
+            error_message: "refused".into(),
+            high_watermark: -1,
+            log_start_offset: -1,
+            log_end_offset: -1,
+            diverging_epoch: None,
+            records: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_leader_behind_on_metadata_is_asked_again_soon_and_a_moved_leader_later() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (_, mut f) = following(dir.path(), "a", true);
+        let from = FetchedFrom {
+            leader: 1,
+            epoch: 1,
+        };
+        // The pause an answer sets off, as bounds: at least the first, at most the second.
+        let mut pause_after = |code: ErrorCode| {
+            let before = Instant::now();
+            handle(&mut f, from, refusal(code));
+            let until = f.paused_until.expect("paused");
+            (until - before, until - Instant::now(), f.leader_behind)
+        };
+        // Each "not heard of it yet" in a row doubles the wait, from a few milliseconds.
+        let first = LEADER_BEHIND_FIRST_WAIT;
+        let (at_least, at_most, _) = pause_after(ErrorCode::UnknownTopicOrPartition);
+        assert!(at_least >= first && at_most <= first);
+        let (at_least, at_most, _) = pause_after(ErrorCode::UnknownLeaderEpoch);
+        assert!(at_least >= first * 2 && at_most <= first * 2);
+        let (at_least, at_most, _) = pause_after(ErrorCode::UnknownLeaderEpoch);
+        assert!(at_least >= first * 4 && at_most <= first * 4);
+        for _ in 0..20 {
+            pause_after(ErrorCode::UnknownLeaderEpoch);
+        }
+        let (at_least, at_most, _) = pause_after(ErrorCode::UnknownLeaderEpoch);
+        assert!(
+            at_least >= REFUSED_WAIT && at_most <= REFUSED_WAIT,
+            "the wait stays bounded"
+        );
+
+        // A leader that moved on: wait for the new metadata, and start over the next time.
+        let (at_least, _, behind) = pause_after(ErrorCode::NotLeaderOrFollower);
+        assert!(at_least >= REFUSED_WAIT);
+        assert_eq!(behind, 0);
+        let (_, at_most, _) = pause_after(ErrorCode::UnknownLeaderEpoch);
+        assert!(at_most <= first);
     }
 }

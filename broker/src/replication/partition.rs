@@ -451,6 +451,16 @@ impl Partition {
         proposals: &dyn Fn(IsrChange),
     ) -> Result<ReplicaRead, ReplicaError> {
         let mut state = self.state.write();
+        // A follower at a newer epoch heard of a leadership change before this broker did:
+        // say so (UNKNOWN_LEADER_EPOCH) whatever this broker's role still is, so it asks
+        // again shortly instead of taking this broker for a former leader.
+        if follower_epoch > state.leader_epoch {
+            return Err(ReplicaError::EpochMismatch {
+                tp: self.tp.clone(),
+                theirs: follower_epoch,
+                ours: state.leader_epoch,
+            });
+        }
         if state.role != Role::Leader {
             return Err(ReplicaError::NotLeader {
                 tp: self.tp.clone(),
@@ -747,6 +757,50 @@ mod tests {
 
         partition.isr_answered(&second[0], Some(&record(2, 3, &[1, 2])));
         assert_eq!(partition.status().isr, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_fetch_at_a_newer_epoch_than_this_brokers_says_it_is_behind_whatever_its_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = leader_of(dir.path());
+        let config = TopicConfig::default();
+        // This broker still follows broker 2 at epoch 1; broker 2 already knows that the
+        // controller made this broker leader at epoch 2.
+        let mut follower = record(1, 1, &[1, 2]);
+        follower.leader = 2;
+        partition.apply(&follower, &config).unwrap();
+        let ahead = partition.replica_read(2, 0, 2, -1, 1024, &|_| {});
+        assert!(
+            matches!(
+                ahead,
+                Err(ReplicaError::EpochMismatch {
+                    theirs: 2,
+                    ours: 1,
+                    ..
+                })
+            ),
+            "{ahead:?}"
+        );
+        // At the same epoch, a follower is not fetched from.
+        let same = partition.replica_read(2, 0, 1, -1, 1024, &|_| {});
+        assert!(
+            matches!(same, Err(ReplicaError::NotLeader { .. })),
+            "{same:?}"
+        );
+        // And a leader refuses a follower behind its epoch.
+        partition.apply(&record(3, 3, &[1, 2]), &config).unwrap();
+        let behind = partition.replica_read(2, 0, 2, -1, 1024, &|_| {});
+        assert!(
+            matches!(
+                behind,
+                Err(ReplicaError::EpochMismatch {
+                    theirs: 2,
+                    ours: 3,
+                    ..
+                })
+            ),
+            "{behind:?}"
+        );
     }
 
     fn batch() -> Bytes {
