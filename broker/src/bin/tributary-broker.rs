@@ -179,6 +179,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     server::init_logging("info");
     server::raise_open_file_limit();
+    server::keep_freed_memory();
     if let Some(parent) = args.stop_with_parent {
         server::stop_with_parent(parent);
     }
