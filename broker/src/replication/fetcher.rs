@@ -258,7 +258,7 @@ async fn run(
             .fold(config.fetch_max_wait, Duration::min);
         let request = proto::ReplicaFetchRequest {
             replica_id: broker_id,
-            max_wait_ms: max_wait.as_millis() as u32,
+            max_wait_ms: max_wait.as_micros().div_ceil(1000) as u32,
             min_bytes: 1,
             max_bytes: config.fetch_max_bytes as u32,
             partitions: active
@@ -422,6 +422,7 @@ fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFe
     let pause = |following: &mut Following, for_: Duration| {
         following.paused_until = Some(Instant::now() + for_)
     };
+    let leader_behind = std::mem::take(&mut following.leader_behind);
     if let Some(diverging) = answer.diverging_epoch {
         let log = partition.log();
         // Where both logs agree: the end of that epoch in the leader's log and in this one.
@@ -476,9 +477,9 @@ fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFe
         ErrorCode::UnknownTopicOrPartition | ErrorCode::UnknownLeaderEpoch => {
             tracing::debug!(partition = %tp, error = %answer.error_message, "the leader is behind on metadata");
             let wait = LEADER_BEHIND_FIRST_WAIT
-                .saturating_mul(1 << following.leader_behind.min(8))
+                .saturating_mul(1 << leader_behind.min(8))
                 .min(REFUSED_WAIT);
-            following.leader_behind += 1;
+            following.leader_behind = leader_behind.saturating_add(1);
             pause(following, wait);
             return;
         }
@@ -489,7 +490,6 @@ fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFe
             Ok(())
         }
     };
-    following.leader_behind = 0;
     match result {
         Ok(()) => {}
         Err(error @ ReplicaError::StaleFetch { .. }) => {

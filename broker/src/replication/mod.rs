@@ -564,6 +564,9 @@ impl ReplicaManager {
         max_bytes: usize,
     ) -> Vec<(TopicPartition, Result<ReplicaRead, ReplicaError>)> {
         let deadline = tokio::time::Instant::now() + max_wait.min(Duration::from_secs(10));
+        // New metadata ends the wait too: it may have given the follower partitions here
+        // that it has not asked for yet, and it asks again with them at once.
+        let mut metadata = self.metadata.subscribe();
         loop {
             // New records, or a high watermark the follower has not seen, end the wait.
             let mut watchers: Vec<watch::Receiver<i64>> = partitions
@@ -615,8 +618,11 @@ impl ReplicaManager {
             {
                 return results;
             }
-            if !self.wait_for_change(&mut watchers, deadline).await {
-                return results;
+            tokio::select! {
+                woken = self.wait_for_change(&mut watchers, deadline) => if !woken {
+                    return results;
+                },
+                _ = metadata.changed() => return results,
             }
         }
     }
@@ -733,4 +739,66 @@ pub enum OffsetQuery {
     Earliest,
     Latest,
     Timestamp(i64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::scaling::fixtures;
+    use crate::log::LogConfig;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_followers_long_poll_ends_when_new_metadata_arrives() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let logs = Arc::new(LogManager::open(dir.path(), |_| LogConfig::default()).expect("logs"));
+        let replicas = Arc::new(ReplicaManager::new(
+            1,
+            logs,
+            TopicConfig::default(),
+            ReplicationConfig::default(),
+        ));
+        let mut snapshot = fixtures::snapshot(&[1, 2], &[&[1, 2]]);
+        snapshot.version = 1;
+        replicas.apply_metadata(Arc::new(snapshot.clone()));
+        let tp = TopicPartition::new("t", 0);
+        let status = replicas
+            .partition(&tp)
+            .expect("broker 1 leads t-0")
+            .status();
+        let poll = tokio::spawn({
+            let replicas = replicas.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                let asked = [ReplicaFetchPartition {
+                    tp,
+                    fetch_offset: 0,
+                    leader_epoch: status.leader_epoch,
+                    last_fetched_epoch: -1,
+                    max_bytes: 1024,
+                    high_watermark: 0,
+                }];
+                let answer = replicas
+                    .replica_fetch(2, &asked, Duration::from_secs(10), 1, 1024)
+                    .await;
+                (started.elapsed(), answer)
+            }
+        });
+        // Broker 2 also follows a new partition here now; its poll, with nothing to read,
+        // ends so that it can ask for that one too.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        snapshot.version = 2;
+        if let Some(topic) = snapshot.topics.get_mut("t") {
+            topic.partitions.push(topic.partitions[0].clone());
+        }
+        replicas.apply_metadata(Arc::new(snapshot));
+        let (waited, answer) = poll.await.expect("the poll ends");
+        assert!(
+            waited < Duration::from_secs(2),
+            "answered after {waited:?}, not at once"
+        );
+        assert!(
+            matches!(answer[0].1, Ok(ReplicaRead::Data { .. })),
+            "{answer:?}"
+        );
+    }
 }
