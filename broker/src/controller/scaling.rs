@@ -249,18 +249,23 @@ mod tests {
     use super::fixtures::snapshot;
     use super::*;
 
-    #[test]
-    fn a_scale_down_drains_first_and_lets_the_brokers_go_only_when_they_hold_nothing() {
-        let holding = snapshot(&[0, 1, 2, 3, 4], &[&[0, 3], &[1, 4], &[2, 0]]);
-        let d = decide(
-            3,
-            5,
-            &holding,
+    /// The decision with no move in progress, auto-rebalance on, and the balance unknown.
+    fn decide_idle(desired: i32, running: i32, snapshot: &MetadataSnapshot) -> ScaleDecision {
+        decide(
+            desired,
+            running,
+            snapshot,
             &Plan::default(),
             true,
             "ask for",
             Balance::Unknown,
-        );
+        )
+    }
+
+    #[test]
+    fn a_scale_down_drains_first_and_lets_the_brokers_go_only_when_they_hold_nothing() {
+        let holding = snapshot(&[0, 1, 2, 3, 4], &[&[0, 3], &[1, 4], &[2, 0]]);
+        let d = decide_idle(3, 5, &holding);
         assert_eq!(d.run, 5, "not before the drain");
         assert_eq!(d.cordon, BTreeSet::from([3, 4]));
         assert!(d.rebalance);
@@ -268,15 +273,7 @@ mod tests {
         assert!(d.message.contains("broker(s) 3, 4"), "{}", d.message);
 
         let drained = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(
-            3,
-            5,
-            &drained,
-            &Plan::default(),
-            true,
-            "ask for",
-            Balance::Unknown,
-        );
+        let d = decide_idle(3, 5, &drained);
         assert_eq!(d.run, 3);
         assert_eq!(d.phase, ScalePhase::Drained);
         assert_eq!(
@@ -290,15 +287,7 @@ mod tests {
     #[test]
     fn a_scale_down_below_a_topics_replication_factor_is_refused_and_changes_nothing() {
         let s = snapshot(&[0, 1, 2], &[&[0, 1, 2]]);
-        let d = decide(
-            2,
-            3,
-            &s,
-            &Plan::default(),
-            true,
-            "ask for",
-            Balance::Unknown,
-        );
+        let d = decide_idle(2, 3, &s);
         assert_eq!(d.run, 3);
         assert!(d.cordon.is_empty() && !d.rebalance);
         assert_eq!(d.phase, ScalePhase::ScaleDownRefused);
@@ -315,29 +304,13 @@ mod tests {
     #[test]
     fn a_scale_up_rebalances_once_the_new_brokers_have_registered() {
         let before = snapshot(&[0, 1, 2], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(
-            5,
-            3,
-            &before,
-            &Plan::default(),
-            true,
-            "ask for",
-            Balance::Unknown,
-        );
+        let d = decide_idle(5, 3, &before);
         assert_eq!(d.run, 5);
         assert!(!d.rebalance, "brokers 3 and 4 are not registered yet");
         assert_eq!(d.phase, ScalePhase::WaitingForBrokers);
         assert!(d.message.contains("broker(s) 3, 4"), "{}", d.message);
         let joined = snapshot(&[0, 1, 2, 3, 4], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let d = decide(
-            5,
-            5,
-            &joined,
-            &Plan::default(),
-            true,
-            "ask for",
-            Balance::Unknown,
-        );
+        let d = decide_idle(5, 5, &joined);
         assert!(d.rebalance);
         assert_eq!(d.phase, ScalePhase::Rebalancing);
         let d = decide(
