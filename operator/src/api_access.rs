@@ -45,19 +45,19 @@ pub const WATCHED_NAMESPACES: &[Access] = &[
     Access {
         group: "apps",
         resource: "statefulsets",
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         why: "apply each Cluster's brokers; watch their rollout",
     },
     Access {
         group: "",
         resource: "services",
-        verbs: &["patch"],
+        verbs: &["create", "patch"],
         why: "apply each Cluster's headless and client Services",
     },
     Access {
         group: "",
         resource: "serviceaccounts",
-        verbs: &["patch"],
+        verbs: &["create", "patch"],
         why: "apply each Cluster's ServiceAccount",
     },
     Access {
@@ -69,7 +69,7 @@ pub const WATCHED_NAMESPACES: &[Access] = &[
     Access {
         group: "policy",
         resource: "poddisruptionbudgets",
-        verbs: &["patch"],
+        verbs: &["create", "patch"],
         why: "apply each Cluster's PodDisruptionBudget",
     },
     Access {
@@ -115,6 +115,22 @@ pub fn rules(accesses: &[Access]) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// The verbs a Kubernetes API server authorizes for a request: the one its method maps to
+/// (see [`classify`]), and `create` too for a PATCH that creates its object, since
+/// server-side apply of an absent object is a create and is authorized as one.
+pub fn verbs_checked(
+    method: &str,
+    path: &str,
+    creates: bool,
+) -> Option<(String, String, Vec<&'static str>)> {
+    let (group, resource, verb) = classify(method, path)?;
+    let mut verbs = vec![verb];
+    if verb == "patch" && creates {
+        verbs.push("create");
+    }
+    Some((group, resource, verbs))
 }
 
 /// The group, resource (with subresource) and verb of a request, from its method and path

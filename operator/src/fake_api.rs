@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 pub struct Call {
     pub method: String,
     pub path: String,
+    /// A PATCH that created the object (server-side apply of an absent object). A real
+    /// API server authorizes such a request for `create` as well as `patch`.
+    pub created: bool,
 }
 
 #[derive(Default)]
@@ -174,6 +177,7 @@ impl FakeApi {
         state.calls.push(Call {
             method: method.to_string(),
             path: path.to_string(),
+            created: false,
         });
         if state.unserved.iter().any(|p| path.starts_with(p)) {
             return status(
@@ -246,6 +250,9 @@ impl FakeApi {
                         );
                     }
                     (None, false) => {
+                        if let Some(call) = state.calls.last_mut() {
+                            call.created = true;
+                        }
                         json!({"metadata": {"uid": format!("uid-{revision}"), "generation": 0}})
                     }
                 };

@@ -131,15 +131,17 @@ async fn every_api_call_the_operator_makes_is_declared() {
         .collect();
     let mut used = std::collections::BTreeSet::new();
     for call in api.calls() {
-        let (group, resource, verb) = classify(&call.method, &call.path)
+        let (group, resource, verbs) = verbs_checked(&call.method, &call.path, call.created)
             .unwrap_or_else(|| panic!("unrecognized request {call:?}"));
-        assert!(
-            allows(&all, &group, &resource, verb),
-            "{verb} {group}/{resource} ({} {}) is not declared in api_access",
-            call.method,
-            call.path
-        );
-        used.insert((group, resource, verb));
+        for verb in verbs {
+            assert!(
+                allows(&all, &group, &resource, verb),
+                "{verb} {group}/{resource} ({} {}) is not declared in api_access",
+                call.method,
+                call.path
+            );
+            used.insert((group.clone(), resource.clone(), verb));
+        }
     }
     // Declared and never used would be more than the operator needs. `watch` is a GET
     // of a collection, which the fake server sees as a list.
@@ -154,6 +156,29 @@ async fn every_api_call_the_operator_makes_is_declared() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn an_apply_that_creates_its_object_needs_create_as_well_as_patch() {
+    let api = FakeApi::new();
+    let client = api.client();
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client, "streams");
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "demo"}, "spec": {"clusterIP": "None"}});
+    let params = kube::api::PatchParams::apply("test");
+    for _ in 0..2 {
+        services
+            .patch("demo", &params, &kube::api::Patch::Apply(&service))
+            .await
+            .unwrap();
+    }
+    let checked: Vec<_> = api
+        .calls()
+        .iter()
+        .map(|c| verbs_checked(&c.method, &c.path, c.created).unwrap().2)
+        .collect();
+    assert_eq!(checked, [vec!["patch", "create"], vec!["patch"]]);
 }
 
 #[test]
