@@ -14,6 +14,8 @@ pub mod proto {
     tonic::include_proto!("tributary.v1");
 }
 
+pub mod metadata;
+
 pub mod controller;
 pub mod group;
 pub mod replication;

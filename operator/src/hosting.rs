@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tributary_broker::config::TopicConfig;
 use tributary_broker::controller::{
-    Controller, ControllerConfig, ControllerError, MetadataSnapshot, SESSION_CHECK_INTERVAL,
+    Controller, ControllerConfig, ControllerError, SESSION_CHECK_INTERVAL,
 };
+use tributary_broker::metadata::MetadataSnapshot;
 use tributary_broker::server::{CLUSTER_HEADER, ControllerDirectory};
 
 use crate::crd::{BrokerStatus, Cluster};

@@ -19,9 +19,8 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 use tokio::sync::Mutex;
-use tributary_broker::controller::{
-    Expected, MetadataStore, PartitionRecord, StoreError, TopicRecord, Versioned,
-};
+use tributary_broker::controller::{Expected, MetadataStore, StoreError, Versioned};
+use tributary_broker::metadata::{PartitionRecord, TopicRecord};
 
 use crate::context::is_status;
 use crate::crd::{Cluster, PartitionStatus, Topic, TopicStatus};

@@ -51,8 +51,9 @@ pub fn for_cluster(d: ScaleDecision, generation: Option<i64>) -> Decision {
 
 #[cfg(test)]
 mod tests {
-    use tributary_broker::controller::scaling::{Balance, decide, fixtures::snapshot};
-    use tributary_broker::controller::{MetadataSnapshot, Plan};
+    use tributary_broker::controller::scaling::{Balance, decide};
+    use tributary_broker::metadata::fixtures::snapshot;
+    use tributary_broker::metadata::{MetadataSnapshot, Plan};
 
     use super::*;
 

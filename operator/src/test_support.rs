@@ -1,6 +1,7 @@
 //! What the operator's tests share beyond the fake API server.
 
-use tributary_broker::controller::{BrokerInfo, Registration};
+use tributary_broker::controller::Registration;
+use tributary_broker::metadata::BrokerInfo;
 
 /// A broker registering with a controller: `id` at `host:port`, with its data directory's
 /// `incarnation`.

@@ -12,7 +12,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tributary_broker::controller::{Controller, ControllerError, NewTopic, TopicRecord};
+use tributary_broker::controller::{Controller, ControllerError};
+use tributary_broker::metadata::{NewTopic, TopicRecord};
 
 use crate::context::{Context, Error, MANAGER};
 use crate::crd::{self, Cluster, Topic, TopicStatus, condition};

@@ -10,7 +10,7 @@ use super::error::{Error, Result};
 use super::group::{Coordinator, commit as group_commit};
 use super::offsets::{Found, OffsetQuery, list_offsets, list_offsets_each};
 use crate::TopicPartition;
-pub use crate::controller::NewTopic;
+pub use crate::metadata::NewTopic;
 use crate::proto;
 use crate::server::convert::group_partitions_from_proto;
 

@@ -9,7 +9,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::{Error, Result};
-use crate::controller::Plan;
+use crate::metadata::Plan;
 use crate::proto;
 use crate::server::ClusterHeader;
 

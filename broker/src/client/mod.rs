@@ -34,10 +34,10 @@ mod error;
 mod group;
 mod membership;
 mod offsets;
-mod partitioner;
 mod producer;
 
 pub use crate::TopicPartition;
+pub use crate::metadata::{murmur2, partition_for_key};
 pub use crate::proto::ErrorCode;
 pub use crate::record::{Compression, Header};
 pub use admin::{
@@ -49,7 +49,6 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset
 pub use controller_admin::{BrokerState, ClusterAdmin, ClusterStatus, ScaleState};
 pub use error::{Error, Result};
 pub use offsets::{Found, OffsetQuery};
-pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };

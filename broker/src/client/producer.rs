@@ -21,11 +21,11 @@ use tokio::time::Instant;
 
 use super::cluster::{Cluster, ClusterView};
 use super::error::{Error, Result};
-use super::partitioner::partition_for_key;
 use crate::TopicPartition;
+pub use crate::metadata::Acks;
+use crate::metadata::partition_for_key;
 use crate::proto;
 use crate::record::{BatchBuilder, Compression, HEADER_LEN};
-pub use crate::replication::Acks;
 
 /// How a producer batches, compresses and retries.
 #[derive(Debug, Clone)]

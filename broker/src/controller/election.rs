@@ -6,7 +6,7 @@
 //! leader). Only with `unclean.leader.election.enable` may an out-of-sync replica lead, and
 //! then the ISR restarts with it alone: records only the lost replicas had are gone.
 
-use super::PartitionRecord;
+use crate::metadata::PartitionRecord;
 
 fn choose(
     p: &PartitionRecord,

@@ -10,7 +10,6 @@
 
 mod balancer;
 mod election;
-mod metadata;
 mod placement;
 mod reassignment;
 pub mod scaling;
@@ -28,9 +27,10 @@ use uuid::Uuid;
 
 use crate::TopicPartition;
 use crate::config::{ConfigError, TopicConfig};
+use crate::metadata::{
+    BrokerInfo, MetadataSnapshot, Move, NewTopic, OFFSETS_TOPIC, PartitionRecord, Plan, TopicRecord,
+};
 use crate::validate_topic_name;
-pub use metadata::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
-pub use reassignment::{Move, Plan};
 pub use scaling::{Balance, ScaleDecision, ScalePhase};
 pub use store::{Expected, FileStore, MetadataStore, StoreError, Versioned};
 
@@ -78,16 +78,6 @@ pub enum ControllerError {
     ScaleRefused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A topic to create.
-#[derive(Debug, Clone, Default)]
-pub struct NewTopic {
-    pub name: String,
-    pub partitions: u32,
-    /// None takes the cluster default.
-    pub replication_factor: Option<u32>,
-    pub config: BTreeMap<String, String>,
 }
 
 /// How the controller runs.
@@ -944,11 +934,11 @@ impl<S: MetadataStore> Controller<S> {
     /// needing two in-sync replicas when there are three, and no retention (the group
     /// coordinators keep it small).
     pub async fn create_offsets_topic(&self) -> Result<TopicRecord, ControllerError> {
-        if let Some(existing) = self.snapshot().topics.get(crate::group::OFFSETS_TOPIC) {
+        if let Some(existing) = self.snapshot().topics.get(OFFSETS_TOPIC) {
             return Ok(existing.clone());
         }
         let topic = NewTopic {
-            name: crate::group::OFFSETS_TOPIC.into(),
+            name: OFFSETS_TOPIC.into(),
             partitions: self.config.read().offsets_topic_partitions,
             replication_factor: None,
             config: BTreeMap::from([
@@ -961,9 +951,9 @@ impl<S: MetadataStore> Controller<S> {
             Err(ControllerError::TopicExists(_)) => self
                 .snapshot()
                 .topics
-                .get(crate::group::OFFSETS_TOPIC)
+                .get(OFFSETS_TOPIC)
                 .cloned()
-                .ok_or_else(|| ControllerError::TopicExists(crate::group::OFFSETS_TOPIC.into())),
+                .ok_or_else(|| ControllerError::TopicExists(OFFSETS_TOPIC.into())),
             other => other.map(|(record, _)| record),
         }
     }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{MetadataSnapshot, Plan};
+use crate::metadata::{MetadataSnapshot, Plan};
 
 /// Where a change of the broker count stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -200,54 +200,10 @@ pub fn decide(
     }
 }
 
-/// Metadata for tests of scaling decisions, here and in the operator.
-#[cfg(any(test, feature = "store-suite"))]
-pub mod fixtures {
-    use std::collections::BTreeMap;
-
-    use super::super::{BrokerInfo, MetadataSnapshot, PartitionRecord, TopicRecord};
-
-    /// Brokers `alive` in session and one topic 't' whose partitions have these replicas
-    /// (all in sync, the first leading).
-    pub fn snapshot(alive: &[i32], partitions: &[&[i32]]) -> MetadataSnapshot {
-        let mut s = MetadataSnapshot::default();
-        for id in alive {
-            s.brokers.insert(
-                *id,
-                BrokerInfo {
-                    id: *id,
-                    host: format!("b{id}"),
-                    port: 9095,
-                    rack: None,
-                },
-            );
-        }
-        s.topics.insert(
-            "t".into(),
-            TopicRecord {
-                name: "t".into(),
-                id: uuid::Uuid::nil(),
-                config: BTreeMap::new(),
-                partitions: partitions
-                    .iter()
-                    .map(|r| PartitionRecord {
-                        replicas: r.to_vec(),
-                        isr: r.to_vec(),
-                        leader: r[0],
-                        leader_epoch: 0,
-                        partition_epoch: 0,
-                    })
-                    .collect(),
-            },
-        );
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixtures::snapshot;
     use super::*;
+    use crate::metadata::fixtures::snapshot;
 
     /// The decision with no move in progress, auto-rebalance on, and the balance unknown.
     fn decide_idle(desired: i32, running: i32, snapshot: &MetadataSnapshot) -> ScaleDecision {

@@ -690,7 +690,7 @@ pub async fn the_internal_offsets_topic_is_stored_like_any_other(stores: &impl S
     assert_eq!(controller.create_offsets_topic().await.unwrap(), created);
     drop(controller);
     let snapshot = self::controller(stores).await.snapshot();
-    assert_eq!(snapshot.topics[crate::group::OFFSETS_TOPIC], created);
+    assert_eq!(snapshot.topics[crate::metadata::OFFSETS_TOPIC], created);
 }
 
 pub async fn a_stopped_controller_answers_nothing_and_says_why(stores: &impl StoreFactory) {

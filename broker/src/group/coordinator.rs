@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::records::{self, OffsetValue};
 use super::state::{Committed, Group, GroupState, Heartbeat, HeartbeatAnswer};
-use super::{GroupConfig, GroupError, OFFSETS_TOPIC, offsets_partition_for, validate_group_id};
+use super::{GroupConfig, GroupError, offsets_partition_for, validate_group_id};
 use crate::TopicPartition;
-use crate::controller::MetadataSnapshot;
+use crate::metadata::{Acks, MetadataSnapshot, OFFSETS_TOPIC};
 use crate::record;
-use crate::replication::{Acks, Partition, ReplicaManager};
+use crate::replication::{Partition, ReplicaManager};
 
 /// How often sessions are checked and newly led offsets partitions loaded.
 const TICK: Duration = Duration::from_millis(100);

@@ -16,9 +16,6 @@ pub use state::{GroupState, HeartbeatAnswer};
 use crate::TopicPartition;
 use crate::replication::ReplicaError;
 
-/// The internal topic that holds committed offsets.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
-
 /// How coordinators treat members.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -42,7 +39,7 @@ impl Default for GroupConfig {
 /// The partition of `__consumer_offsets` that holds a group: the group id's murmur2 hash
 /// (as Kafka's clients hash keys) modulo the partition count.
 pub fn offsets_partition_for(group_id: &str, partitions: u32) -> u32 {
-    crate::client::partition_for_key(group_id.as_bytes(), partitions)
+    crate::metadata::partition_for_key(group_id.as_bytes(), partitions)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@ use super::partition::FetchedFrom;
 use super::throttle::Throttle;
 use super::{Partition, ReplicaError, ReplicationConfig};
 use crate::TopicPartition;
-use crate::controller::BrokerInfo;
+use crate::metadata::BrokerInfo;
 use crate::proto::{self, ErrorCode};
 use crate::server::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
@@ -506,8 +506,8 @@ fn handle(following: &mut Following, from: FetchedFrom, answer: proto::ReplicaFe
 mod tests {
     use super::*;
     use crate::config::TopicConfig;
-    use crate::controller::PartitionRecord;
     use crate::log::{Log, LogConfig};
+    use crate::metadata::PartitionRecord;
 
     /// A replica on broker 2 of partition `name`-0 led by broker 1, in the ISR or not.
     fn following(dir: &std::path::Path, name: &str, in_sync: bool) -> (TopicPartition, Following) {

@@ -22,36 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::TopicPartition;
 use crate::config::TopicConfig;
-use crate::controller::{MetadataSnapshot, PartitionRecord};
 use crate::log::{AppendInfo, LogError, LogManager, OffsetCheckpoint};
+use crate::metadata::{Acks, MetadataSnapshot, PartitionRecord};
 use fetcher::Fetchers;
 pub use partition::{Partition, PartitionRead, PartitionStatus, ReplicaRead, Role};
 
 const HIGH_WATERMARK_FILE: &str = "replication-offset-checkpoint";
-
-/// How many replicas must have a record before the producer hears back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acks {
-    /// No answer is waited for.
-    None,
-    /// The leader appended it.
-    Leader,
-    /// Every in-sync replica has it.
-    All,
-}
-
-impl TryFrom<i32> for Acks {
-    type Error = String;
-
-    fn try_from(value: i32) -> Result<Self, Self::Error> {
-        match value {
-            0 => Ok(Self::None),
-            1 => Ok(Self::Leader),
-            -1 => Ok(Self::All),
-            other => Err(format!("acks must be 0, 1 or -1 (all), not {other}")),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -744,8 +720,8 @@ pub enum OffsetQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::scaling::fixtures;
     use crate::log::LogConfig;
+    use crate::metadata::fixtures;
 
     #[tokio::test(start_paused = true)]
     async fn a_followers_long_poll_ends_when_new_metadata_arrives() {

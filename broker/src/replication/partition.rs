@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::{IsrChange, ReplicaError};
 use crate::TopicPartition;
 use crate::config::TopicConfig;
-use crate::controller::PartitionRecord;
 use crate::log::{AppendInfo, Log, ReadResult, replace_file};
+use crate::metadata::PartitionRecord;
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 

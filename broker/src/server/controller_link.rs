@@ -16,10 +16,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
-use crate::controller::{
-    Controller, FileStore, IsrProposal, MetadataSnapshot, NewTopic, PartitionRecord, Registration,
-    TopicRecord,
-};
+use crate::controller::{Controller, FileStore, IsrProposal, Registration};
+use crate::metadata::{MetadataSnapshot, NewTopic, PartitionRecord, TopicRecord};
 use crate::proto::{self, ErrorCode};
 use crate::replication::{IsrChange, ReplicaManager};
 use crate::server::status::status;

@@ -9,9 +9,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::status::status;
-use crate::controller::{
-    Controller, IsrProposal, IsrRejection, MetadataSnapshot, MetadataStore, Registration,
-};
+use crate::controller::{Controller, IsrProposal, IsrRejection, MetadataStore, Registration};
+use crate::metadata::MetadataSnapshot;
 use crate::proto::{self, ErrorCode};
 
 /// The request header naming the cluster a broker belongs to (`namespace/name` on

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use crate::TopicPartition;
-use crate::controller::{BrokerInfo, MetadataSnapshot, NewTopic, PartitionRecord, TopicRecord};
+use crate::metadata::{
+    BrokerInfo, MetadataSnapshot, Move, NewTopic, PartitionRecord, Plan, TopicRecord,
+};
 use crate::proto;
 
 /// A topic creation as sent to a broker or the controller (replication factor 0 means the
@@ -185,7 +187,7 @@ pub fn snapshot_from_proto(m: proto::ClusterMetadata) -> Result<MetadataSnapshot
     })
 }
 
-pub fn plan_to_proto(plan: &crate::controller::Plan) -> proto::RebalancePlan {
+pub fn plan_to_proto(plan: &Plan) -> proto::RebalancePlan {
     proto::RebalancePlan {
         moves: plan
             .moves
@@ -206,12 +208,12 @@ pub fn plan_to_proto(plan: &crate::controller::Plan) -> proto::RebalancePlan {
     }
 }
 
-pub fn plan_from_proto(plan: proto::RebalancePlan) -> crate::controller::Plan {
-    crate::controller::Plan {
+pub fn plan_from_proto(plan: proto::RebalancePlan) -> Plan {
+    Plan {
         moves: plan
             .moves
             .into_iter()
-            .map(|m| crate::controller::Move {
+            .map(|m| Move {
                 topic: m.topic,
                 partition: m.partition,
                 original: m.original,
@@ -262,7 +264,7 @@ pub fn scale_to_proto(
 pub fn cluster_status(
     snapshot: &MetadataSnapshot,
     cordoned: &BTreeSet<i32>,
-    plan: &crate::controller::Plan,
+    plan: &Plan,
     scale: Option<proto::ScaleStatus>,
 ) -> proto::ClusterStatusResponse {
     let mut counts = snapshot.load();

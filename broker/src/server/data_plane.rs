@@ -11,9 +11,9 @@ use super::controller_link::ControllerLink;
 use super::metrics::Metrics;
 use super::status::{replica_error_code, status};
 use crate::TopicPartition;
-use crate::controller::{MetadataSnapshot, TopicRecord};
+use crate::metadata::{Acks, MetadataSnapshot, TopicRecord};
 use crate::proto::{self, ErrorCode};
-use crate::replication::{Acks, FetchParams, OffsetQuery, ReplicaManager};
+use crate::replication::{FetchParams, OffsetQuery, ReplicaManager};
 
 /// How long acks=all waits when the request does not say.
 pub const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicConfig;
 use crate::controller::{
-    BrokerInfo, Controller, ControllerConfig, ControllerError, FileStore, Registration, StoreError,
+    Controller, ControllerConfig, ControllerError, FileStore, Registration, StoreError,
 };
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::{LogManager, LogManagerError};
+use crate::metadata::BrokerInfo;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::broker_server::BrokerServer;
 use crate::proto::group_server::GroupServer;

@@ -318,7 +318,7 @@ fn condition_of(api: &FakeApi, type_: &str) -> Value {
 
 /// A reconciled Cluster of `replicas` brokers, all registered, with a topic of `rf`.
 async fn running_cluster(replicas: i32, rf: u32) -> Operator {
-    use tributary_broker::controller::NewTopic;
+    use tributary_broker::metadata::NewTopic;
 
     let operator = Operator::new();
     operator.api.put(CLUSTER, cluster_json(replicas, Some(1)));

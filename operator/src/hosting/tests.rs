@@ -1,7 +1,7 @@
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tributary_broker::controller::{BrokerInfo, NewTopic};
+use tributary_broker::metadata::{BrokerInfo, NewTopic};
 use tributary_broker::server::{ControllerLink, controller_server};
 
 use super::*;
@@ -147,7 +147,7 @@ fn broker_status_counts_replicas_and_leaders_and_names_missing_brokers() {
         },
     );
     let partition =
-        |replicas: Vec<i32>, leader, isr: Vec<i32>| tributary_broker::controller::PartitionRecord {
+        |replicas: Vec<i32>, leader, isr: Vec<i32>| tributary_broker::metadata::PartitionRecord {
             replicas,
             isr,
             leader,
@@ -156,7 +156,7 @@ fn broker_status_counts_replicas_and_leaders_and_names_missing_brokers() {
         };
     snapshot.topics.insert(
         "t".into(),
-        tributary_broker::controller::TopicRecord {
+        tributary_broker::metadata::TopicRecord {
             name: "t".into(),
             id: uuid::Uuid::nil(),
             config: BTreeMap::new(),

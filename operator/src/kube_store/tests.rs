@@ -1,6 +1,7 @@
 use serde_json::json;
 use tributary_broker::controller::store_suite::StoreFactory;
-use tributary_broker::controller::{Controller, ControllerConfig, NewTopic};
+use tributary_broker::controller::{Controller, ControllerConfig};
+use tributary_broker::metadata::NewTopic;
 
 use super::*;
 use crate::fake_api::FakeApi;

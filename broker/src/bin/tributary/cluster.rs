@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use tributary_broker::client::{ClusterAdmin, ClusterStatus, ScaleState};
-use tributary_broker::controller::Plan;
+use tributary_broker::metadata::Plan;
 
 use crate::output::{self, Output};
 
