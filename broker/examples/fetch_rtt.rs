@@ -2,7 +2,7 @@
 //! the consume path (no record decoding). Usage: fetch_rtt HOST:PORT TOPIC
 use std::time::Instant;
 
-use tributary_broker::proto::{self, broker_client::BrokerClient};
+use tributary_broker::protocol::grpc::proto::{self, broker_client::BrokerClient};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -8,13 +8,8 @@ mod topic_partition;
 
 pub use topic_partition::{TopicPartition, validate_topic_name};
 
-/// The gRPC API, generated from `proto/`.
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("tributary.v1");
-}
-
 pub mod metadata;
+pub mod protocol;
 
 pub mod controller;
 pub mod group;

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use common::Broker;
 use tonic::Code;
 use tributary_broker::client::*;
-use tributary_broker::proto::{self, broker_client::BrokerClient};
+use tributary_broker::protocol::grpc::proto::{self, broker_client::BrokerClient};
+use tributary_broker::protocol::grpc::status::error_code_of;
 use tributary_broker::record::BatchBuilder;
-use tributary_broker::server::status::error_code_of;
 
 async fn raw(broker: &Broker) -> BrokerClient<tonic::transport::Channel> {
     BrokerClient::connect(format!("http://{}", broker.grpc))

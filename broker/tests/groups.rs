@@ -16,7 +16,7 @@ use common::{PATIENCE, eventually, eventually_with};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tributary_broker::client::*;
-use tributary_broker::proto;
+use tributary_broker::protocol::grpc::proto;
 
 const PARTITIONS: u32 = 6;
 const SESSION: Duration = Duration::from_secs(2);
@@ -309,7 +309,7 @@ async fn raw_commit(
 }
 
 fn code(status: &tonic::Status) -> Option<ErrorCode> {
-    tributary_broker::server::status::error_code_of(status)
+    tributary_broker::protocol::grpc::status::error_code_of(status)
 }
 
 #[tokio::test(flavor = "multi_thread")]

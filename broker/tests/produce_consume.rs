@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Broker, PATIENCE};
 use tributary_broker::client::*;
-use tributary_broker::proto;
+use tributary_broker::protocol::grpc::proto;
 
 /// Reads every partition of `topic` from the beginning until `expected` records arrived.
 async fn read_all(
@@ -314,7 +314,7 @@ fn produce(records: Bytes) -> proto::ProduceRequest {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_idempotent_batch_is_written_once_also_after_a_crash() {
-    use tributary_broker::proto::broker_client::BrokerClient;
+    use tributary_broker::protocol::grpc::proto::broker_client::BrokerClient;
     let dir = common::open_tempdir();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
     common::create_topic(&broker.grpc, "once", 1, &[]).await;
@@ -368,7 +368,7 @@ async fn a_retried_idempotent_batch_is_written_once_also_after_a_crash() {
         .await
         .expect_err("a sequence gap is refused");
     assert_eq!(
-        tributary_broker::server::status::error_code_of(&status),
+        tributary_broker::protocol::grpc::status::error_code_of(&status),
         Some(ErrorCode::OutOfOrderSequence),
         "{status:?}"
     );

@@ -14,7 +14,8 @@ use tributary_broker::controller::{
     Controller, ControllerConfig, ControllerError, SESSION_CHECK_INTERVAL,
 };
 use tributary_broker::metadata::MetadataSnapshot;
-use tributary_broker::server::{CLUSTER_HEADER, ControllerDirectory};
+use tributary_broker::protocol::grpc::transport::CLUSTER_HEADER;
+use tributary_broker::server::ControllerDirectory;
 
 use crate::crd::{BrokerStatus, Cluster};
 use crate::kube_store::KubeStore;

@@ -11,8 +11,8 @@ use super::group::{Coordinator, commit as group_commit};
 use super::offsets::{Found, OffsetQuery, list_offsets, list_offsets_each};
 use crate::TopicPartition;
 pub use crate::metadata::NewTopic;
-use crate::proto;
-use crate::server::convert::group_partitions_from_proto;
+use crate::protocol::grpc::convert::group_partitions_from_proto;
+use crate::protocol::grpc::proto;
 
 /// How long a describe waits for the partition leaders' offsets.
 const DESCRIBE_OFFSETS_WAIT: Duration = Duration::from_secs(5);
@@ -93,7 +93,7 @@ impl Admin {
     }
 
     async fn create(&self, topic: NewTopic, validate_only: bool) -> Result<TopicDescription> {
-        let request = crate::server::convert::create_topic_request(topic, validate_only);
+        let request = crate::protocol::grpc::convert::create_topic_request(topic, validate_only);
         let created = self
             .call(|mut c| {
                 let request = request.clone();

@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::error::{Error, Result};
 use crate::TopicPartition;
-use crate::proto::admin_client::AdminClient;
-use crate::proto::broker_client::BrokerClient;
-use crate::proto::{self, ErrorCode};
-use crate::server::{
-    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
-};
+use crate::protocol::grpc::proto::admin_client::AdminClient;
+use crate::protocol::grpc::proto::broker_client::BrokerClient;
+use crate::protocol::grpc::proto::{self, ErrorCode};
+use crate::protocol::grpc::transport::{self, MAX_MESSAGE_BYTES};
 
 /// A partition's leadership as of the last metadata refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,13 +182,9 @@ impl Cluster {
         if let Some(channel) = self.inner.channels.lock().get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = transport::endpoint(address)
             .map_err(|e| Error::Invalid(format!("invalid broker address '{address}': {e}")))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
         let channel = endpoint.connect_lazy();
@@ -215,10 +209,8 @@ impl Cluster {
     pub fn group_client(
         &self,
         address: &str,
-    ) -> Result<crate::proto::group_client::GroupClient<Channel>> {
-        Ok(crate::proto::group_client::GroupClient::new(
-            self.channel(address)?,
-        ))
+    ) -> Result<crate::protocol::grpc::proto::group_client::GroupClient<Channel>> {
+        Ok(crate::protocol::grpc::proto::group_client::GroupClient::new(self.channel(address)?))
     }
 
     pub fn admin_client(&self, address: &str) -> Result<AdminClient<Channel>> {

@@ -17,7 +17,7 @@ use super::group;
 use super::membership::{self, Membership};
 use super::offsets::{OffsetQuery, list_offsets};
 use crate::TopicPartition;
-use crate::proto::{self, ErrorCode};
+use crate::protocol::grpc::proto::{self, ErrorCode};
 use crate::record::{self, Header};
 
 /// Where to start when a partition has no position, or its position is out of range.

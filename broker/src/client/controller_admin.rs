@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::error::{Error, Result};
 use crate::metadata::Plan;
-use crate::proto;
-use crate::server::ClusterHeader;
+use crate::protocol::grpc::proto;
+use crate::protocol::grpc::transport::{self, ClusterHeader};
 
 /// One broker as the controller sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,7 +83,7 @@ impl ClusterAdmin {
     /// controller that serves several (the operator's: `namespace/name`).
     pub async fn connect(address: &str, cluster: Option<&str>) -> Result<Self> {
         let header = ClusterHeader::new(cluster).map_err(Error::Invalid)?;
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = transport::endpoint(address)
             .map_err(|e| Error::Invalid(format!("invalid controller address '{address}': {e}")))?
             .connect_timeout(Duration::from_secs(3));
         let channel = endpoint.connect().await.map_err(|e| Error::Connection {
@@ -105,7 +105,7 @@ impl ClusterAdmin {
             .await
             .map_err(|s| Error::from_status(s, &self.address))?
             .into_inner();
-        Ok(crate::server::plan_from_proto(plan))
+        Ok(crate::protocol::grpc::convert::plan_from_proto(plan))
     }
 
     pub async fn status(&self) -> Result<ClusterStatus> {
@@ -133,7 +133,7 @@ impl ClusterAdmin {
             under_replicated_partitions: status.under_replicated_partitions,
             rebalance: status
                 .rebalance
-                .map(crate::server::plan_from_proto)
+                .map(crate::protocol::grpc::convert::plan_from_proto)
                 .unwrap_or_default(),
             controller_epoch: status.controller_epoch,
             scale: status.scale.map(ScaleState::from),

@@ -2,9 +2,9 @@ use std::fmt;
 
 use tonic::Code;
 
-use crate::proto::ErrorCode;
+use crate::protocol::grpc::proto::ErrorCode;
+use crate::protocol::grpc::status::error_code_of;
 use crate::record::BatchError;
-use crate::server::status::error_code_of;
 
 /// What went wrong in a client call. Every message says what was wrong and, where it can,
 /// what to do about it.

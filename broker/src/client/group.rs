@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::cluster::Cluster;
 use super::error::{Error, Result};
 use crate::TopicPartition;
-use crate::proto::{self, ErrorCode};
-use crate::server::convert::group_partitions_to_proto;
+use crate::protocol::grpc::convert::group_partitions_to_proto;
+use crate::protocol::grpc::proto::{self, ErrorCode};
 
 /// How long a call waits for a coordinator to become available before it gives up.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(30);

@@ -14,8 +14,8 @@ use super::cluster::Cluster;
 use super::error::Error;
 use super::group::Coordinator;
 use crate::TopicPartition;
-use crate::proto::{self, ErrorCode};
-use crate::server::convert::{group_partitions_from_proto, group_partitions_to_proto};
+use crate::protocol::grpc::convert::{group_partitions_from_proto, group_partitions_to_proto};
+use crate::protocol::grpc::proto::{self, ErrorCode};
 
 #[derive(Debug, Default)]
 pub(crate) struct MemberState {

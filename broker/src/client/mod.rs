@@ -38,7 +38,7 @@ mod producer;
 
 pub use crate::TopicPartition;
 pub use crate::metadata::{murmur2, partition_for_key};
-pub use crate::proto::ErrorCode;
+pub use crate::protocol::grpc::proto::ErrorCode;
 pub use crate::record::{Compression, Header};
 pub use admin::{
     Admin, GroupDescription, GroupListing, GroupMemberDescription, GroupPartition, NewTopic,

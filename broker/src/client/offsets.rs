@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::cluster::Cluster;
 use super::error::{Error, Result};
 use crate::TopicPartition;
-use crate::proto::{self, ErrorCode, OffsetSpec};
+use crate::protocol::grpc::proto::{self, ErrorCode, OffsetSpec};
 
 /// Which offset to look up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

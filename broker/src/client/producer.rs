@@ -24,7 +24,7 @@ use super::error::{Error, Result};
 use crate::TopicPartition;
 pub use crate::metadata::Acks;
 use crate::metadata::partition_for_key;
-use crate::proto;
+use crate::protocol::grpc::proto;
 use crate::record::{BatchBuilder, Compression, HEADER_LEN};
 
 /// How a producer batches, compresses and retries.
@@ -817,7 +817,8 @@ async fn send(inner: Arc<Inner>, job: Job) {
             }
             // A sequence gap: the leader lost batches it had acknowledged (acks=1 and a leader
             // change) or its producer state. Start over with a new producer id and resend.
-            reset = error.code() == Some(crate::proto::ErrorCode::OutOfOrderSequence);
+            reset =
+                error.code() == Some(crate::protocol::grpc::proto::ErrorCode::OutOfOrderSequence);
             let now = Instant::now();
             for batch in batches {
                 let expired = now.duration_since(batch.created) >= inner.config.delivery_timeout;

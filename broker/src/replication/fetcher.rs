@@ -13,17 +13,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::partition::FetchedFrom;
 use super::throttle::Throttle;
 use super::{Partition, ReplicaError, ReplicationConfig};
 use crate::TopicPartition;
 use crate::metadata::BrokerInfo;
-use crate::proto::{self, ErrorCode};
-use crate::server::{
-    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
-};
+use crate::protocol::grpc::proto::{self, ErrorCode};
+use crate::protocol::grpc::transport::{self, MAX_MESSAGE_BYTES};
 
 /// How long a partition waits before it is fetched again after the leader refused it:
 /// leadership moved, and this broker learns where to soon.
@@ -176,13 +174,8 @@ type Stream = (
 );
 
 async fn connect(address: &str) -> Result<Stream, String> {
-    let channel: Channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
+    let channel: Channel = transport::endpoint(address)?
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
         .connect()
         .await
         .map_err(|e| e.to_string())?;

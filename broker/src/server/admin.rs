@@ -9,10 +9,10 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::controller_link::ControllerLink;
-use super::convert::{self, topic_description};
 use super::metrics::Metrics;
-use super::status::status;
-use crate::proto::{self, ErrorCode};
+use crate::protocol::grpc::convert::{self, topic_description};
+use crate::protocol::grpc::proto::{self, ErrorCode};
+use crate::protocol::grpc::status::status;
 use crate::replication::ReplicaManager;
 
 /// How long an admin change may take to reach this broker before the request fails.

@@ -10,51 +10,20 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::convert;
 use crate::controller::{Controller, FileStore, IsrProposal, Registration};
 use crate::metadata::{MetadataSnapshot, NewTopic, PartitionRecord, TopicRecord};
-use crate::proto::{self, ErrorCode};
+use crate::protocol::grpc::convert;
+use crate::protocol::grpc::proto::{self, ErrorCode};
+use crate::protocol::grpc::status::status;
+use crate::protocol::grpc::transport::{self, ClusterHeader};
 use crate::replication::{IsrChange, ReplicaManager};
-use crate::server::status::status;
 
-/// The answer to one ISR proposal: whether it applied, and the partition as it now is.
 /// The controller's answer to one ISR proposal: the proposal, the verdict, and the
 /// partition as it now is.
 pub type IsrAnswer = (IsrChange, Result<(), String>, Option<PartitionRecord>);
-
-/// Names the broker's cluster on every request to a controller that serves several.
-#[derive(Debug, Clone)]
-pub struct ClusterHeader(Option<AsciiMetadataValue>);
-
-impl ClusterHeader {
-    /// The header naming `cluster`, or none.
-    pub fn new(cluster: Option<&str>) -> Result<Self, String> {
-        let value = cluster
-            .map(|c| {
-                c.parse::<AsciiMetadataValue>().map_err(|_| {
-                    format!("invalid cluster name '{c}': use letters, digits, '-', '.' and '/'")
-                })
-            })
-            .transpose()?;
-        Ok(Self(value))
-    }
-}
-
-impl Interceptor for ClusterHeader {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(cluster) = &self.0 {
-            request
-                .metadata_mut()
-                .insert(super::CLUSTER_HEADER, cluster.clone());
-        }
-        Ok(request)
-    }
-}
 
 type ControllerClient =
     proto::controller_client::ControllerClient<InterceptedService<Channel, ClusterHeader>>;
@@ -79,7 +48,7 @@ impl std::fmt::Debug for ControllerLink {
 }
 
 fn unreachable(address: &str, status: Status) -> Status {
-    if super::status::error_code_of(&status).is_some() {
+    if crate::protocol::grpc::status::error_code_of(&status).is_some() {
         return status;
     }
     status_unavailable(format!(
@@ -97,10 +66,9 @@ impl ControllerLink {
     /// host that serves several.
     pub fn remote(address: &str, cluster: Option<&str>) -> Result<Self, String> {
         let header = ClusterHeader::new(cluster)?;
-        let channel = Endpoint::from_shared(format!("http://{address}"))
+        let channel = transport::endpoint(address)
             .map_err(|e| format!("invalid controller address '{address}': {e}"))?
             .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
             .connect_lazy();
         Ok(Self::Remote {
             address: address.to_string(),

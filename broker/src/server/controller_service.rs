@@ -7,15 +7,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
-use super::status::status;
-use crate::controller::{Controller, IsrProposal, IsrRejection, MetadataStore, Registration};
+use crate::controller::{
+    Controller, IsrProposal, IsrRejection, MetadataStore, Registration, ScaleDecision,
+};
 use crate::metadata::MetadataSnapshot;
-use crate::proto::{self, ErrorCode};
-
-/// The request header naming the cluster a broker belongs to (`namespace/name` on
-/// Kubernetes), for a controller host that serves several clusters.
-pub const CLUSTER_HEADER: &str = "tributary-cluster";
+use crate::protocol::grpc::convert;
+use crate::protocol::grpc::proto::{self, ErrorCode};
+use crate::protocol::grpc::status::status;
+use crate::protocol::grpc::transport::{CLUSTER_HEADER, MAX_MESSAGE_BYTES};
 
 /// Finds the controller of the cluster a request names.
 pub trait ControllerDirectory: Send + Sync + 'static {
@@ -42,8 +41,8 @@ pub fn controller_server<D: ControllerDirectory>(
     directory: D,
 ) -> proto::controller_server::ControllerServer<ControllerService<D>> {
     proto::controller_server::ControllerServer::new(ControllerService { directory })
-        .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(super::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 impl<D: ControllerDirectory> ControllerService<D> {
@@ -61,6 +60,15 @@ impl<D: ControllerDirectory> ControllerService<D> {
             })
             .transpose()?;
         self.directory.find(cluster)
+    }
+}
+
+fn scale_to_proto(desired: i32, decision: &ScaleDecision) -> proto::ScaleStatus {
+    proto::ScaleStatus {
+        brokers: desired.max(0) as u32,
+        run: decision.run.max(0) as u32,
+        phase: decision.phase.name().to_string(),
+        message: decision.message.clone(),
     }
 }
 
@@ -271,7 +279,7 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
         let scale = controller
             .scale_status()
             .await?
-            .map(|(desired, decision)| convert::scale_to_proto(desired, &decision));
+            .map(|(desired, decision)| scale_to_proto(desired, &decision));
         let snapshot = controller.snapshot();
         Ok(Response::new(convert::cluster_status(
             &snapshot, &cordoned, &plan, scale,
@@ -288,7 +296,7 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
             Status::invalid_argument(format!("cannot scale to {brokers} brokers: too many"))
         })?;
         let decision = controller.scale(desired).await?;
-        Ok(Response::new(convert::scale_to_proto(desired, &decision)))
+        Ok(Response::new(scale_to_proto(desired, &decision)))
     }
 
     async fn cordon(

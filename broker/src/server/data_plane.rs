@@ -8,11 +8,12 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::controller_link::ControllerLink;
+use super::errors::replica_error_code;
 use super::metrics::Metrics;
-use super::status::{replica_error_code, status};
 use crate::TopicPartition;
 use crate::metadata::{Acks, MetadataSnapshot, TopicRecord};
-use crate::proto::{self, ErrorCode};
+use crate::protocol::grpc::proto::{self, ErrorCode};
+use crate::protocol::grpc::status::status;
 use crate::replication::{FetchParams, OffsetQuery, ReplicaManager};
 
 /// How long acks=all waits when the request does not say.
@@ -245,7 +246,7 @@ fn metadata_response(snapshot: &MetadataSnapshot, wanted: &[String]) -> proto::M
         error_code: ErrorCode::None.into(),
         error_message: String::new(),
         topic_id: topic.id.to_string(),
-        partitions: super::convert::partitions_to_proto(topic),
+        partitions: crate::protocol::grpc::convert::partitions_to_proto(topic),
         internal: topic.is_internal(),
     };
     let topics = if wanted.is_empty() {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::controller_link::ControllerLink;
-use super::convert;
 use crate::TopicPartition;
 use crate::group::state::Heartbeat;
 use crate::group::{GroupCoordinator, GroupError, OffsetCommit, validate_group_id};
-use crate::proto;
+use crate::protocol::grpc::convert;
+use crate::protocol::grpc::proto;
 use crate::replication::ReplicaManager;
 
 pub struct GroupService {

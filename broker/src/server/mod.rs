@@ -5,15 +5,14 @@
 mod admin;
 mod controller_link;
 mod controller_service;
-pub(crate) mod convert;
 mod data_plane;
+mod errors;
 mod group_service;
 mod grpc_only;
 mod http;
 mod identity;
 mod metrics;
 mod replication_service;
-pub mod status;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,27 +33,20 @@ use crate::controller::{
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::{LogManager, LogManagerError};
 use crate::metadata::BrokerInfo;
-use crate::proto::admin_server::AdminServer;
-use crate::proto::broker_server::BrokerServer;
-use crate::proto::group_server::GroupServer;
-use crate::proto::replication_server::ReplicationServer;
-use crate::replication::{ReplicaManager, ReplicationConfig};
-pub use controller_link::{ClusterHeader, ControllerLink};
-pub use controller_service::{
-    CLUSTER_HEADER, ControllerDirectory, ControllerService, controller_server,
+use crate::protocol::grpc::proto::admin_server::AdminServer;
+use crate::protocol::grpc::proto::broker_server::BrokerServer;
+use crate::protocol::grpc::proto::group_server::GroupServer;
+use crate::protocol::grpc::proto::replication_server::ReplicationServer;
+use crate::protocol::grpc::transport::{
+    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
 };
-pub use convert::plan_from_proto;
+use crate::replication::{ReplicaManager, ReplicationConfig};
+pub use controller_link::ControllerLink;
+pub use controller_service::{ControllerDirectory, ControllerService, controller_server};
 pub use data_plane::{
     DEFAULT_FETCH_MAX_BYTES, DEFAULT_PARTITION_MAX_BYTES, DEFAULT_PRODUCE_TIMEOUT, MAX_FETCH_WAIT,
 };
 pub use metrics::Metrics;
-
-/// Largest gRPC message either way: well above the largest batch and fetch response.
-pub const MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
-/// HTTP/2 flow-control windows sized so a 1 MB batch never waits for a window update.
-pub const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
-pub const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
-pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {

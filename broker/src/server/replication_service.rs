@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::replica_error_code;
+use super::errors::replica_error_code;
 use crate::TopicPartition;
-use crate::proto::{self, ErrorCode};
+use crate::protocol::grpc::proto::{self, ErrorCode};
 use crate::replication::{ReplicaFetchPartition, ReplicaManager, ReplicaRead};
 
 pub struct ReplicationService {

@@ -1,50 +1,15 @@
-//! The one place where engine errors become wire errors: a protobuf [`ErrorCode`] with a
-//! message, and for whole-request failures a gRPC status carrying both (the code's name in
-//! the `tributary-error` metadata key).
+//! The one place where engine errors become wire errors: each log, replica, controller and
+//! group error has its [`ErrorCode`], and a whole-request failure becomes a gRPC status
+//! carrying it.
 
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::controller::ControllerError;
 use crate::group::GroupError;
 use crate::log::LogError;
-use crate::proto::ErrorCode;
+use crate::protocol::grpc::proto::ErrorCode;
+use crate::protocol::grpc::status::status;
 use crate::replication::ReplicaError;
-
-/// Metadata key naming the [`ErrorCode`] of a failed request.
-pub const ERROR_CODE_KEY: &str = "tributary-error";
-
-/// A gRPC status for `code` with `message`.
-pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
-    let grpc = match code {
-        ErrorCode::UnknownTopicOrPartition => Code::NotFound,
-        ErrorCode::OffsetOutOfRange => Code::OutOfRange,
-        ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
-        ErrorCode::NotLeaderOrFollower
-        | ErrorCode::LeaderNotAvailable
-        | ErrorCode::NotEnoughReplicas
-        | ErrorCode::NotEnoughReplicasAfterAppend
-        | ErrorCode::BrokerNotAvailable
-        | ErrorCode::BrokerShuttingDown => Code::Unavailable,
-        ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
-        ErrorCode::CoordinatorNotAvailable | ErrorCode::NotCoordinator => Code::Unavailable,
-        ErrorCode::GroupIdNotFound => Code::NotFound,
-        ErrorCode::UnknownMemberId
-        | ErrorCode::StaleMemberEpoch
-        | ErrorCode::FencedMemberEpoch
-        | ErrorCode::NonEmptyGroup
-        | ErrorCode::PartitionNotAssigned => Code::FailedPrecondition,
-        ErrorCode::StorageError | ErrorCode::Unknown => Code::Internal,
-        ErrorCode::FencedLeaderEpoch
-        | ErrorCode::UnknownLeaderEpoch
-        | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,
-        _ => Code::InvalidArgument,
-    };
-    let mut status = Status::new(grpc, message);
-    if let Ok(value) = code.as_str_name().parse() {
-        status.metadata_mut().insert(ERROR_CODE_KEY, value);
-    }
-    status
-}
 
 pub fn log_error_code(error: &LogError) -> ErrorCode {
     match error {
@@ -133,13 +98,4 @@ impl From<GroupError> for Status {
         };
         status(code, error.to_string())
     }
-}
-
-/// The [`ErrorCode`] a status carries, if it came from a Tributary broker.
-pub fn error_code_of(status: &Status) -> Option<ErrorCode> {
-    status
-        .metadata()
-        .get(ERROR_CODE_KEY)
-        .and_then(|v| v.to_str().ok())
-        .and_then(ErrorCode::from_str_name)
 }

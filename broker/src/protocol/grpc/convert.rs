@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
+use super::proto;
 use crate::TopicPartition;
 use crate::metadata::{
     BrokerInfo, MetadataSnapshot, Move, NewTopic, PartitionRecord, Plan, TopicRecord,
 };
-use crate::proto;
 
 /// A topic creation as sent to a broker or the controller (replication factor 0 means the
 /// cluster default).
@@ -245,18 +245,6 @@ pub fn replica_sizes_from_proto(sizes: Vec<proto::ReplicaSize>) -> Vec<(TopicPar
         .into_iter()
         .map(|s| (TopicPartition::new(s.topic, s.partition), s.bytes))
         .collect()
-}
-
-pub fn scale_to_proto(
-    desired: i32,
-    decision: &crate::controller::ScaleDecision,
-) -> proto::ScaleStatus {
-    proto::ScaleStatus {
-        brokers: desired.max(0) as u32,
-        run: decision.run.max(0) as u32,
-        phase: decision.phase.name().to_string(),
-        message: decision.message.clone(),
-    }
 }
 
 /// Every broker the metadata names (in session, cordoned, or holding replicas), with its
