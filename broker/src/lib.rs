@@ -23,4 +23,5 @@ pub fn now_ms() -> i64 {
 }
 pub mod client;
 pub mod manifest;
+pub mod process;
 pub mod server;

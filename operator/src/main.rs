@@ -214,7 +214,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
         pod: args.pod_name.map(|pod| (own_namespace, pod)),
     };
     let shutdown = async {
-        tributary_broker::server::stop_signal().await;
+        tributary_broker::process::stop_signal().await;
         tracing::info!("stop signal received; stopping");
     };
     run::run(client, config, grpc, http, shutdown).await
@@ -225,7 +225,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             init_logging(args.log_format);
-            tributary_broker::server::run_process("tributary-operator", run_operator(*args))
+            tributary_broker::process::run_process("tributary-operator", run_operator(*args))
         }
         Command::Rbac(args) => {
             print!("{}", to_yaml(&install::rbac(&args.install())));

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tributary_broker::config::TopicConfig;
+use tributary_broker::process;
 use tributary_broker::replication::ReplicationConfig;
 use tributary_broker::server::{self, BrokerConfig};
 
@@ -162,10 +163,10 @@ async fn start(args: Args) -> Result<(), String> {
         },
     };
     let shutdown = async {
-        server::stop_signal().await;
+        process::stop_signal().await;
         tracing::info!("stop signal received; shutting down (send it again to exit at once)");
         tokio::spawn(async {
-            server::stop_signal().await;
+            process::stop_signal().await;
             eprintln!("second stop signal: exiting without a clean shutdown");
             std::process::exit(130);
         });
@@ -177,11 +178,11 @@ async fn start(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    server::init_logging("info");
-    server::raise_open_file_limit();
-    server::keep_freed_memory();
+    process::init_logging("info");
+    process::raise_open_file_limit();
+    process::keep_freed_memory();
     if let Some(parent) = args.stop_with_parent {
-        server::stop_with_parent(parent);
+        process::stop_with_parent(parent);
     }
-    server::run_process("tributary-broker", start(args))
+    process::run_process("tributary-broker", start(args))
 }

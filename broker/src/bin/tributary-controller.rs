@@ -9,6 +9,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tributary_broker::config::TopicConfig;
 use tributary_broker::controller::ControllerConfig;
+use tributary_broker::process;
 use tributary_broker::server::{self, ControllerProcessConfig};
 
 /// The Tributary cluster controller: keeps cluster metadata (topics, leaders, in-sync
@@ -115,7 +116,7 @@ async fn start(args: Args) -> Result<(), String> {
         },
     };
     let shutdown = async {
-        server::stop_signal().await;
+        process::stop_signal().await;
         tracing::info!("stop signal received; stopping the controller");
     };
     // One line on stdout for supervisors and scripts, once the metadata is open: a second
@@ -128,9 +129,9 @@ async fn start(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    server::init_logging("info");
+    process::init_logging("info");
     if let Some(parent) = args.stop_with_parent {
-        server::stop_with_parent(parent);
+        process::stop_with_parent(parent);
     }
-    server::run_process("tributary-controller", start(args))
+    process::run_process("tributary-controller", start(args))
 }

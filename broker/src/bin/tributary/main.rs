@@ -71,8 +71,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tributary_broker::server::init_logging("warn");
-    tributary_broker::server::keep_freed_memory();
+    tributary_broker::process::init_logging("warn");
+    tributary_broker::process::keep_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
