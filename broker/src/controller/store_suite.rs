@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::*;
+use crate::metadata::{BrokerInfo, NewTopic};
 
 /// Opens stores over one body of metadata, as successive controllers would.
 pub trait StoreFactory: Send + Sync {
