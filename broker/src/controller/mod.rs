@@ -489,29 +489,3 @@ impl<S: MetadataStore> Controller<S> {
         Ok(!changed.is_empty())
     }
 }
-
-#[cfg(any(test, feature = "store-suite"))]
-pub mod store_suite;
-
-#[cfg(test)]
-mod tests {
-    use super::store_suite::StoreFactory;
-    use super::*;
-
-    /// File stores in one temporary directory.
-    struct FileStores(tempfile::TempDir);
-
-    impl StoreFactory for FileStores {
-        type Store = FileStore;
-
-        async fn open(&self) -> FileStore {
-            FileStore::open(&self.0.path().join("metadata.json")).expect("the store opens")
-        }
-    }
-
-    fn stores() -> FileStores {
-        FileStores(tempfile::tempdir().expect("a temporary directory"))
-    }
-
-    crate::metadata_store_suite!(stores());
-}

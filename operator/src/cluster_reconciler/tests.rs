@@ -378,7 +378,7 @@ async fn a_scale_down_shrinks_the_statefulset_only_after_the_drain_finished() {
         {
             break;
         }
-        tributary_broker::controller::store_suite::catch_up(&controller).await;
+        tributary_store_suite::catch_up(&controller).await;
         controller.advance_reassignments().await.unwrap();
         operator.reconcile().await.unwrap();
         if !controller

@@ -1,7 +1,7 @@
 use serde_json::json;
-use tributary_broker::controller::store_suite::StoreFactory;
 use tributary_broker::controller::{Controller, ControllerConfig};
 use tributary_broker::metadata::NewTopic;
+use tributary_store_suite::StoreFactory;
 
 use super::*;
 use crate::fake_api::FakeApi;
@@ -54,7 +54,7 @@ fn stores() -> KubeStores {
     KubeStores(api)
 }
 
-tributary_broker::metadata_store_suite!(stores());
+tributary_store_suite::metadata_store_suite!(stores());
 
 async fn controller(api: &FakeApi) -> Controller<KubeStore> {
     let store = KubeStore::new(api.client(), &cluster()).unwrap();

@@ -1,14 +1,18 @@
 //! The controller core's tests, written against any [`MetadataStore`]: each test takes a
 //! [`StoreFactory`] whose stores all see the same metadata, so that opening a second one is
 //! a controller restart. [`crate::metadata_store_suite!`] turns them into `#[tokio::test]`s
-//! for a store backend; the file store runs them here, the Kubernetes store in the operator.
+//! for a store backend; the file store runs them in the broker's tests, the Kubernetes store
+//! in the operator's.
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::*;
-use crate::metadata::{BrokerInfo, NewTopic};
+use tributary_broker::TopicPartition;
+use tributary_broker::controller::*;
+use tributary_broker::metadata::*;
 
 /// Opens stores over one body of metadata, as successive controllers would.
 pub trait StoreFactory: Send + Sync {
@@ -63,13 +67,13 @@ macro_rules! metadata_store_suite {
         $(
             #[tokio::test]
             async fn $name() {
-                $crate::controller::store_suite::$name(&$stores).await
+                $crate::$name(&$stores).await
             }
         )*
         $(
             #[tokio::test(start_paused = true)]
             async fn $paused() {
-                $crate::controller::store_suite::$paused(&$stores).await
+                $crate::$paused(&$stores).await
             }
         )*
     };
@@ -691,7 +695,7 @@ pub async fn the_internal_offsets_topic_is_stored_like_any_other(stores: &impl S
     assert_eq!(controller.create_offsets_topic().await.unwrap(), created);
     drop(controller);
     let snapshot = self::controller(stores).await.snapshot();
-    assert_eq!(snapshot.topics[crate::metadata::OFFSETS_TOPIC], created);
+    assert_eq!(snapshot.topics[OFFSETS_TOPIC], created);
 }
 
 pub async fn a_stopped_controller_answers_nothing_and_says_why(stores: &impl StoreFactory) {
