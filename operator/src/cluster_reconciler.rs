@@ -9,19 +9,21 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Api;
+use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
+use tributary_broker::controller::{Controller, ControllerError};
+use tributary_broker::metadata::MetadataSnapshot;
 
-pub use crate::context::{Context, Error, MANAGER};
+use crate::api::{MANAGER, apply};
+pub use crate::context::{Context, Error};
 use crate::crd::{self, Cluster, ClusterStatus, Topic, condition};
 use crate::hosting::{self, controller_config};
-use crate::resources::{self, config_map::default_replication_factor};
+use crate::kube_store::KubeStore;
+use crate::resources;
 use crate::scaling;
-use tributary_broker::controller::ControllerError;
 
 /// Why `cluster` cannot be applied as it is, with what to change; `None` when it can.
 pub fn spec_problem(cluster: &Cluster, topics: &[Topic]) -> Option<String> {
@@ -29,7 +31,7 @@ pub fn spec_problem(cluster: &Cluster, topics: &[Topic]) -> Option<String> {
         return Some(format!("{problem}; correct or remove that setting"));
     }
     let spec = &cluster.spec;
-    let rf = default_replication_factor(cluster);
+    let rf = cluster.default_replication_factor();
     if rf > spec.replicas {
         return Some(format!(
             "config.defaultReplicationFactor is {rf} but replicas is {}: lower defaultReplicationFactor or raise replicas to at least {rf}",
@@ -58,24 +60,6 @@ pub fn spec_problem(cluster: &Cluster, topics: &[Topic]) -> Option<String> {
         ));
     }
     None
-}
-
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
 }
 
 /// Writes the whole status with server-side apply, keeping the transition time of
@@ -112,45 +96,77 @@ fn namespace_of(cluster: &Cluster) -> Result<String, Error> {
     })
 }
 
-/// Brings the cluster's objects in line with its spec and reports on them.
+/// Brings the cluster's objects in line with its spec and reports on them: validate,
+/// start (or reconfigure) its controller, decide the broker count, apply the objects it
+/// owns, write the status.
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = namespace_of(&cluster)?;
-    let client = &ctx.client;
-    let generation = cluster.metadata.generation;
-    let topics = Api::<Topic>::namespaced(client.clone(), &namespace)
+    let topics = Api::<Topic>::namespaced(ctx.client.clone(), &namespace)
         .list(&ListParams::default())
         .await?
         .items;
     if let Some(problem) = spec_problem(&cluster, &topics) {
-        tracing::warn!(cluster = %cluster.name_any(), %namespace, %problem, "invalid Cluster spec; nothing changed");
-        let old = cluster.status.clone().unwrap_or_default();
-        let status = ClusterStatus {
-            observed_generation: generation,
-            phase: Some("Invalid".into()),
-            conditions: vec![
-                condition::condition(condition::READY, false, "InvalidSpec", problem, generation),
-                condition::condition(
-                    condition::RECONCILING,
-                    false,
-                    "InvalidSpec",
-                    "waiting for a valid spec; the existing brokers are left as they are",
-                    generation,
-                ),
-            ],
-            ..old
-        };
-        write_status(&ctx, &cluster, status).await?;
+        report_invalid(&ctx, &cluster, &namespace, problem).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-
     let config = controller_config(&cluster).map_err(Error::Invalid)?;
-    let controller = ctx.controllers.ensure(client, &cluster, config).await?;
+    let controller = ctx
+        .controllers
+        .ensure(&ctx.client, &cluster, config)
+        .await?;
+    let decision = decide_scale(&ctx, &cluster, &namespace, &controller).await?;
+    let statefulset = apply_owned(&ctx, &cluster, &namespace, &decision).await?;
+    let (status, settled) =
+        observed_status(&cluster, statefulset, &controller.snapshot(), decision);
+    write_status(&ctx, &cluster, status).await?;
+    // Broker sessions and ISRs change without any Kubernetes object changing: look again
+    // soon while something is amiss, and regularly otherwise.
+    Ok(Action::requeue(Duration::from_secs(if settled {
+        30
+    } else {
+        5
+    })))
+}
 
-    // The broker count: a scale-down drains the brokers that go before they go.
-    let mut owned = resources::owned(&cluster, &ctx.settings);
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+/// An invalid spec changes nothing: the status says what to change.
+async fn report_invalid(
+    ctx: &Context,
+    cluster: &Cluster,
+    namespace: &str,
+    problem: String,
+) -> Result<(), Error> {
+    tracing::warn!(cluster = %cluster.name_any(), %namespace, %problem, "invalid Cluster spec; nothing changed");
+    let generation = cluster.metadata.generation;
+    let old = cluster.status.clone().unwrap_or_default();
+    let status = ClusterStatus {
+        observed_generation: generation,
+        phase: Some("Invalid".into()),
+        conditions: vec![
+            condition::condition(condition::READY, false, "InvalidSpec", problem, generation),
+            condition::condition(
+                condition::RECONCILING,
+                false,
+                "InvalidSpec",
+                "waiting for a valid spec; the existing brokers are left as they are",
+                generation,
+            ),
+        ],
+        ..old
+    };
+    write_status(ctx, cluster, status).await
+}
+
+/// The broker count, decided by the controller: a scale-down drains the brokers that go
+/// before they go. Cordons what the decision drains and starts the rebalance it asks for.
+async fn decide_scale(
+    ctx: &Context,
+    cluster: &Cluster,
+    namespace: &str,
+    controller: &Controller<KubeStore>,
+) -> Result<scaling::Decision, Error> {
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let running = statefulsets
-        .get_opt(&resources::Names::of(&cluster).statefulset)
+        .get_opt(&resources::Names::of(cluster).statefulset)
         .await?
         .and_then(|s| s.spec?.replicas);
     let desired = cluster.spec.replicas;
@@ -162,7 +178,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             scaling::ASK,
         )
         .await?;
-    let decision = scaling::for_cluster(decided, generation);
+    let decision = scaling::for_cluster(decided, cluster.metadata.generation);
     controller.cordon(decision.cordon.clone()).await?;
     if decision.rebalance {
         match controller.rebalance(false).await {
@@ -173,18 +189,40 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             Err(error) => return Err(error.into()),
         }
     }
+    Ok(decision)
+}
+
+/// Applies every object the cluster owns, the StatefulSet at the decided size; returns the
+/// StatefulSet as the API server holds it.
+async fn apply_owned(
+    ctx: &Context,
+    cluster: &Cluster,
+    namespace: &str,
+    decision: &scaling::Decision,
+) -> Result<StatefulSet, Error> {
+    let client = &ctx.client;
+    let mut owned = resources::owned(cluster, &ctx.settings);
     if let Some(spec) = owned.statefulset.spec.as_mut() {
         spec.replicas = Some(decision.statefulset_replicas);
     }
+    apply::<ServiceAccount>(client, namespace, &owned.service_account).await?;
+    apply::<Service>(client, namespace, &owned.headless_service).await?;
+    apply::<Service>(client, namespace, &owned.client_service).await?;
+    apply::<ConfigMap>(client, namespace, &owned.config_map).await?;
+    let statefulset = apply::<StatefulSet>(client, namespace, &owned.statefulset).await?;
+    apply::<PodDisruptionBudget>(client, namespace, &owned.pod_disruption_budget).await?;
+    Ok(statefulset)
+}
 
-    apply::<ServiceAccount>(client, &namespace, &owned.service_account).await?;
-    apply::<Service>(client, &namespace, &owned.headless_service).await?;
-    apply::<Service>(client, &namespace, &owned.client_service).await?;
-    apply::<ConfigMap>(client, &namespace, &owned.config_map).await?;
-    let statefulset = apply::<StatefulSet>(client, &namespace, &owned.statefulset).await?;
-    apply::<PodDisruptionBudget>(client, &namespace, &owned.pod_disruption_budget).await?;
-    let snapshot = controller.snapshot();
-
+/// The status the cluster has now, and whether it is settled (every broker rolled out and
+/// ready, nothing degraded, no rebalance running).
+fn observed_status(
+    cluster: &Cluster,
+    statefulset: StatefulSet,
+    snapshot: &MetadataSnapshot,
+    decision: scaling::Decision,
+) -> (ClusterStatus, bool) {
+    let generation = cluster.metadata.generation;
     let sts_status = statefulset.status.unwrap_or_default();
     let ready = sts_status.ready_replicas.unwrap_or(0);
     let replicas = decision.statefulset_replicas;
@@ -230,7 +268,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             ),
         )
     };
-    let brokers = hosting::broker_statuses(&snapshot, replicas);
+    let brokers = hosting::broker_statuses(snapshot, replicas);
     let under_replicated = snapshot.under_replicated() as i32;
     let degraded = degraded_condition(&brokers, replicas, under_replicated, generation);
     let healthy = degraded.status == "False" && decision.rebalancing.status == "False";
@@ -255,12 +293,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         brokers,
         under_replicated_partitions: under_replicated,
     };
-    write_status(&ctx, &cluster, status).await?;
-    // Broker sessions and ISRs change without any Kubernetes object changing: look again
-    // soon while something is amiss, and regularly otherwise.
-    Ok(Action::requeue(Duration::from_secs(
-        if rolled_out && healthy { 30 } else { 5 },
-    )))
+    (status, rolled_out && healthy)
 }
 
 /// Degraded when a broker the spec asks for has no session with the controller, or a

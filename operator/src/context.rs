@@ -5,17 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 
+use crate::api::MANAGER;
 use crate::crd::condition;
 use crate::hosting::Controllers;
 use crate::resources::Settings;
-
-/// Whether the API server answered `error` with HTTP status `code` (404, 409, ...).
-pub fn is_status(error: &kube::Error, code: u16) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == code)
-}
-
-/// The field manager of everything the operator applies.
-pub const MANAGER: &str = "tributary-operator";
 
 /// What every reconcile needs.
 pub struct Context {

@@ -19,7 +19,6 @@ use tributary_broker::server::ControllerDirectory;
 
 use crate::crd::{BrokerStatus, Cluster};
 use crate::kube_store::KubeStore;
-use crate::resources::config_map::{default_replication_factor, topic_defaults};
 
 /// The id hosted controllers announce to brokers.
 const CONTROLLER_ID: i32 = 0;
@@ -37,11 +36,6 @@ pub struct Controllers {
     hosted: Arc<Mutex<BTreeMap<String, Hosted>>>,
     /// Serializes starts, so that one Cluster never gets two controllers.
     starting: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// `namespace/name` of a Cluster.
-pub fn cluster_key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
 }
 
 /// A duration as the Cluster spec writes it: numbers with units, `500ms`, `30s`, `10m`,
@@ -69,7 +63,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The controller settings a Cluster's spec implies.
 pub fn controller_config(cluster: &Cluster) -> Result<ControllerConfig, String> {
-    let topic_config = TopicConfig::resolve(&TopicConfig::default(), &topic_defaults(cluster))
+    let topic_config = TopicConfig::resolve(&TopicConfig::default(), &cluster.topic_defaults())
         .map_err(|e| format!("config: {e}"))?;
     let healing = &cluster.spec.self_healing;
     let self_healing_after = if healing.enabled {
@@ -78,7 +72,7 @@ pub fn controller_config(cluster: &Cluster) -> Result<ControllerConfig, String> 
         None
     };
     Ok(ControllerConfig {
-        default_replication_factor: default_replication_factor(cluster).max(1) as u32,
+        default_replication_factor: cluster.default_replication_factor().max(1) as u32,
         topic_config,
         max_concurrent_moves: cluster.spec.rebalance.max_concurrent_moves.max(1) as usize,
         self_healing_after,
@@ -114,10 +108,7 @@ impl Controllers {
         cluster: &Cluster,
         config: ControllerConfig,
     ) -> Result<Arc<Controller<KubeStore>>, ControllerError> {
-        let key = cluster_key(
-            &cluster.namespace().unwrap_or_default(),
-            &cluster.name_any(),
-        );
+        let key = cluster.key();
         let uid = cluster.uid().unwrap_or_default();
         let _starting = self.starting.lock().await;
         if let Some(hosted) = self.lock().get(&key).filter(|h| h.uid == uid) {

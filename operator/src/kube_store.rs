@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use tributary_broker::controller::{Expected, MetadataStore, StoreError, Versioned};
 use tributary_broker::metadata::{PartitionRecord, TopicRecord};
 
-use crate::context::is_status;
+use crate::api::is_status;
 use crate::crd::{Cluster, PartitionStatus, Topic, TopicStatus};
 use crate::resources::{Names, owned_meta};
 

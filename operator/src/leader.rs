@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::context::is_status;
+use crate::api::is_status;
 use tokio::time::Instant;
 
 /// The label on the leader's pod, which the controller Service selects: brokers reach

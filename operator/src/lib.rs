@@ -1,6 +1,7 @@
 //! The Tributary operator: `Cluster` and `Topic` custom resources, the objects a Cluster
 //! becomes, and (hosted here) the cluster controller.
 
+pub mod api;
 pub mod api_access;
 pub mod cluster_reconciler;
 pub mod context;
@@ -9,6 +10,7 @@ pub mod hosting;
 pub mod install;
 pub mod kube_store;
 pub mod leader;
+pub mod manifests;
 pub mod metrics;
 pub mod resources;
 pub mod run;

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tributary_operator::crd::{self, Cluster};
+use tributary_operator::crd;
 use tributary_operator::install::{self, Install};
 use tributary_operator::leader::LeaseConfig;
-use tributary_operator::resources::{self, Settings};
+use tributary_operator::manifests;
+use tributary_operator::resources::Settings;
 use tributary_operator::run::{self, RunConfig};
 
 /// Where brokers reach the controller the operator runs, unless told otherwise: the
@@ -125,51 +126,6 @@ impl InstallArgs {
     }
 }
 
-fn manifests(file: &std::path::Path, settings: &Settings) -> Result<String, String> {
-    use serde::Deserialize;
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let mut out = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| {
-            format!(
-                "{}, document {}: not valid YAML: {e}",
-                file.display(),
-                i + 1
-            )
-        })?;
-        if value.get("kind").and_then(|k| k.as_str()) != Some("Cluster") {
-            continue;
-        }
-        let mut cluster: Cluster = serde_yaml::from_value(value)
-            .map_err(|e| format!("{}, document {}: {e}", file.display(), i + 1))?;
-        cluster
-            .metadata
-            .namespace
-            .get_or_insert_with(|| "default".into());
-        // What the API server would have given it, so owner references can be shown.
-        cluster
-            .metadata
-            .uid
-            .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
-        for object in resources::owned(&cluster, settings).to_json() {
-            out.push(serde_yaml::to_string(&object).expect("objects serialize"));
-        }
-    }
-    if out.is_empty() {
-        return Err(format!("{} has no Cluster resource", file.display()));
-    }
-    Ok(out.join("---\n"))
-}
-
-fn to_yaml(objects: &[serde_json::Value]) -> String {
-    objects
-        .iter()
-        .map(|o| serde_yaml::to_string(o).expect("objects serialize"))
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
         .unwrap_or_else(|_| "info,kube=warn".into());
@@ -228,11 +184,11 @@ fn main() -> ExitCode {
             tributary_broker::process::run_process("tributary-operator", run_operator(*args))
         }
         Command::Rbac(args) => {
-            print!("{}", to_yaml(&install::rbac(&args.install())));
+            print!("{}", manifests::to_yaml(&install::rbac(&args.install())));
             ExitCode::SUCCESS
         }
         Command::Install(args) => {
-            print!("{}", to_yaml(&install::objects(&args.install())));
+            print!("{}", manifests::to_yaml(&install::objects(&args.install())));
             ExitCode::SUCCESS
         }
         Command::Crd { write: None } => {
@@ -254,7 +210,7 @@ fn main() -> ExitCode {
         Command::Manifests {
             file,
             controller_address,
-        } => match manifests(&file, &Settings { controller_address }) {
+        } => match manifests::of_clusters(&file, &Settings { controller_address }) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS

@@ -28,7 +28,7 @@ use tributary_broker::server::controller_server;
 
 use crate::context::{Context, Error};
 use crate::crd::{Cluster, Topic};
-use crate::hosting::{Controllers, cluster_key};
+use crate::hosting::Controllers;
 use crate::leader::{self, LeaseConfig, LeaseLock};
 use crate::metrics::Metrics;
 use crate::resources::Settings;
@@ -206,11 +206,8 @@ async fn lead(
                 tokio::select! { _ = ticker.tick() => {}, () = stop.cancelled() => return }
                 match api.list(&ListParams::default()).await {
                     Ok(list) => {
-                        let existing: std::collections::BTreeSet<String> = list
-                            .items
-                            .iter()
-                            .map(|c| cluster_key(&c.namespace().unwrap_or_default(), &c.name_any()))
-                            .collect();
+                        let existing: std::collections::BTreeSet<String> =
+                            list.items.iter().map(|c| c.key()).collect();
                         controllers.retain(|key| existing.contains(key));
                         metrics.controllers.set(controllers.keys().len() as i64);
                     }

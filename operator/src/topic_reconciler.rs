@@ -15,9 +15,10 @@ use serde_json::json;
 use tributary_broker::controller::{Controller, ControllerError};
 use tributary_broker::metadata::{NewTopic, TopicRecord};
 
-use crate::context::{Context, Error, MANAGER};
+use crate::api::MANAGER;
+use crate::context::{Context, Error};
+use crate::crd::cluster_key;
 use crate::crd::{self, Cluster, Topic, TopicStatus, condition};
-use crate::hosting::cluster_key;
 use crate::kube_store::KubeStore;
 
 /// Held by every Topic the operator has created a topic for, until the topic is deleted.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 /// The broker image when the spec names none: the one this operator was built with.
@@ -106,6 +106,49 @@ impl Default for StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
         }
+    }
+}
+
+/// `namespace/name` of a Cluster: how the operator names the controller it hosts for it,
+/// and how its brokers name their cluster.
+pub fn cluster_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl Cluster {
+    /// `namespace/name` (see [`cluster_key`]).
+    pub fn key(&self) -> String {
+        cluster_key(&self.namespace().unwrap_or_default(), &self.name_any())
+    }
+
+    /// The replication factor of topics that set none: the spec's, else 3, or the broker
+    /// count when smaller.
+    pub fn default_replication_factor(&self) -> i32 {
+        self.spec
+            .config
+            .default_replication_factor
+            .unwrap_or_else(|| self.spec.replicas.min(3))
+    }
+
+    /// Cluster-wide topic configuration defaults as Kafka keys and values.
+    pub fn topic_defaults(&self) -> BTreeMap<String, String> {
+        let config = &self.spec.config;
+        let mut defaults = crate::crd::config_strings(&config.topic_defaults);
+        let named = [
+            (
+                "min.insync.replicas",
+                config.min_insync_replicas.map(i64::from),
+            ),
+            ("retention.ms", config.retention_ms),
+            ("retention.bytes", config.retention_bytes),
+            ("segment.bytes", config.segment_bytes),
+        ];
+        for (key, value) in named {
+            if let Some(value) = value {
+                defaults.insert(key.to_string(), value.to_string());
+            }
+        }
+        defaults
     }
 }
 

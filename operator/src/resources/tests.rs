@@ -255,9 +255,9 @@ fn the_config_map_carries_the_cluster_defaults_and_a_change_rolls_the_pods() {
 fn without_a_default_the_replication_factor_is_three_or_the_broker_count() {
     let mut cluster = example("cluster.yaml");
     cluster.spec.config.default_replication_factor = None;
-    assert_eq!(config_map::default_replication_factor(&cluster), 3);
+    assert_eq!(cluster.default_replication_factor(), 3);
     cluster.spec.replicas = 1;
-    assert_eq!(config_map::default_replication_factor(&cluster), 1);
+    assert_eq!(cluster.default_replication_factor(), 1);
 }
 
 #[test]
