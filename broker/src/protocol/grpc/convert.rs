@@ -104,6 +104,7 @@ pub fn broker_to_proto(b: &BrokerInfo) -> proto::BrokerInfo {
         host: b.host.clone(),
         port: u32::from(b.port),
         rack: b.rack.clone().unwrap_or_default(),
+        kafka_port: u32::from(b.kafka_port),
     }
 }
 
@@ -112,6 +113,7 @@ pub fn broker_from_proto(b: &proto::BrokerInfo) -> BrokerInfo {
         id: b.id,
         host: b.host.clone(),
         port: b.port as u16,
+        kafka_port: b.kafka_port as u16,
         rack: (!b.rack.is_empty()).then(|| b.rack.clone()),
     }
 }
@@ -326,6 +328,7 @@ mod tests {
                     id: 1,
                     host: "h".into(),
                     port: 9095,
+                    kafka_port: 9092,
                     rack: Some("a".into()),
                 },
             )]),
