@@ -397,7 +397,14 @@ fn broker_exit(args: &[&str], as_nobody: bool) -> (i32, String) {
 fn unusable_data_directories_stop_the_broker_with_a_clear_message() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::open_tempdir();
-    let listen = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"];
+    let listen = [
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--kafka-listen",
+        "127.0.0.1:0",
+    ];
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
@@ -460,6 +467,8 @@ fn a_port_in_use_or_a_second_broker_on_the_same_data_stops_with_a_clear_message(
             &broker.grpc,
             "--http-listen",
             "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
         ],
         false,
     );
@@ -477,6 +486,8 @@ fn a_port_in_use_or_a_second_broker_on_the_same_data_stops_with_a_clear_message(
             "--listen",
             "127.0.0.1:0",
             "--http-listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
             "127.0.0.1:0",
         ],
         false,

@@ -16,6 +16,7 @@ pub fn registration(
             id,
             host: host.into(),
             port,
+            kafka_port: 0,
             rack: None,
         },
         incarnation: incarnation.into(),

@@ -84,6 +84,7 @@ fn broker(id: i32) -> BrokerInfo {
         id,
         host: "127.0.0.1".into(),
         port: 9095 + id as u16,
+        kafka_port: 9092 + id as u16,
         rack: None,
     }
 }

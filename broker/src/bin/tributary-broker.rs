@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tributary_broker::config::TopicConfig;
 use tributary_broker::process;
 use tributary_broker::replication::ReplicationConfig;
-use tributary_broker::server::{self, BrokerConfig};
+use tributary_broker::server::{self, BrokerConfig, KafkaSettings, Listeners};
 
 /// A Tributary broker: stores partitioned, replicated logs and serves producers and
 /// consumers over gRPC. Without a controller address it runs standalone, as its own
@@ -30,6 +30,28 @@ struct Args {
     /// 127.0.0.1 for all interfaces].
     #[arg(long, env = "TRIBUTARY_ADVERTISE")]
     advertise: Option<String>,
+    /// Kafka protocol listen address, for Kafka's clients and tools.
+    #[arg(long, env = "TRIBUTARY_KAFKA_LISTEN", default_value = "0.0.0.0:9092")]
+    kafka_listen: String,
+    /// The port Kafka clients are told to use, on the advertised host [default: the Kafka
+    /// listener's port].
+    #[arg(long, env = "TRIBUTARY_KAFKA_ADVERTISED_PORT")]
+    kafka_advertised_port: Option<u16>,
+    /// Create a topic that a Kafka client asks for by name when it does not exist (Kafka's
+    /// auto.create.topics.enable), with --default-partitions partitions.
+    #[arg(long, env = "TRIBUTARY_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of topics created without a count (Kafka's num.partitions).
+    #[arg(long, env = "TRIBUTARY_DEFAULT_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    default_partitions: u32,
+    /// Kafka requests larger than this are refused and their connection closed (Kafka's
+    /// socket.request.max.bytes).
+    #[arg(
+        long,
+        env = "TRIBUTARY_KAFKA_MAX_REQUEST_BYTES",
+        default_value_t = 104_857_600
+    )]
+    kafka_max_request_bytes: usize,
     /// Listen address of /healthz, /readyz and /metrics.
     #[arg(long, env = "TRIBUTARY_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     http_listen: String,
@@ -130,19 +152,27 @@ async fn start(args: Args) -> Result<(), String> {
         TopicConfig::parse_pairs(&args.config).map_err(|e| format!("--config: {e}"))?;
     let grpc = bind("gRPC", &args.listen, "--listen").await?;
     let http = bind("health and metrics", &args.http_listen, "--http-listen").await?;
-    let (grpc_addr, http_addr) = (
+    let kafka = bind("Kafka clients", &args.kafka_listen, "--kafka-listen").await?;
+    let (grpc_addr, http_addr, kafka_addr) = (
         grpc.local_addr().map_err(|e| e.to_string())?,
         http.local_addr().map_err(|e| e.to_string())?,
+        kafka.local_addr().map_err(|e| e.to_string())?,
     );
     // One line on stdout for scripts and tests that bind port 0; logs go to stderr.
     println!(
-        "listening: broker={} grpc={grpc_addr} http={http_addr}",
+        "listening: broker={} grpc={grpc_addr} http={http_addr} kafka={kafka_addr}",
         args.id
     );
     let config = BrokerConfig {
         broker_id: args.id,
         data_dir: args.data_dir,
         advertised_address: args.advertise,
+        kafka_advertised_port: args.kafka_advertised_port,
+        kafka: KafkaSettings {
+            max_request_bytes: args.kafka_max_request_bytes,
+            auto_create_topics: args.auto_create_topics,
+            default_partitions: args.default_partitions,
+        },
         rack: args.rack,
         topic_config,
         default_replication_factor: args.default_replication_factor,
@@ -171,7 +201,7 @@ async fn start(args: Args) -> Result<(), String> {
             std::process::exit(130);
         });
     };
-    server::run(config, grpc, http, shutdown)
+    server::run(config, Listeners { grpc, http, kafka }, shutdown)
         .await
         .map_err(|e| e.to_string())
 }

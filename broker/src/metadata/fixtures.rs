@@ -15,6 +15,7 @@ pub fn snapshot(alive: &[i32], partitions: &[&[i32]]) -> MetadataSnapshot {
                 id: *id,
                 host: format!("b{id}"),
                 port: 9095,
+                kafka_port: 9092,
                 rack: None,
             },
         );

@@ -12,7 +12,12 @@ use crate::TopicPartition;
 pub struct BrokerInfo {
     pub id: i32,
     pub host: String,
+    /// The gRPC port.
     pub port: u16,
+    /// The Kafka protocol's port, on the same host (0 in metadata written before brokers
+    /// had one, until the broker registers again).
+    #[serde(default)]
+    pub kafka_port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rack: Option<String>,
 }

@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use super::kafka::{self, KafkaService, KafkaSettings};
+use super::producer_ids::ProducerIds;
 use super::{
     ControllerLink, Metrics, admin, data_plane, group_service, grpc_only, http, identity,
     replication_service,
@@ -41,6 +43,11 @@ pub struct BrokerConfig {
     /// `host:port` clients should use to reach this broker; defaults to the listen address
     /// (127.0.0.1 when listening on all interfaces).
     pub advertised_address: Option<String>,
+    /// The port Kafka clients should use, on the advertised host; defaults to the Kafka
+    /// listener's port.
+    pub kafka_advertised_port: Option<u16>,
+    /// The Kafka protocol listener's behaviour.
+    pub kafka: KafkaSettings,
     pub rack: Option<String>,
     /// Broker-wide defaults for topic configuration keys.
     pub topic_config: BTreeMap<String, String>,
@@ -67,6 +74,8 @@ impl BrokerConfig {
             broker_id,
             data_dir: data_dir.into(),
             advertised_address: None,
+            kafka_advertised_port: None,
+            kafka: KafkaSettings::default(),
             rack: None,
             topic_config: BTreeMap::new(),
             default_replication_factor: 1,
@@ -125,15 +134,26 @@ fn panicked(what: &str) -> impl FnOnce(tokio::task::JoinError) -> BrokerError + 
     move |e| BrokerError::Config(format!("{what} panicked: {e}"))
 }
 
+/// A broker's listeners, bound by the caller (tests bind port 0 and read the address).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Tributary's gRPC API: its client and CLI, other brokers.
+    pub grpc: TcpListener,
+    /// Health, readiness and metrics.
+    pub http: TcpListener,
+    /// The Kafka protocol, for Kafka's clients and tools.
+    pub kafka: TcpListener,
+}
+
 /// Runs a broker on already bound listeners until `shutdown` completes, then moves its
 /// leaderships away (in a cluster), stops accepting, finishes in-flight requests, flushes,
 /// and marks the logs cleanly closed.
 pub async fn run(
     config: BrokerConfig,
-    grpc: TcpListener,
-    http: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BrokerError> {
+    let Listeners { grpc, http, kafka } = listeners;
     let grpc_addr = grpc.local_addr().map_err(|source| BrokerError::Io {
         what: "gRPC listener".into(),
         source,
@@ -142,7 +162,12 @@ pub async fn run(
         what: "HTTP listener".into(),
         source,
     })?;
+    let kafka_addr = kafka.local_addr().map_err(|source| BrokerError::Io {
+        what: "Kafka listener".into(),
+        source,
+    })?;
     let (host, port) = advertised(&config, grpc_addr)?;
+    let kafka_port = config.kafka_advertised_port.unwrap_or(kafka_addr.port());
     let topic_defaults = TopicConfig::resolve(&TopicConfig::default(), &config.topic_config)
         .map_err(|e| BrokerError::Config(e.to_string()))?;
     if config.default_replication_factor == 0 {
@@ -214,6 +239,7 @@ pub async fn run(
             id: config.broker_id,
             host: host.clone(),
             port,
+            kafka_port,
             rack: config.rack.clone(),
         },
         incarnation,
@@ -242,6 +268,20 @@ pub async fn run(
         tasks.clone(),
     ));
 
+    let producer_ids = Arc::new(ProducerIds::new(link.clone(), config.broker_id));
+    let kafka_stop = CancellationToken::new();
+    let kafka_task = tokio::spawn(kafka::serve(
+        kafka,
+        Arc::new(KafkaService {
+            replicas: replicas.clone(),
+            link: link.clone(),
+            metrics: metrics.clone(),
+            producer_ids: producer_ids.clone(),
+            settings: config.kafka.clone(),
+        }),
+        kafka_stop.clone(),
+    ));
+
     let grpc_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -256,7 +296,7 @@ pub async fn run(
             BrokerServer::new(data_plane::BrokerService {
                 replicas: replicas.clone(),
                 metrics: metrics.clone(),
-                producer_ids: data_plane::ProducerIds::new(link.clone(), config.broker_id),
+                producer_ids: producer_ids.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -295,7 +335,7 @@ pub async fn run(
     let server_failed = tokio::select! {
         _ = replicas.wait_for_metadata(Duration::MAX, |m| m.brokers.contains_key(&own_id)) => {
             ready.store(true, Ordering::Release);
-            tracing::info!(broker = config.broker_id, grpc = %grpc_addr, advertised = %format!("{host}:{port}"), http = %http_addr, "broker ready");
+            tracing::info!(broker = config.broker_id, grpc = %grpc_addr, kafka = %kafka_addr, advertised = %format!("{host}:{port}"), kafka_advertised = %format!("{host}:{kafka_port}"), http = %http_addr, "broker ready");
             tokio::select! {
                 () = &mut shutdown => None,
                 result = &mut server_task => Some(result),
@@ -317,6 +357,7 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     replicas.begin_shutdown();
     grpc_stop.cancel();
+    kafka_stop.cancel();
     let served = match server_failed {
         Some(result) => result,
         None => match tokio::time::timeout(config.shutdown_timeout, &mut server_task).await {
@@ -328,6 +369,12 @@ pub async fn run(
             }
         },
     };
+    if tokio::time::timeout(config.shutdown_timeout, kafka_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("Kafka requests still running at the shutdown timeout; stopping anyway");
+    }
     tasks.cancel();
     let _ = tokio::join!(session, proposals, maintenance, lag_checks, group_ticks);
     let closing = replicas.clone();

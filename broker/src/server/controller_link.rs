@@ -338,6 +338,7 @@ async fn run_remote_session(
                     port: u32::from(broker.port),
                     rack: broker.rack.clone().unwrap_or_default(),
                     incarnation: registration.incarnation.clone(),
+                    kafka_port: u32::from(broker.kafka_port),
                 },
             )),
         };

@@ -102,6 +102,7 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
             host: registration.host,
             port: registration.port,
             rack: registration.rack,
+            kafka_port: registration.kafka_port,
         });
         let session = controller
             .register_broker(Registration {

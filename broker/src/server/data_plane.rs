@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use super::controller_link::ControllerLink;
 use super::errors::replica_error_code;
 use super::metrics::Metrics;
+use super::producer_ids::ProducerIds;
 use crate::TopicPartition;
 use crate::metadata::{Acks, MetadataSnapshot, TopicRecord};
 use crate::protocol::grpc::proto::{self, ErrorCode};
@@ -27,35 +27,7 @@ pub const DEFAULT_PARTITION_MAX_BYTES: usize = 1024 * 1024;
 pub struct BrokerService {
     pub(super) replicas: Arc<ReplicaManager>,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) producer_ids: ProducerIds,
-}
-
-/// Hands out producer ids from blocks the controller allocates to this broker.
-pub struct ProducerIds {
-    link: ControllerLink,
-    broker: i32,
-    block: tokio::sync::Mutex<(i64, i64)>,
-}
-
-impl ProducerIds {
-    pub fn new(link: ControllerLink, broker: i32) -> Self {
-        Self {
-            link,
-            broker,
-            block: tokio::sync::Mutex::new((0, 0)),
-        }
-    }
-
-    async fn next(&self) -> Result<i64, Status> {
-        let mut block = self.block.lock().await;
-        if block.0 >= block.1 {
-            let (first, count) = self.link.allocate_producer_ids(self.broker).await?;
-            *block = (first, first + i64::from(count));
-        }
-        let id = block.0;
-        block.0 += 1;
-        Ok(id)
-    }
+    pub(super) producer_ids: Arc<ProducerIds>,
 }
 
 #[tonic::async_trait]
@@ -269,12 +241,7 @@ fn metadata_response(snapshot: &MetadataSnapshot, wanted: &[String]) -> proto::M
         brokers: snapshot
             .brokers
             .values()
-            .map(|b| proto::BrokerInfo {
-                id: b.id,
-                host: b.host.clone(),
-                port: u32::from(b.port),
-                rack: b.rack.clone().unwrap_or_default(),
-            })
+            .map(crate::protocol::grpc::convert::broker_to_proto)
             .collect(),
         controller_id: snapshot.controller_id,
         topics,

@@ -19,6 +19,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    kafka_requests: IntCounterVec,
+    kafka_latency: HistogramVec,
     bytes_in: IntCounterVec,
     records_in: IntCounterVec,
     bytes_out: IntCounterVec,
@@ -78,6 +80,23 @@ impl Metrics {
                     HistogramOpts::new(
                         "request_duration_seconds",
                         "Time to answer a request, by API.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["api"],
+                )
+                .expect("valid metric"),
+            ),
+            kafka_requests: counter(
+                "kafka_requests_total",
+                "Kafka protocol requests, by API, version and outcome (ok, error, unsupported).",
+                &["api", "version", "outcome"],
+            ),
+            kafka_latency: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "kafka_request_duration_seconds",
+                        "Time to answer a Kafka protocol request, by API.",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                     &["api"],
@@ -148,6 +167,29 @@ impl Metrics {
             api,
             started: Instant::now(),
             ok: false,
+        }
+    }
+
+    /// Counts a Kafka request; `took` is None for one that was not served at all.
+    pub fn kafka_request(
+        &self,
+        api: &str,
+        version: i16,
+        ok: bool,
+        took: Option<std::time::Duration>,
+    ) {
+        let outcome = match (ok, took) {
+            (_, None) => "unsupported",
+            (true, Some(_)) => "ok",
+            (false, Some(_)) => "error",
+        };
+        self.kafka_requests
+            .with_label_values(&[api, &version.to_string(), outcome])
+            .inc();
+        if let Some(took) = took {
+            self.kafka_latency
+                .with_label_values(&[api])
+                .observe(took.as_secs_f64());
         }
     }
 

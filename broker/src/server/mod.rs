@@ -15,14 +15,17 @@ mod group_service;
 mod grpc_only;
 mod http;
 mod identity;
+mod kafka;
 mod metrics;
+mod producer_ids;
 mod replication_service;
 
-pub use broker::{BrokerConfig, BrokerError, run};
+pub use broker::{BrokerConfig, BrokerError, Listeners, run};
 pub use controller_link::ControllerLink;
 pub use controller_process::{ControllerProcessConfig, run_controller};
 pub use controller_service::{ControllerDirectory, ControllerService, controller_server};
 pub use data_plane::{
     DEFAULT_FETCH_MAX_BYTES, DEFAULT_PARTITION_MAX_BYTES, DEFAULT_PRODUCE_TIMEOUT, MAX_FETCH_WAIT,
 };
+pub use kafka::KafkaSettings;
 pub use metrics::Metrics;

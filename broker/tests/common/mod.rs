@@ -58,6 +58,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     pub grpc: String,
     pub http: String,
+    /// The Kafka protocol listener's address.
+    pub kafka: String,
     args: Vec<String>,
     /// The stderr of each process started on this handle, shown when a test fails.
     stderr: Vec<tempfile::TempPath>,
@@ -85,7 +87,14 @@ impl Broker {
         let mut child = Command::new(BROKER)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--kafka-listen",
+                "127.0.0.1:0",
+            ])
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -105,6 +114,7 @@ impl Broker {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             grpc: String::new(),
+            kafka: String::new(),
             http: String::new(),
             args,
             stderr: vec![stderr],
@@ -124,6 +134,7 @@ impl Broker {
         };
         broker.grpc = field("grpc");
         broker.http = field("http");
+        broker.kafka = field("kafka");
         broker
     }
 
@@ -185,6 +196,7 @@ impl Broker {
         self.child = fresh.child.take();
         self.grpc = std::mem::take(&mut fresh.grpc);
         self.http = std::mem::take(&mut fresh.http);
+        self.kafka = std::mem::take(&mut fresh.kafka);
         self.stderr.append(&mut fresh.stderr);
         self.wait_ready();
     }

@@ -143,6 +143,7 @@ fn broker_status_counts_replicas_and_leaders_and_names_missing_brokers() {
             id: 0,
             host: "b0".into(),
             port: 9095,
+            kafka_port: 9092,
             rack: None,
         },
     );
@@ -221,9 +222,11 @@ async fn a_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() 
     config.cluster = Some("streams/demo".into());
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let kafka = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bootstrap = grpc.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let broker = tokio::spawn(server::run(config, grpc, http, async {
+    let listeners = server::Listeners { grpc, http, kafka };
+    let broker = tokio::spawn(server::run(config, listeners, async {
         let _ = stopped.await;
     }));
     while !controller.snapshot().brokers.contains_key(&0) {

@@ -3,7 +3,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::{
-    DATA_DIR, GRPC_PORT, HTTP_PORT, Names, SHUTDOWN_TIMEOUT_SECONDS, Settings, owned_meta,
+    DATA_DIR, GRPC_PORT, HTTP_PORT, KAFKA_PORT, Names, SHUTDOWN_TIMEOUT_SECONDS, Settings,
+    owned_meta,
 };
 use crate::crd::Cluster;
 
@@ -19,6 +20,10 @@ pub fn config_map(cluster: &Cluster, settings: &Settings) -> ConfigMap {
         (
             "TRIBUTARY_LISTEN".to_string(),
             format!("0.0.0.0:{GRPC_PORT}"),
+        ),
+        (
+            "TRIBUTARY_KAFKA_LISTEN".to_string(),
+            format!("0.0.0.0:{KAFKA_PORT}"),
         ),
         (
             "TRIBUTARY_HTTP_LISTEN".to_string(),

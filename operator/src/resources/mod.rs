@@ -26,6 +26,8 @@ use crate::crd::Cluster;
 
 /// The broker's gRPC port: clients and other brokers.
 pub const GRPC_PORT: i32 = 9095;
+/// The Kafka protocol: Kafka's clients and tools.
+pub const KAFKA_PORT: i32 = 9092;
 /// Health, readiness, preStop and metrics.
 pub const HTTP_PORT: i32 = 8080;
 /// Where each broker's volume is mounted.

@@ -1,7 +1,7 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{GRPC_PORT, HTTP_PORT, Names, owned_meta, selector};
+use super::{GRPC_PORT, HTTP_PORT, KAFKA_PORT, Names, owned_meta, selector};
 use crate::crd::Cluster;
 
 fn port(name: &str, number: i32) -> ServicePort {
@@ -24,7 +24,11 @@ pub fn headless_service(cluster: &Cluster) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector(cluster)),
-            ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+            ports: Some(vec![
+                port("grpc", GRPC_PORT),
+                port("kafka", KAFKA_PORT),
+                port("http", HTTP_PORT),
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -38,7 +42,7 @@ pub fn client_service(cluster: &Cluster) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector(cluster)),
-            ports: Some(vec![port("grpc", GRPC_PORT)]),
+            ports: Some(vec![port("grpc", GRPC_PORT), port("kafka", KAFKA_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

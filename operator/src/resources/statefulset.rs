@@ -13,7 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    DATA_DIR, GRPC_PORT, HTTP_PORT, Names, SHUTDOWN_TIMEOUT_SECONDS, owned_meta, selector,
+    DATA_DIR, GRPC_PORT, HTTP_PORT, KAFKA_PORT, Names, SHUTDOWN_TIMEOUT_SECONDS, owned_meta,
+    selector,
 };
 use crate::crd::Cluster;
 
@@ -122,6 +123,11 @@ fn broker_container(cluster: &Cluster) -> Container {
             ContainerPort {
                 name: Some("grpc".into()),
                 container_port: GRPC_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("kafka".into()),
+                container_port: KAFKA_PORT,
                 ..ContainerPort::default()
             },
             ContainerPort {

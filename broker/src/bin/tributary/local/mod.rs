@@ -44,6 +44,14 @@ pub enum LocalCommand {
         /// ports).
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
+        /// Kafka protocol port of broker 0, for Kafka's clients and tools; broker N listens
+        /// on this port + N (0 picks free ports).
+        #[arg(long, default_value_t = 19092)]
+        kafka_port: u16,
+        /// Whether a topic a Kafka client asks for by name is created when missing (Kafka's
+        /// auto.create.topics.enable).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        auto_create_topics: bool,
         /// The controller's gRPC port (0 picks a free port).
         #[arg(long, default_value_t = 9094)]
         controller_port: u16,
@@ -66,6 +74,8 @@ struct Plan {
     topics: Vec<TopicManifest>,
     port: u16,
     http_port: u16,
+    kafka_port: u16,
+    auto_create_topics: bool,
     controller_port: u16,
     replication_factor: u32,
     config: Vec<String>,
@@ -80,6 +90,8 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
         files,
         port,
         http_port,
+        kafka_port,
+        auto_create_topics,
         controller_port,
         default_replication_factor,
         config,
@@ -97,7 +109,7 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
     }
     let topics = read_manifests(&files)?;
     TopicConfig::parse_pairs(&config).context("--config")?;
-    check_ports(brokers, port, http_port, controller_port)?;
+    check_ports(brokers, port, http_port, kafka_port, controller_port)?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let plan = Plan {
@@ -107,6 +119,8 @@ pub async fn run(command: LocalCommand) -> anyhow::Result<()> {
         topics,
         port,
         http_port,
+        kafka_port,
+        auto_create_topics,
         controller_port,
         replication_factor,
         config,
@@ -254,6 +268,7 @@ fn check_ports(
     brokers: u32,
     port: u16,
     http_port: u16,
+    kafka_port: u16,
     controller_port: u16,
 ) -> anyhow::Result<()> {
     let mut wanted = vec![(
@@ -265,6 +280,7 @@ fn check_ports(
         for (base, what, flag) in [
             (port, "gRPC", "--port"),
             (http_port, "metrics", "--http-port"),
+            (kafka_port, "Kafka", "--kafka-port"),
         ] {
             if base == 0 {
                 continue;
@@ -333,7 +349,8 @@ fn config_args(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// Broker `id`: data in `DIR/broker-<id>/`, ports `--port + id` and `--http-port + id`.
+/// Broker `id`: data in `DIR/broker-<id>/`, ports `--port + id`, `--http-port + id` and
+/// `--kafka-port + id`.
 fn broker_spec(plan: &Plan, id: u32, controller: SocketAddr) -> Spec {
     let dir = plan.data_dir.join(format!("broker-{id}"));
     let shift = |base: u16| {
@@ -350,6 +367,8 @@ fn broker_spec(plan: &Plan, id: u32, controller: SocketAddr) -> Spec {
         dir.display().to_string(),
         "--controller".to_string(),
         controller.to_string(),
+        "--auto-create-topics".to_string(),
+        plan.auto_create_topics.to_string(),
     ];
     args.extend(config_args(plan));
     Spec {
@@ -367,6 +386,11 @@ fn broker_spec(plan: &Plan, id: u32, controller: SocketAddr) -> Spec {
                 flag: "--http-listen",
                 field: "http",
                 address: loopback(shift(plan.http_port)),
+            },
+            Listen {
+                flag: "--kafka-listen",
+                field: "kafka",
+                address: loopback(shift(plan.kafka_port)),
             },
         ],
         ready_field: Some("http"),
@@ -483,7 +507,15 @@ impl Processes {
             "Tributary is up: {} broker{plural} and a controller. Press Ctrl-C to stop.",
             plan.brokers
         ));
+        let kafka_bootstrap = brokers
+            .iter()
+            .map(|(_, _, s)| s.addresses["kafka"].to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         summary.push(format!("  bootstrap:   {bootstrap}"));
+        summary.push(format!(
+            "  kafka:       {kafka_bootstrap}  (bootstrap.servers for Kafka clients)"
+        ));
         summary.push(format!(
             "  controller:  grpc {controller_address}, pid {}, data {}",
             controller.pid,
@@ -491,8 +523,9 @@ impl Processes {
         ));
         for (id, (dir, _, _), started) in &brokers {
             summary.push(format!(
-                "  broker {id}:    grpc {}, metrics http://{}/metrics, pid {}, data {}",
+                "  broker {id}:    grpc {}, kafka {}, metrics http://{}/metrics, pid {}, data {}",
                 started.addresses["grpc"],
+                started.addresses["kafka"],
                 started.addresses["http"],
                 started.pid,
                 dir.display()

@@ -1,0 +1,259 @@
+//! The Kafka protocol listener: every Kafka client and tool talks to the broker here, over
+//! the same log, replication, controller and group coordinator as the gRPC API. Each
+//! connection reads one request at a time and answers it before reading the next (as
+//! Kafka's brokers do), so responses leave in request order. Handlers convert between
+//! Kafka's messages and the engine; the engine decides.
+
+mod errors;
+mod fetch;
+mod metadata;
+mod produce;
+mod topics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::controller_link::ControllerLink;
+use super::metrics::Metrics;
+use super::producer_ids::ProducerIds;
+use crate::protocol::kafka::frame::{self, FrameError, Request};
+use crate::protocol::kafka::messages::ApiKey;
+use crate::protocol::kafka::versions;
+use crate::protocol::kafka::{Decodable, Encodable, ResponseError};
+use crate::replication::ReplicaManager;
+
+/// How the Kafka listener behaves.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Larger requests are refused and their connection closed (`socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// Create a topic a client asks for by name when it does not exist
+    /// (`auto.create.topics.enable`), with `default_partitions` partitions.
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: frame::DEFAULT_MAX_REQUEST_BYTES,
+            auto_create_topics: true,
+            default_partitions: 1,
+        }
+    }
+}
+
+/// What answers Kafka requests on one broker.
+pub struct KafkaService {
+    pub(super) replicas: Arc<ReplicaManager>,
+    pub(super) link: ControllerLink,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) producer_ids: Arc<ProducerIds>,
+    pub(super) settings: KafkaSettings,
+}
+
+/// What a request gets back.
+enum Reply {
+    Frame(Bytes),
+    /// Produce with acks=0 that succeeded: the client waits for nothing.
+    Nothing,
+    /// The request cannot be answered in the protocol: close the connection, as Kafka does.
+    Close(String),
+}
+
+/// Accepts Kafka connections until `stop`, then waits for each connection to finish the
+/// request it is answering.
+pub async fn serve(listener: TcpListener, service: Arc<KafkaService>, stop: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(connection(stream, peer, service.clone(), stop.clone()));
+            }
+            Err(error) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(%error, "cannot accept a Kafka connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Arc<KafkaService>,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    loop {
+        let payload = tokio::select! {
+            payload = frame::read_frame(&mut reader, service.settings.max_request_bytes) => payload,
+            () = stop.cancelled() => return,
+        };
+        let payload = match payload {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return,
+            Err(error @ (FrameError::TooLarge { .. } | FrameError::NegativeSize(_))) => {
+                tracing::warn!(%peer, %error, "closing a Kafka connection");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "a Kafka connection ended");
+                return;
+            }
+        };
+        let request = match frame::parse_request(payload.freeze()) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "closing a Kafka connection");
+                return;
+            }
+        };
+        match service.handle(request).await {
+            Reply::Frame(bytes) => {
+                if let Err(error) = writer.write_all(&bytes).await {
+                    tracing::debug!(%peer, %error, "a Kafka client went away before its answer");
+                    return;
+                }
+            }
+            Reply::Nothing => {}
+            Reply::Close(why) => {
+                tracing::warn!(%peer, why, "closing a Kafka connection");
+                return;
+            }
+        }
+    }
+}
+
+/// A partition as Kafka names it (an i32 index); None for a negative index, which no
+/// partition has.
+fn topic_partition(topic: &str, index: i32) -> Option<crate::TopicPartition> {
+    Some(crate::TopicPartition::new(
+        topic,
+        u32::try_from(index).ok()?,
+    ))
+}
+
+/// Decodes a request body of type `T`, or says why it cannot be.
+fn decode<T: Decodable>(request: &Request) -> Result<T, Reply> {
+    let mut body = request.body.clone();
+    T::decode(&mut body, request.api_version).map_err(|e| {
+        Reply::Close(format!(
+            "a {} v{} request from client '{}' does not decode: {e}",
+            api_name(request),
+            request.api_version,
+            request.client_id.as_deref().unwrap_or("")
+        ))
+    })
+}
+
+fn api_name(request: &Request) -> String {
+    request.api.map_or_else(
+        || format!("API key {}", request.api_key),
+        |a| format!("{a:?}"),
+    )
+}
+
+/// Encodes `body` as the answer to `request`.
+fn reply<B: Encodable>(request: &Request, api: ApiKey, body: &B) -> Reply {
+    match frame::response(api, request.api_version, request.correlation_id, body) {
+        Ok(bytes) => Reply::Frame(bytes),
+        Err(why) => Reply::Close(why),
+    }
+}
+
+impl KafkaService {
+    async fn handle(&self, request: Request) -> Reply {
+        let Some(api) = request
+            .api
+            .filter(|api| versions::is_served(*api, request.api_version))
+        else {
+            self.metrics
+                .kafka_request(&api_name(&request), request.api_version, false, None);
+            return unsupported(&request);
+        };
+        let started = Instant::now();
+        let (reply, ok) = self.dispatch(api, &request).await;
+        self.metrics.kafka_request(
+            &format!("{api:?}"),
+            request.api_version,
+            ok,
+            Some(started.elapsed()),
+        );
+        reply
+    }
+
+    /// Answers a served request; also says whether it succeeded whole, for the metrics.
+    async fn dispatch(&self, api: ApiKey, request: &Request) -> (Reply, bool) {
+        macro_rules! answer {
+            ($handler:ident) => {
+                match decode(request) {
+                    Ok(body) => {
+                        let (response, ok) = self.$handler(request.api_version, body).await;
+                        (reply(request, api, &response), ok)
+                    }
+                    Err(close) => (close, false),
+                }
+            };
+        }
+        match api {
+            ApiKey::ApiVersions => (reply(request, api, &versions::api_versions()), true),
+            ApiKey::Metadata => answer!(metadata),
+            ApiKey::Produce => match decode(request) {
+                Ok(body) => self.produce(request, body).await,
+                Err(close) => (close, false),
+            },
+            ApiKey::Fetch => answer!(fetch),
+            ApiKey::ListOffsets => answer!(list_offsets),
+            ApiKey::InitProducerId => answer!(init_producer_id),
+            ApiKey::CreateTopics => answer!(create_topics),
+            ApiKey::DeleteTopics => answer!(delete_topics),
+            other => (
+                Reply::Close(format!("{other:?} is listed as served but has no handler")),
+                false,
+            ),
+        }
+    }
+}
+
+/// The answer to an API or version this broker does not serve. ApiVersions of a version
+/// the broker does not know is answered at v0 with UNSUPPORTED_VERSION and the versions it
+/// does serve, so that the client can pick one (KIP-511); anything else cannot be encoded
+/// at a version the broker does not know, so its connection is closed with a log line,
+/// as Kafka does.
+fn unsupported(request: &Request) -> Reply {
+    if request.api == Some(ApiKey::ApiVersions) {
+        let body =
+            versions::api_versions().with_error_code(ResponseError::UnsupportedVersion.code());
+        return match frame::response(ApiKey::ApiVersions, 0, request.correlation_id, &body) {
+            Ok(bytes) => Reply::Frame(bytes),
+            Err(why) => Reply::Close(why),
+        };
+    }
+    let served = request.api.and_then(versions::served_versions).map_or_else(
+        || "not served by Tributary".to_string(),
+        |s| format!("served at versions {} to {}", s.min, s.max),
+    );
+    Reply::Close(format!(
+        "{} v{} from client '{}' is not supported ({served}); the client should have chosen from ApiVersions",
+        api_name(request),
+        request.api_version,
+        request.client_id.as_deref().unwrap_or("")
+    ))
+}
