@@ -11,6 +11,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY broker broker
 COPY operator operator
 COPY e2e e2e
+COPY store-suite store-suite
 # The registry and the target directory are cache mounts: a rebuild compiles only what
 # changed. Binaries are copied out of the cache in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
@@ -31,5 +32,5 @@ LABEL org.opencontainers.image.source="https://github.com/tributary-dev/tributar
 COPY --from=build /out/ /usr/local/bin/
 ENV PATH=/usr/local/bin:/usr/bin:/bin
 USER 65532:65532
-EXPOSE 9095 8080
+EXPOSE 9092 9095 8080
 ENTRYPOINT ["/usr/local/bin/tributary-broker"]

@@ -10,6 +10,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY broker broker
 COPY operator operator
 COPY e2e e2e
+COPY store-suite store-suite
 # The same target cache as the broker image's build: the broker crate is compiled once.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
