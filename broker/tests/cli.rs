@@ -673,6 +673,8 @@ fn local_up_refuses_bad_manifests_and_busy_ports_before_starting() {
             &base,
             "--http-port",
             "0",
+            "--kafka-port",
+            "0",
             "--controller-port",
             "0",
         ],

@@ -15,7 +15,7 @@ release_binaries() {
 # $work/cluster, waits until it is ready, and exports TRIBUTARY_BOOTSTRAP and
 # TRIBUTARY_CONTROLLER. Sets $cluster to its pid; stop_local_cluster stops it.
 start_local_cluster() {
-  "$bin/tributary" local up --data-dir "$work/cluster" --port 0 --http-port 0 --controller-port 0 "$@" >"$work/out" 2>&1 &
+  "$bin/tributary" local up --data-dir "$work/cluster" --port 0 --http-port 0 --kafka-port 0 --controller-port 0 "$@" >"$work/out" 2>&1 &
   cluster=$!
   for _ in $(seq 1 300); do
     grep -q "^Try:" "$work/out" && break

@@ -15,6 +15,8 @@ pub struct LocalCluster {
     pub data_dir: PathBuf,
     /// Every broker's gRPC address, comma-separated.
     pub bootstrap: String,
+    /// Every broker's Kafka protocol address, comma-separated (bootstrap.servers).
+    pub kafka_bootstrap: String,
     /// Per broker id: its gRPC and HTTP addresses.
     pub brokers: Vec<(String, String)>,
     pub controller: String,
@@ -34,7 +36,16 @@ impl LocalCluster {
     /// the brokers and the controller too (their flags' environment variables).
     pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(CLI)
-            .args(["local", "up", "--port", "0", "--http-port", "0"])
+            .args([
+                "local",
+                "up",
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+                "--kafka-port",
+                "0",
+            ])
             .args(["--controller-port", "0", "--data-dir"])
             .arg(data_dir)
             .args(args)
@@ -65,6 +76,7 @@ impl LocalCluster {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             bootstrap: String::new(),
+            kafka_bootstrap: String::new(),
             brokers: Vec::new(),
             controller: String::new(),
             output,
@@ -78,6 +90,8 @@ impl LocalCluster {
             let line = line.trim();
             if let Some(address) = line.strip_prefix("bootstrap:") {
                 cluster.bootstrap = address.trim().to_string();
+            } else if let Some(rest) = line.strip_prefix("kafka:") {
+                cluster.kafka_bootstrap = rest.split_whitespace().next().unwrap_or("").to_string();
             } else if let Some(rest) = line.strip_prefix("controller:") {
                 cluster.controller = field(rest, "grpc ");
             } else if line.starts_with("broker ") && line.contains("metrics http://") {

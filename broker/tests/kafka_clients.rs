@@ -1,0 +1,516 @@
+//! Real Kafka clients against real brokers on the Kafka protocol: kafka-python,
+//! confluent-kafka (librdkafka, as its wheel bundles it) and kcat (Debian's librdkafka),
+//! installed by `scripts/install-kafka-clients` (the test command runs it). Each test
+//! prints the API versions its client negotiated, read from the broker's metrics. The
+//! bad-input tests speak the protocol by hand.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use common::local::{LocalCluster, Member};
+use common::{Broker, PATIENCE};
+use tributary_broker::protocol::kafka::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, ResponseHeader,
+};
+use tributary_broker::protocol::kafka::{Decodable, Encodable};
+
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/kafka-clients")
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/kafka_clients")
+        .join(name)
+}
+
+/// Runs a Python client script; panics with its output unless it succeeds. Returns its
+/// standard output.
+fn python(name: &str, args: &[&str]) -> String {
+    let python_path = clients_dir().join("python");
+    assert!(
+        python_path.join("kafka").exists() && python_path.join("confluent_kafka").exists(),
+        "the Python Kafka clients are not installed in {}: run scripts/install-kafka-clients",
+        python_path.display()
+    );
+    let output = Command::new("python3")
+        .arg(script(name))
+        .args(args)
+        .env("PYTHONPATH", &python_path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(
+        output.status.success(),
+        "{name} {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+fn kcat(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is not installed: run scripts/install-kafka-clients");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write to kcat");
+    let output = child.wait_with_output().expect("kcat runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The Kafka requests a broker served, by API and version, from its metrics.
+fn negotiated(http: &str) -> Vec<String> {
+    let (_, metrics) = common::http_get_blocking(http, "/metrics").expect("metrics answer");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("tributary_kafka_requests_total{"))
+        .map(|l| l.split_whitespace().next().unwrap_or(l).to_string())
+        .collect()
+}
+
+fn served_at_ok(negotiated: &[String], api: &str) -> bool {
+    negotiated
+        .iter()
+        .any(|l| l.contains(&format!("api=\"{api}\"")) && l.contains("outcome=\"ok\""))
+}
+
+#[test]
+fn kafka_python_creates_produces_reads_back_and_deletes_a_topic() {
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &[]);
+    let out = python(
+        "roundtrip_kafka_python.py",
+        &[&broker.kafka, "kafka-python", "3000", "1"],
+    );
+    println!("{out}");
+    assert!(out.contains("\"read\": 3000"), "{out}");
+    let seen = negotiated(&broker.http);
+    println!("kafka-python negotiated:\n{}", seen.join("\n"));
+    for api in [
+        "ApiVersions",
+        "Metadata",
+        "CreateTopics",
+        "InitProducerId",
+        "Produce",
+        "Fetch",
+        "ListOffsets",
+        "DeleteTopics",
+    ] {
+        assert!(
+            served_at_ok(&seen, api),
+            "kafka-python never got a good {api} answer: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn librdkafka_produces_and_reads_back_every_compression_codec() {
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &[]);
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("librdkafka-{codec}");
+        let out = python(
+            "roundtrip_confluent_kafka.py",
+            &[&broker.kafka, &topic, "2000", codec, "1"],
+        );
+        println!("{out}");
+        assert!(out.contains("\"read\": 2000"), "{out}");
+    }
+    println!(
+        "confluent-kafka negotiated:\n{}",
+        negotiated(&broker.http).join("\n")
+    );
+}
+
+#[test]
+fn kcat_lists_metadata_produces_with_auto_creation_and_consumes() {
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &[]);
+    let lines: Vec<String> = (0..500).map(|i| format!("k{}:value {i}", i % 5)).collect();
+    kcat(
+        &[
+            "-b",
+            &broker.kafka,
+            "-P",
+            "-t",
+            "kcat-auto",
+            "-K",
+            ":",
+            "-z",
+            "snappy",
+        ],
+        &(lines.join("\n") + "\n"),
+    );
+    let metadata = kcat(&["-b", &broker.kafka, "-L", "-t", "kcat-auto"], "");
+    assert!(
+        metadata.contains("topic \"kcat-auto\" with 1 partitions")
+            && metadata.contains(&format!("broker 0 at {}", broker.kafka)),
+        "{metadata}"
+    );
+    let read = kcat(
+        &[
+            "-b",
+            &broker.kafka,
+            "-C",
+            "-t",
+            "kcat-auto",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%k:%s\\n",
+        ],
+        "",
+    );
+    assert_eq!(read.lines().collect::<Vec<_>>(), lines);
+    println!("kcat negotiated:\n{}", negotiated(&broker.http).join("\n"));
+}
+
+#[test]
+fn auto_creation_can_be_turned_off() {
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &["--auto-create-topics", "false"]);
+    let metadata = kcat(&["-b", &broker.kafka, "-L", "-t", "not-made"], "");
+    assert!(
+        metadata.contains("Broker: Unknown topic or partition"),
+        "{metadata}"
+    );
+    let (_, out, _) = common::cli(&["--bootstrap", &broker.grpc, "topic", "list"], "");
+    assert!(!out.contains("not-made"), "{out}");
+}
+
+/// A request frame: header v1 or v2 (as `api` at `version` uses) and `body`.
+fn request<B: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &B) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some("raw-test".into()));
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    header
+        .encode(&mut out, api.request_header_version(version))
+        .expect("header encodes");
+    body.encode(&mut out, version).expect("body encodes");
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out.to_vec()
+}
+
+fn connect(address: &str) -> TcpStream {
+    let stream = TcpStream::connect(address).expect("connect to the Kafka port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+/// Reads one response frame: its correlation id (header v0) and the rest.
+fn response(stream: &mut TcpStream, header_version: i16) -> (i32, bytes::Bytes) {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("a response");
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).expect("the whole response");
+    let mut body = bytes::Bytes::from(body);
+    let header = ResponseHeader::decode(&mut body, header_version).expect("a response header");
+    (header.correlation_id, body)
+}
+
+/// Whether the broker closed `stream` (a read sees the end, or a reset).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+/// The broker still answers a good Metadata request on a new connection.
+fn still_serves(address: &str) {
+    let mut stream = connect(address);
+    stream
+        .write_all(&request(
+            ApiKey::Metadata,
+            12,
+            77,
+            &MetadataRequest::default(),
+        ))
+        .unwrap();
+    let (id, mut body) = response(&mut stream, 1);
+    assert_eq!(id, 77);
+    let metadata = MetadataResponse::decode(&mut body, 12).expect("a Metadata response");
+    assert_eq!(metadata.brokers.len(), 1);
+}
+
+#[test]
+fn bad_frames_close_their_connection_and_the_broker_serves_on() {
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &["--kafka-max-request-bytes", "1048576"]);
+
+    // Responses come in request order, with their correlation ids.
+    let mut stream = connect(&broker.kafka);
+    let mut pipelined = request(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default());
+    pipelined.extend(request(
+        ApiKey::Metadata,
+        12,
+        2,
+        &MetadataRequest::default(),
+    ));
+    pipelined.extend(request(
+        ApiKey::ApiVersions,
+        0,
+        3,
+        &ApiVersionsRequest::default(),
+    ));
+    stream.write_all(&pipelined).unwrap();
+    assert_eq!(response(&mut stream, 0).0, 1);
+    assert_eq!(response(&mut stream, 1).0, 2);
+    assert_eq!(response(&mut stream, 0).0, 3);
+
+    // ApiVersions at a version from the future: v0 with UNSUPPORTED_VERSION and the list.
+    stream
+        .write_all(&{
+            let mut frame = request(ApiKey::ApiVersions, 3, 4, &ApiVersionsRequest::default());
+            frame[6..8].copy_from_slice(&99i16.to_be_bytes());
+            frame
+        })
+        .unwrap();
+    let (id, mut body) = response(&mut stream, 0);
+    assert_eq!(id, 4);
+    let versions = ApiVersionsResponse::decode(&mut body, 0).unwrap();
+    assert_eq!(versions.error_code, 35, "UNSUPPORTED_VERSION");
+    assert!(
+        versions
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::Produce as i16)
+    );
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a size above the limit",
+            2_000_000i32.to_be_bytes().to_vec(),
+        ),
+        ("a negative size", (-5i32).to_be_bytes().to_vec()),
+        ("a frame too short for a header", vec![0, 0, 0, 3, 0, 18, 0]),
+        ("an unknown API key", {
+            let mut frame = request(ApiKey::Metadata, 12, 5, &MetadataRequest::default());
+            frame[4..6].copy_from_slice(&1234i16.to_be_bytes());
+            frame
+        }),
+        ("a version no one serves", {
+            let mut frame = request(ApiKey::Metadata, 12, 6, &MetadataRequest::default());
+            frame[6..8].copy_from_slice(&300i16.to_be_bytes());
+            frame
+        }),
+        ("a valid header with a cut body", {
+            let mut frame = request(ApiKey::Metadata, 12, 7, &MetadataRequest::default());
+            frame.truncate(frame.len() - 2);
+            let len = (frame.len() - 4) as i32;
+            frame[..4].copy_from_slice(&len.to_be_bytes());
+            frame
+        }),
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let mut stream = connect(&broker.kafka);
+        stream.write_all(&bytes).unwrap();
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        assert!(closed(&mut stream), "{what}: the connection stays open");
+        still_serves(&broker.kafka);
+    }
+    // A frame cut off mid-way, then the client gone: nothing to answer, broker fine.
+    let mut stream = connect(&broker.kafka);
+    stream.write_all(&[0, 0, 1, 0, 0, 3]).unwrap();
+    drop(stream);
+    still_serves(&broker.kafka);
+    assert!(
+        broker
+            .stderr()
+            .contains("larger than the broker's limit of 1048576 bytes"),
+        "the refused frame is logged:\n{}",
+        broker.stderr()
+    );
+}
+
+/// What the producer script reported: numbers acknowledged with their offsets, failures.
+#[derive(Default)]
+struct Sends {
+    acked: Vec<(u64, i64)>,
+    failed: Vec<String>,
+}
+
+impl Sends {
+    /// Reads the producer's lines until `count` numbers are acknowledged, its output ends,
+    /// or `deadline` passes.
+    fn collect(
+        &mut self,
+        lines: &std::sync::mpsc::Receiver<String>,
+        count: usize,
+        deadline: Instant,
+    ) {
+        while self.acked.len() < count {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(wait) {
+                Ok(line) if line.starts_with("ACK ") => {
+                    let mut parts = line.split_whitespace().skip(1);
+                    let number = parts.next().and_then(|n| n.parse().ok());
+                    let offset = parts.next().and_then(|o| o.parse().ok());
+                    self.acked
+                        .push((number.expect("a number"), offset.expect("an offset")));
+                }
+                Ok(line) if line.starts_with("FAILED ") => self.failed.push(line),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Reads partition 0 of `topic` from the beginning with kcat: `(offset, number)`.
+fn read_numbers(bootstrap: &str, topic: &str) -> Vec<(i64, u64)> {
+    kcat(
+        &[
+            "-b",
+            bootstrap,
+            "-C",
+            "-t",
+            topic,
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o %s\\n",
+        ],
+        "",
+    )
+    .lines()
+    .map(|l| {
+        let (offset, number) = l.split_once(' ').expect("offset and value");
+        (offset.parse().unwrap(), number.parse().unwrap())
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotent_librdkafka_producer_loses_and_repeats_nothing_when_the_leader_is_killed() {
+    let dir = common::open_tempdir();
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), &["--brokers", "3"], &[]);
+    common::create_topic(
+        &cluster.bootstrap,
+        "kill-leader",
+        1,
+        &[("min.insync.replicas", "2")],
+    )
+    .await;
+    let python_path = clients_dir().join("python");
+    let mut producer = std::process::Command::new("python3")
+        .arg(script("produce_until_stopped_confluent_kafka.py"))
+        .args([&cluster.kafka_bootstrap, "kill-leader"])
+        .env("PYTHONPATH", &python_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the producer");
+    let stdout = producer.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut sends = Sends::default();
+    sends.collect(&lines, 2_000, Instant::now() + PATIENCE);
+    assert!(sends.acked.len() >= 2_000, "the producer made no progress");
+
+    // kill -9 the partition's leader while the producer keeps sending.
+    let (_, described, _) = common::cli(
+        &[
+            "--bootstrap",
+            &cluster.bootstrap,
+            "--output",
+            "json",
+            "topic",
+            "describe",
+            "kill-leader",
+        ],
+        "",
+    );
+    let described: serde_json::Value = serde_json::from_str(&described).expect("JSON");
+    let leader = described[0]["leader"].as_i64().expect("a leader") as i32;
+    let killed = cluster.kill9(Member::Broker(leader));
+    let before = sends.acked.len();
+    sends.collect(&lines, before + 5_000, Instant::now() + PATIENCE);
+    cluster.wait_restarted(Member::Broker(leader), killed);
+    drop(producer.stdin.take());
+    sends.collect(
+        &lines,
+        usize::MAX,
+        Instant::now() + Duration::from_secs(130),
+    );
+    let Sends { acked, failed } = sends;
+    let status = producer.wait().expect("the producer exits");
+    assert!(status.success(), "the producer failed");
+    assert!(
+        failed.is_empty(),
+        "sends failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        acked.len() > before,
+        "nothing was acknowledged after the kill"
+    );
+
+    let read = read_numbers(&cluster.kafka_bootstrap, "kill-leader");
+    let numbers: Vec<u64> = read.iter().map(|(_, n)| *n).collect();
+    // Idempotence: each number once, in the order sent; nothing acknowledged is missing.
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "duplicates or reordering in the log"
+    );
+    let offsets: std::collections::HashMap<u64, i64> = read.iter().map(|(o, n)| (*n, *o)).collect();
+    for (number, offset) in &acked {
+        assert_eq!(
+            offsets.get(number).copied(),
+            Some(*offset),
+            "acknowledged record {number} at offset {offset} is not there"
+        );
+    }
+    println!(
+        "{} records acknowledged ({} after killing broker {leader}), {} in the log, none lost or repeated",
+        acked.len(),
+        acked.len() - before,
+        numbers.len()
+    );
+}
