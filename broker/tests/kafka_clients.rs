@@ -193,6 +193,97 @@ fn kcat_lists_metadata_produces_with_auto_creation_and_consumes() {
     println!("kcat negotiated:\n{}", negotiated(&broker.http).join("\n"));
 }
 
+/// A 3-broker `local up` whose topics get replication factor 3.
+fn three_brokers(dir: &std::path::Path) -> LocalCluster {
+    LocalCluster::start(&dir.join("cluster"), &["--brokers", "3"], &[])
+}
+
+#[test]
+fn kafka_python_consumers_share_a_topic_in_a_group_and_take_over_a_leavers_partitions() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    for assignor in ["range", "roundrobin"] {
+        let out = python(
+            "group_kafka_python.py",
+            &[
+                &cluster.kafka_bootstrap,
+                &format!("kp-group-{assignor}"),
+                &format!("kp-{assignor}"),
+                "600",
+                assignor,
+                "3",
+            ],
+        );
+        println!("{out}");
+        assert!(out.contains("\"committed\": 1200"), "{out}");
+    }
+    let http = &cluster.brokers[0].1;
+    println!("broker 0 served:\n{}", negotiated(http).join("\n"));
+}
+
+#[test]
+fn librdkafka_consumers_share_a_topic_with_each_assignor_and_survive_a_killed_member() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    for assignor in ["range", "roundrobin", "cooperative-sticky"] {
+        let out = python(
+            "group_confluent_kafka.py",
+            &[
+                &cluster.kafka_bootstrap,
+                &format!("ck-group-{assignor}"),
+                &format!("ck-{assignor}"),
+                "600",
+                assignor,
+                "3",
+            ],
+        );
+        println!("{out}");
+        assert!(out.contains("took_over_after_kill_s"), "{out}");
+    }
+}
+
+#[test]
+fn kcat_reads_a_topic_as_a_balanced_consumer_group_and_commits() {
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &[]);
+    let lines: Vec<String> = (0..300).map(|i| format!("record {i}")).collect();
+    kcat(
+        &["-b", &broker.kafka, "-P", "-t", "kcat-group"],
+        &(lines.join("\n") + "\n"),
+    );
+    let read = kcat(
+        &[
+            "-b",
+            &broker.kafka,
+            "-G",
+            "kcat-readers",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%s\\n",
+            "kcat-group",
+        ],
+        "",
+    );
+    assert_eq!(read.lines().collect::<Vec<_>>(), lines);
+    // The group committed where it stopped: reading again finds nothing new.
+    let again = kcat(
+        &[
+            "-b",
+            &broker.kafka,
+            "-G",
+            "kcat-readers",
+            "-e",
+            "-f",
+            "%s\\n",
+            "kcat-group",
+        ],
+        "",
+    );
+    assert_eq!(again, "", "the second read starts at the committed offsets");
+}
+
 #[test]
 fn auto_creation_can_be_turned_off() {
     let dir = common::open_tempdir();

@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use bytes::Bytes;
+use tokio::sync::{Mutex, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::classic::{Answers, JoinOutcome, JoinRequest, Joined, SyncOutcome};
 use super::records::{self, OffsetValue};
 use super::state::{Committed, Group, GroupState, Heartbeat, HeartbeatAnswer};
 use super::{GroupConfig, GroupError, offsets_partition_for, validate_group_id};
@@ -41,6 +43,65 @@ struct Shard {
     leader_epoch: i32,
     /// None until loaded from the log.
     groups: Mutex<Option<HashMap<String, Group>>>,
+    /// Classic-protocol members waiting for their JoinGroup or SyncGroup answer, by group
+    /// and member id.
+    waiters: parking_lot::Mutex<Waiters>,
+}
+
+type Waiting<T> = HashMap<(String, String), oneshot::Sender<Result<T, GroupError>>>;
+
+#[derive(Default)]
+struct Waiters {
+    joins: Waiting<Joined>,
+    syncs: Waiting<Bytes>,
+}
+
+impl Shard {
+    /// Hands answers to the members of `group` that wait for them.
+    fn deliver(&self, group: &str, answers: Answers) {
+        if answers.is_empty() {
+            return;
+        }
+        let mut waiters = self.waiters.lock();
+        for (member, answer) in answers.joins {
+            if let Some(waiter) = waiters.joins.remove(&(group.to_string(), member)) {
+                let _ = waiter.send(answer);
+            }
+        }
+        for (member, answer) in answers.syncs {
+            if let Some(waiter) = waiters.syncs.remove(&(group.to_string(), member)) {
+                let _ = waiter.send(answer);
+            }
+        }
+    }
+}
+
+/// A JoinGroup's answer: the rebalance's outcome, or the id a new member joins again with.
+#[derive(Debug)]
+pub enum JoinAnswer {
+    Joined(Joined),
+    MemberIdRequired(String),
+}
+
+/// How long past its rebalance timeout a waiting JoinGroup or SyncGroup gives up.
+const WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// Waits for a classic member's answer; a waiter dropped unanswered means the coordinator
+/// moved (or a newer request of the same member took its place).
+async fn wait_for<T>(
+    group: &str,
+    answer: oneshot::Receiver<Result<T, GroupError>>,
+    patience: Duration,
+) -> Result<T, GroupError> {
+    match tokio::time::timeout(patience, answer).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(GroupError::NotCoordinator {
+            group: group.to_string(),
+        }),
+        Err(_) => Err(GroupError::RebalanceInProgress {
+            group: group.to_string(),
+        }),
+    }
 }
 
 pub struct GroupCoordinator {
@@ -53,6 +114,9 @@ pub struct GroupCoordinator {
 #[derive(Debug, Clone)]
 pub struct GroupDescription {
     pub group_id: String,
+    /// Whether it is a classic group (Kafka clients' JoinGroup/SyncGroup, or no members
+    /// and only committed offsets), not one of consumer-protocol members (KIP-848).
+    pub classic: bool,
     pub state: GroupState,
     pub epoch: i32,
     pub members: Vec<MemberDescription>,
@@ -126,6 +190,7 @@ impl GroupCoordinator {
             partition: replica,
             leader_epoch: epoch,
             groups: Mutex::new(None),
+            waiters: parking_lot::Mutex::new(Waiters::default()),
         });
         shards.insert(partition, shard.clone());
         Some(shard)
@@ -226,6 +291,152 @@ impl GroupCoordinator {
         )
     }
 
+    /// A classic member's JoinGroup: waits until the rebalance it takes part in has joined
+    /// every member (or its rebalance timeout passed).
+    pub async fn join_group(
+        &self,
+        group_id: &str,
+        mut request: JoinRequest,
+    ) -> Result<JoinAnswer, GroupError> {
+        let shard = self.shard(group_id).await?;
+        request.session_timeout = request.session_timeout.clamp(
+            self.config.min_session_timeout,
+            self.config.max_session_timeout,
+        );
+        let patience = request.rebalance_timeout + WAIT_SLACK;
+        let answer = {
+            let mut guard = shard.groups.lock().await;
+            let groups = guard.as_mut().expect("loaded");
+            let group = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id));
+            if !group.members.is_empty() {
+                return Err(GroupError::InconsistentProtocol {
+                    group: group_id.to_string(),
+                    why: "its members use the consumer group protocol (KIP-848, group.protocol=consumer); use that protocol for this group too".into(),
+                });
+            }
+            let (outcome, answers) = group.classic.join(group_id, request, Instant::now())?;
+            let member_id = match outcome {
+                JoinOutcome::MemberIdRequired { member_id } => {
+                    return Ok(JoinAnswer::MemberIdRequired(member_id));
+                }
+                JoinOutcome::Wait { member_id } => member_id,
+            };
+            let (sender, answer) = oneshot::channel();
+            shard
+                .waiters
+                .lock()
+                .joins
+                .insert((group_id.to_string(), member_id), sender);
+            shard.deliver(group_id, answers);
+            answer
+        };
+        wait_for(group_id, answer, patience)
+            .await
+            .map(JoinAnswer::Joined)
+    }
+
+    /// A classic member's SyncGroup: the leader's carries everyone's assignment; the others
+    /// wait for it.
+    pub async fn sync_group(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<Bytes, GroupError> {
+        let shard = self.shard(group_id).await?;
+        let (answer, patience) = {
+            let mut guard = shard.groups.lock().await;
+            let groups = guard.as_mut().expect("loaded");
+            let Some(group) = groups.get_mut(group_id) else {
+                return Err(GroupError::UnknownMember {
+                    group: group_id.to_string(),
+                    member: member_id.to_string(),
+                });
+            };
+            let outcome =
+                group
+                    .classic
+                    .sync(group_id, member_id, generation, assignments, Instant::now())?;
+            match outcome {
+                SyncOutcome::Assigned(assignment, answers) => {
+                    shard.deliver(group_id, answers);
+                    return Ok(assignment);
+                }
+                SyncOutcome::Wait => {}
+            }
+            let patience = group
+                .classic
+                .members
+                .get(member_id)
+                .map_or(Duration::ZERO, |m| m.rebalance_timeout)
+                + WAIT_SLACK;
+            let (sender, answer) = oneshot::channel();
+            shard
+                .waiters
+                .lock()
+                .syncs
+                .insert((group_id.to_string(), member_id.to_string()), sender);
+            (answer, patience)
+        };
+        wait_for(group_id, answer, patience).await
+    }
+
+    /// A classic member's Heartbeat.
+    pub async fn classic_heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), GroupError> {
+        let shard = self.shard(group_id).await?;
+        let mut guard = shard.groups.lock().await;
+        let groups = guard.as_mut().expect("loaded");
+        let Some(group) = groups.get_mut(group_id) else {
+            return Err(GroupError::UnknownMember {
+                group: group_id.to_string(),
+                member: member_id.to_string(),
+            });
+        };
+        group
+            .classic
+            .heartbeat(group_id, member_id, generation, Instant::now())
+    }
+
+    /// Classic members leaving (LeaveGroup); one result per member.
+    pub async fn leave_group(
+        &self,
+        group_id: &str,
+        member_ids: &[String],
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        let shard = self.shard(group_id).await?;
+        let mut guard = shard.groups.lock().await;
+        let groups = guard.as_mut().expect("loaded");
+        let Some(group) = groups.get_mut(group_id) else {
+            return Ok(member_ids
+                .iter()
+                .map(|m| {
+                    Err(GroupError::UnknownMember {
+                        group: group_id.to_string(),
+                        member: m.clone(),
+                    })
+                })
+                .collect());
+        };
+        let (results, answers) = group.classic.leave(group_id, member_ids, Instant::now());
+        shard.deliver(group_id, answers);
+        Ok(results)
+    }
+
+    /// A copy of `group` as its coordinator holds it; None when it does not exist.
+    pub async fn group(&self, group_id: &str) -> Result<Option<Group>, GroupError> {
+        let shard = self.shard(group_id).await?;
+        let guard = shard.groups.lock().await;
+        Ok(guard.as_ref().expect("loaded").get(group_id).cloned())
+    }
+
     /// Commits offsets for a member (or, with an empty member id and epoch -1, for an
     /// administrator while the group has no members).
     pub async fn commit(
@@ -253,6 +464,12 @@ impl GroupCoordinator {
         let groups = guard.as_mut().expect("loaded");
         let admin = member_id.is_empty() && member_epoch == -1;
         match groups.get(group_id) {
+            // Classic members commit with their generation.
+            Some(group) if !group.classic.members.is_empty() => {
+                group
+                    .classic
+                    .check_commit(group_id, member_id, member_epoch)?
+            }
             Some(group) => {
                 group.check_commit(member_id, member_epoch, offsets.iter().map(|c| &c.tp))?
             }
@@ -386,8 +603,9 @@ impl GroupCoordinator {
             let mut guard = shard.groups.lock().await;
             let groups = guard.as_mut().expect("loaded");
             let now = Instant::now();
-            for group in groups.values_mut() {
+            for (id, group) in groups.iter_mut() {
                 group.expire(now, &counts);
+                shard.deliver(id, group.classic.expire(id, now));
             }
             groups.retain(|_, g| !g.is_dead());
             if let Err(error) = self.compact(&shard, groups).await {
@@ -492,6 +710,7 @@ fn apply(groups: &mut HashMap<String, Group>, record: &record::Record) {
 fn describe(group: &Group) -> GroupDescription {
     GroupDescription {
         group_id: group.id.clone(),
+        classic: group.members.is_empty(),
         state: group.state(),
         epoch: group.epoch,
         members: group

@@ -4,13 +4,14 @@
 //! are acknowledged.
 
 pub mod assignor;
+pub mod classic;
 mod coordinator;
 mod records;
 pub mod state;
 
 use std::time::Duration;
 
-pub use coordinator::{GroupCoordinator, OffsetCommit};
+pub use coordinator::{GroupCoordinator, JoinAnswer, OffsetCommit};
 pub use state::{GroupState, HeartbeatAnswer};
 
 use crate::TopicPartition;
@@ -84,6 +85,19 @@ pub enum GroupError {
         member: String,
         partition: TopicPartition,
     },
+    #[error(
+        "member {member} of group '{group}' sent generation {theirs}, but the group is at generation {ours}: it missed a rebalance; join again"
+    )]
+    IllegalGeneration {
+        group: String,
+        member: String,
+        theirs: i32,
+        ours: i32,
+    },
+    #[error("group '{group}' is rebalancing; join again")]
+    RebalanceInProgress { group: String },
+    #[error("group '{group}': {why}")]
+    InconsistentProtocol { group: String, why: String },
     #[error("invalid group id: {0}")]
     InvalidGroupId(String),
     #[error("{0}")]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::GroupError;
 use super::assignor::{self, MemberSpec};
+use super::classic::{ClassicGroup, ClassicState};
 use crate::TopicPartition;
 
 /// While a member's partitions are moving it is asked to heartbeat this often.
@@ -87,6 +88,9 @@ pub struct Group {
     /// The partition counts `target` was computed with.
     partition_counts: BTreeMap<String, u32>,
     pub offsets: BTreeMap<TopicPartition, Committed>,
+    /// Members of the classic protocol (JoinGroup/SyncGroup); a group has members of one
+    /// protocol at a time.
+    pub classic: ClassicGroup,
 }
 
 impl Group {
@@ -98,6 +102,13 @@ impl Group {
     }
 
     pub fn state(&self) -> GroupState {
+        if !self.classic.members.is_empty() {
+            return if self.classic.state == ClassicState::Stable {
+                GroupState::Stable
+            } else {
+                GroupState::Reconciling
+            };
+        }
         if self.members.is_empty() {
             GroupState::Empty
         } else if self.members.values().all(|m| self.is_reconciled(m)) {
@@ -382,7 +393,7 @@ impl Group {
 
     /// Whether the group has anything worth keeping: members or committed offsets.
     pub fn is_dead(&self) -> bool {
-        self.members.is_empty() && self.offsets.is_empty()
+        self.members.is_empty() && self.classic.is_empty() && self.offsets.is_empty()
     }
 }
 

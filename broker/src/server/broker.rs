@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::kafka::{self, KafkaService, KafkaSettings};
+use super::offsets_topic::OffsetsTopic;
 use super::producer_ids::ProducerIds;
 use super::{
     ControllerLink, Metrics, admin, data_plane, group_service, grpc_only, http, identity,
@@ -269,6 +270,7 @@ pub async fn run(
     ));
 
     let producer_ids = Arc::new(ProducerIds::new(link.clone(), config.broker_id));
+    let offsets_topic = OffsetsTopic::new(link.clone());
     let kafka_stop = CancellationToken::new();
     let kafka_task = tokio::spawn(kafka::serve(
         kafka,
@@ -277,6 +279,8 @@ pub async fn run(
             link: link.clone(),
             metrics: metrics.clone(),
             producer_ids: producer_ids.clone(),
+            groups: groups.clone(),
+            offsets_topic: offsets_topic.clone(),
             settings: config.kafka.clone(),
         }),
         kafka_stop.clone(),
@@ -311,10 +315,9 @@ pub async fn run(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(GroupServer::new(group_service::GroupService {
-            coordinator: groups,
+            coordinator: groups.clone(),
             replicas: replicas.clone(),
-            link: link.clone(),
-            creating: Arc::new(AtomicBool::new(false)),
+            offsets_topic: offsets_topic.clone(),
         }))
         .add_service(
             ReplicationServer::new(replication_service::ReplicationService {

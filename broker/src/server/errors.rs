@@ -76,26 +76,32 @@ impl From<ControllerError> for Status {
     }
 }
 
+pub fn group_error_code(error: &GroupError) -> ErrorCode {
+    match error {
+        GroupError::CoordinatorNotAvailable { .. } => ErrorCode::CoordinatorNotAvailable,
+        GroupError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+        GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+        GroupError::StaleEpoch { .. } => ErrorCode::StaleMemberEpoch,
+        GroupError::FencedEpoch { .. } => ErrorCode::FencedMemberEpoch,
+        GroupError::NotFound(_) => ErrorCode::GroupIdNotFound,
+        GroupError::NotEmpty { .. } => ErrorCode::NonEmptyGroup,
+        GroupError::NotAssigned { .. } => ErrorCode::PartitionNotAssigned,
+        GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+        GroupError::Invalid(_) => ErrorCode::InvalidRequest,
+        GroupError::UnknownPartition(_) => ErrorCode::UnknownTopicOrPartition,
+        // The offsets partition moved while the commit waited: the coordinator moved.
+        GroupError::Replica(
+            ReplicaError::NotLeader { .. } | ReplicaError::UnknownTopicOrPartition(_),
+        ) => ErrorCode::NotCoordinator,
+        GroupError::Replica(e) => replica_error_code(e),
+        GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        GroupError::RebalanceInProgress { .. } => ErrorCode::RebalanceInProgress,
+        GroupError::InconsistentProtocol { .. } => ErrorCode::InconsistentGroupProtocol,
+    }
+}
+
 impl From<GroupError> for Status {
     fn from(error: GroupError) -> Self {
-        let code = match &error {
-            GroupError::CoordinatorNotAvailable { .. } => ErrorCode::CoordinatorNotAvailable,
-            GroupError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
-            GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
-            GroupError::StaleEpoch { .. } => ErrorCode::StaleMemberEpoch,
-            GroupError::FencedEpoch { .. } => ErrorCode::FencedMemberEpoch,
-            GroupError::NotFound(_) => ErrorCode::GroupIdNotFound,
-            GroupError::NotEmpty { .. } => ErrorCode::NonEmptyGroup,
-            GroupError::NotAssigned { .. } => ErrorCode::PartitionNotAssigned,
-            GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
-            GroupError::Invalid(_) => ErrorCode::InvalidRequest,
-            GroupError::UnknownPartition(_) => ErrorCode::UnknownTopicOrPartition,
-            // The offsets partition moved while the commit waited: the coordinator moved.
-            GroupError::Replica(
-                ReplicaError::NotLeader { .. } | ReplicaError::UnknownTopicOrPartition(_),
-            ) => ErrorCode::NotCoordinator,
-            GroupError::Replica(e) => replica_error_code(e),
-        };
-        status(code, error.to_string())
+        status(group_error_code(&error), error.to_string())
     }
 }

@@ -1,12 +1,11 @@
 //! The `Group` gRPC service: consumer-group requests, converted for the group coordinator.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::controller_link::ControllerLink;
+use super::offsets_topic::OffsetsTopic;
 use crate::TopicPartition;
 use crate::group::state::Heartbeat;
 use crate::group::{GroupCoordinator, GroupError, OffsetCommit, validate_group_id};
@@ -17,26 +16,7 @@ use crate::replication::ReplicaManager;
 pub struct GroupService {
     pub(super) coordinator: Arc<GroupCoordinator>,
     pub(super) replicas: Arc<ReplicaManager>,
-    pub(super) link: ControllerLink,
-    /// Whether this broker is asking the controller for the offsets topic already.
-    pub(super) creating: Arc<AtomicBool>,
-}
-
-impl GroupService {
-    /// Asks the controller for `__consumer_offsets` in the background, once at a time.
-    fn create_offsets_topic(&self) {
-        if self.creating.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (link, creating) = (self.link.clone(), self.creating.clone());
-        tokio::spawn(async move {
-            if let Err(error) = link.create_offsets_topic().await {
-                tracing::warn!(error = %error.message(), "could not create the offsets topic");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            creating.store(false, Ordering::Release);
-        });
-    }
+    pub(super) offsets_topic: OffsetsTopic,
 }
 
 #[tonic::async_trait]
@@ -49,7 +29,7 @@ impl proto::group_server::Group for GroupService {
         let tp = match self.coordinator.offsets_partition(&group) {
             Ok(tp) => tp,
             Err(error @ GroupError::CoordinatorNotAvailable { .. }) => {
-                self.create_offsets_topic();
+                self.offsets_topic.create();
                 return Err(error.into());
             }
             Err(error) => return Err(error.into()),

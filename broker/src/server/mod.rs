@@ -17,6 +17,7 @@ mod http;
 mod identity;
 mod kafka;
 mod metrics;
+mod offsets_topic;
 mod producer_ids;
 mod replication_service;
 

@@ -50,12 +50,20 @@ pub fn kafka_error(code: ErrorCode) -> ResponseError {
         ErrorCode::NonEmptyGroup => K::NonEmptyGroup,
         ErrorCode::PartitionNotAssigned => K::UnknownTopicOrPartition,
         ErrorCode::InvalidGroupId => K::InvalidGroupId,
+        ErrorCode::IllegalGeneration => K::IllegalGeneration,
+        ErrorCode::RebalanceInProgress => K::RebalanceInProgress,
+        ErrorCode::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
     }
 }
 
 /// The Kafka error code for a replica error.
 pub fn replica_error(error: &ReplicaError) -> i16 {
     kafka_error(super::super::errors::replica_error_code(error)).code()
+}
+
+/// The Kafka error code for a group coordinator error.
+pub fn group_error(error: &crate::group::GroupError) -> i16 {
+    kafka_error(super::super::errors::group_error_code(error)).code()
 }
 
 /// The Kafka error code for a failed call to the controller or coordinator.

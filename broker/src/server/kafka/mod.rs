@@ -6,6 +6,7 @@
 
 mod errors;
 mod fetch;
+mod groups;
 mod metadata;
 mod produce;
 mod topics;
@@ -22,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::controller_link::ControllerLink;
 use super::metrics::Metrics;
+use super::offsets_topic::OffsetsTopic;
 use super::producer_ids::ProducerIds;
+use crate::group::GroupCoordinator;
 use crate::protocol::kafka::frame::{self, FrameError, Request};
 use crate::protocol::kafka::messages::ApiKey;
 use crate::protocol::kafka::versions;
@@ -56,6 +59,8 @@ pub struct KafkaService {
     pub(super) link: ControllerLink,
     pub(super) metrics: Arc<Metrics>,
     pub(super) producer_ids: Arc<ProducerIds>,
+    pub(super) groups: Arc<GroupCoordinator>,
+    pub(super) offsets_topic: OffsetsTopic,
     pub(super) settings: KafkaSettings,
 }
 
@@ -125,7 +130,7 @@ async fn connection(
                 return;
             }
         };
-        match service.handle(request).await {
+        match service.handle(request, peer).await {
             Reply::Frame(bytes) => {
                 if let Err(error) = writer.write_all(&bytes).await {
                     tracing::debug!(%peer, %error, "a Kafka client went away before its answer");
@@ -179,7 +184,7 @@ fn reply<B: Encodable>(request: &Request, api: ApiKey, body: &B) -> Reply {
 }
 
 impl KafkaService {
-    async fn handle(&self, request: Request) -> Reply {
+    async fn handle(&self, request: Request, peer: SocketAddr) -> Reply {
         let Some(api) = request
             .api
             .filter(|api| versions::is_served(*api, request.api_version))
@@ -189,7 +194,7 @@ impl KafkaService {
             return unsupported(&request);
         };
         let started = Instant::now();
-        let (reply, ok) = self.dispatch(api, &request).await;
+        let (reply, ok) = self.dispatch(api, &request, peer).await;
         self.metrics.kafka_request(
             &format!("{api:?}"),
             request.api_version,
@@ -200,7 +205,7 @@ impl KafkaService {
     }
 
     /// Answers a served request; also says whether it succeeded whole, for the metrics.
-    async fn dispatch(&self, api: ApiKey, request: &Request) -> (Reply, bool) {
+    async fn dispatch(&self, api: ApiKey, request: &Request, peer: SocketAddr) -> (Reply, bool) {
         macro_rules! answer {
             ($handler:ident) => {
                 match decode(request) {
@@ -223,6 +228,24 @@ impl KafkaService {
             ApiKey::ListOffsets => answer!(list_offsets),
             ApiKey::InitProducerId => answer!(init_producer_id),
             ApiKey::CreateTopics => answer!(create_topics),
+            ApiKey::FindCoordinator => answer!(find_coordinator),
+            ApiKey::JoinGroup => match decode(request) {
+                Ok(body) => {
+                    let client = request.client_id.as_deref().unwrap_or("");
+                    let (response, ok) = self
+                        .join_group(request.api_version, body, peer, client)
+                        .await;
+                    (reply(request, api, &response), ok)
+                }
+                Err(close) => (close, false),
+            },
+            ApiKey::SyncGroup => answer!(sync_group),
+            ApiKey::Heartbeat => answer!(heartbeat),
+            ApiKey::LeaveGroup => answer!(leave_group),
+            ApiKey::OffsetCommit => answer!(offset_commit),
+            ApiKey::OffsetFetch => answer!(offset_fetch),
+            ApiKey::ListGroups => answer!(list_groups),
+            ApiKey::DescribeGroups => answer!(describe_groups),
             ApiKey::DeleteTopics => answer!(delete_topics),
             other => (
                 Reply::Close(format!("{other:?} is listed as served but has no handler")),
