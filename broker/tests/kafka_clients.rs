@@ -285,6 +285,56 @@ fn kcat_reads_a_topic_as_a_balanced_consumer_group_and_commits() {
 }
 
 #[test]
+fn a_group_of_kafka_clients_refuses_tributary_consumers_and_says_why() {
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &[]);
+    kcat(&["-b", &broker.kafka, "-P", "-t", "mixed"], "one\n");
+    let mut member = Command::new("kcat")
+        .args(["-b", &broker.kafka, "-G", "mixed-group", "mixed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat runs");
+    // kcat says when it has joined: "Group mixed-group rebalanced ... assigned: ...".
+    let stderr = member.stderr.take().expect("stderr");
+    let (joined_tx, joined) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("assigned:") {
+                let _ = joined_tx.send(());
+            }
+        }
+    });
+    let in_group = joined.recv_timeout(PATIENCE);
+    let (code, _, err) = common::cli(
+        &[
+            "--bootstrap",
+            &broker.grpc,
+            "consume",
+            "mixed",
+            "--group",
+            "mixed-group",
+            "--timeout-ms",
+            "5000",
+        ],
+        "",
+    );
+    let _ = member.kill();
+    let _ = member.wait();
+    assert!(in_group.is_ok(), "kcat never joined its group");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("group 'mixed-group'") && err.contains("classic group protocol"),
+        "{err}"
+    );
+}
+
+#[test]
 fn auto_creation_can_be_turned_off() {
     let dir = common::open_tempdir();
     let broker = Broker::start(dir.path(), &["--auto-create-topics", "false"]);

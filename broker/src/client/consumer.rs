@@ -232,6 +232,16 @@ impl Consumer {
         };
         let (assignment, lost) = {
             let mut state = membership.state.lock();
+            // Heartbeats retry what may pass; a group this consumer can never join is an
+            // error for the application.
+            if let Some(error) = &state.error
+                && matches!(
+                    error.code(),
+                    Some(ErrorCode::InconsistentGroupProtocol | ErrorCode::InvalidGroupId)
+                )
+            {
+                return Err(error.clone());
+            }
             let lost = std::mem::take(&mut state.lost);
             (state.assignment.clone(), lost)
         };

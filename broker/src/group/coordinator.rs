@@ -264,6 +264,12 @@ impl GroupCoordinator {
         let mut guard = shard.groups.lock().await;
         let groups = guard.as_mut().expect("loaded");
         let group = match groups.get_mut(group_id) {
+            Some(group) if !group.classic.members.is_empty() => {
+                return Err(GroupError::InconsistentProtocol {
+                    group: group_id.to_string(),
+                    why: "its members are Kafka clients using the classic group protocol; stop them, or use another group".into(),
+                });
+            }
             Some(group) => group,
             None if request.member_epoch == 0 => groups
                 .entry(group_id.to_string())
