@@ -61,6 +61,57 @@ fn python(name: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// A `java` command with the Java client, Kafka's tools and the test program on its class
+/// path, logging warnings only.
+fn java(main_class: &str) -> Command {
+    let java_dir = clients_dir().join("java");
+    assert!(
+        java_dir.join("classes/JavaClients.class").exists(),
+        "the Java Kafka clients are not installed in {}: run scripts/install-kafka-clients",
+        java_dir.display()
+    );
+    let mut command = Command::new("java");
+    command
+        .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
+        .arg("-cp")
+        .arg(format!(
+            "{}:{}/*",
+            java_dir.join("classes").display(),
+            java_dir.join("lib").display()
+        ))
+        .arg(main_class);
+    command
+}
+
+/// Runs a Java program to the end with `stdin`; panics with its output unless it
+/// succeeds. Returns its standard output.
+fn run_java(main_class: &str, args: &[&str], stdin: &str) -> String {
+    let mut child = java(main_class)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("java runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write to java");
+    let output = child.wait_with_output().expect("java runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(
+        output.status.success(),
+        "{main_class} {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
 fn kcat(args: &[&str], stdin: &str) -> String {
     let mut child = Command::new("kcat")
         .args(args)
@@ -335,6 +386,190 @@ fn a_group_of_kafka_clients_refuses_tributary_consumers_and_says_why() {
 }
 
 #[test]
+fn the_java_admin_client_manages_topics_configs_and_partitions() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    let out = run_java(
+        "JavaClients",
+        &["admin", &cluster.kafka_bootstrap, "java-admin"],
+        "",
+    );
+    println!("{out}");
+    assert!(out.contains("\"brokers\": 3, \"ok\": true"), "{out}");
+    let out = run_java(
+        "JavaClients",
+        &["produce", &cluster.kafka_bootstrap, "java-produce", "5000"],
+        "",
+    );
+    assert!(out.contains("\"acked\": 5000"), "{out}");
+    println!(
+        "broker 0 served:\n{}",
+        negotiated(&cluster.brokers[0].1).join("\n")
+    );
+}
+
+#[test]
+fn java_consumers_share_a_topic_with_the_classic_and_the_kip_848_protocol() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    for protocol in ["classic", "consumer"] {
+        let out = run_java(
+            "JavaClients",
+            &[
+                "group",
+                &cluster.kafka_bootstrap,
+                &format!("java-group-{protocol}"),
+                &format!("java-{protocol}"),
+                "600",
+                protocol,
+            ],
+            "",
+        );
+        println!("{out}");
+        assert!(out.contains("\"lag\": 0"), "{out}");
+    }
+}
+
+#[test]
+fn kafkas_own_command_line_tools_work_as_kafka_users_run_them() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    let bootstrap = cluster.kafka_bootstrap.as_str();
+    let topics = "org.apache.kafka.tools.TopicCommand";
+    run_java(
+        topics,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--create",
+            "--topic",
+            "tools",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    assert!(run_java(topics, &["--bootstrap-server", bootstrap, "--list"], "").contains("tools"));
+    run_java(
+        topics,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--alter",
+            "--topic",
+            "tools",
+            "--partitions",
+            "4",
+        ],
+        "",
+    );
+    let described = run_java(
+        topics,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--topic",
+            "tools",
+        ],
+        "",
+    );
+    assert!(
+        described.contains("PartitionCount: 4") && described.contains("ReplicationFactor: 3"),
+        "{described}"
+    );
+
+    let lines: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+    run_java(
+        "org.apache.kafka.tools.ConsoleProducer",
+        &["--bootstrap-server", bootstrap, "--topic", "tools"],
+        &(lines.join("\n") + "\n"),
+    );
+    let consumed = run_java(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            "tools",
+            "--group",
+            "tools-group",
+            "--from-beginning",
+            "--max-messages",
+            "100",
+        ],
+        "",
+    );
+    let mut got: Vec<&str> = consumed.lines().collect();
+    got.sort_by_key(|l| {
+        l.trim_start_matches("line ")
+            .parse::<u32>()
+            .unwrap_or(u32::MAX)
+    });
+    assert_eq!(got, lines, "{consumed}");
+    let groups = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand";
+    assert!(
+        run_java(groups, &["--bootstrap-server", bootstrap, "--list"], "").contains("tools-group")
+    );
+    let lag = run_java(
+        groups,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            "tools-group",
+        ],
+        "",
+    );
+    let total: i64 = lag
+        .lines()
+        .filter(|l| l.starts_with("tools-group"))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(-1)
+        })
+        .sum();
+    assert_eq!(total, 0, "the group read everything: {lag}");
+
+    let perf = run_java(
+        "org.apache.kafka.tools.ProducerPerformance",
+        &[
+            "--topic",
+            "tools-perf",
+            "--num-records",
+            "20000",
+            "--record-size",
+            "1024",
+            "--throughput",
+            "-1",
+            "--producer-props",
+            &format!("bootstrap.servers={bootstrap}"),
+            "acks=all",
+        ],
+        "",
+    );
+    assert!(perf.contains("20000 records sent"), "{perf}");
+    let perf = run_java(
+        "org.apache.kafka.tools.ConsumerPerformance",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            "tools-perf",
+            "--messages",
+            "20000",
+        ],
+        "",
+    );
+    assert!(perf.contains(", 20000,"), "{perf}");
+}
+
+#[test]
 fn auto_creation_can_be_turned_off() {
     let dir = common::open_tempdir();
     let broker = Broker::start(dir.path(), &["--auto-create-topics", "false"]);
@@ -562,7 +797,33 @@ fn read_numbers(bootstrap: &str, topic: &str) -> Vec<(i64, u64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idempotent_librdkafka_producer_loses_and_repeats_nothing_when_the_leader_is_killed() {
     let dir = common::open_tempdir();
-    let cluster = LocalCluster::start(&dir.path().join("cluster"), &["--brokers", "3"], &[]);
+    let cluster = three_brokers(dir.path());
+    let mut producer = Command::new("python3");
+    producer
+        .arg(script("produce_until_stopped_confluent_kafka.py"))
+        .args([&cluster.kafka_bootstrap, "kill-leader"])
+        .env("PYTHONPATH", clients_dir().join("python"));
+    kill_the_leader_under(&cluster, producer).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotent_java_producer_loses_and_repeats_nothing_when_the_leader_is_killed() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    let mut producer = java("JavaClients");
+    producer.args([
+        "produce-until-stopped",
+        &cluster.kafka_bootstrap,
+        "kill-leader",
+    ]);
+    kill_the_leader_under(&cluster, producer).await;
+}
+
+/// Runs `producer` (which prints `ACK number offset` for each acknowledged record of
+/// partition 0 of `kill-leader` until its standard input closes) while the partition's
+/// leader is killed with kill -9; then every acknowledged number must be in the log once,
+/// at its acknowledged offset, in order.
+async fn kill_the_leader_under(cluster: &LocalCluster, mut producer: Command) {
     common::create_topic(
         &cluster.bootstrap,
         "kill-leader",
@@ -570,11 +831,7 @@ async fn an_idempotent_librdkafka_producer_loses_and_repeats_nothing_when_the_le
         &[("min.insync.replicas", "2")],
     )
     .await;
-    let python_path = clients_dir().join("python");
-    let mut producer = std::process::Command::new("python3")
-        .arg(script("produce_until_stopped_confluent_kafka.py"))
-        .args([&cluster.kafka_bootstrap, "kill-leader"])
-        .env("PYTHONPATH", &python_path)
+    let mut producer = producer
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

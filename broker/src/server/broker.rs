@@ -281,6 +281,7 @@ pub async fn run(
             producer_ids: producer_ids.clone(),
             groups: groups.clone(),
             offsets_topic: offsets_topic.clone(),
+            topic_defaults: config.topic_config.clone(),
             settings: config.kafka.clone(),
         }),
         kafka_stop.clone(),

@@ -3,6 +3,7 @@
 //! snapshot and applies it, and sends topic changes, ISR proposals, controlled shutdown and
 //! producer-id requests.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +134,56 @@ impl ControllerLink {
                     .await
                     .map_err(|s| unreachable(address, s))?;
                 Ok(())
+            }
+        }
+    }
+
+    /// Grows `topic` to `partitions` partitions.
+    pub async fn create_partitions(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<TopicRecord, Status> {
+        match self {
+            Self::Local(controller) => Ok(controller.create_partitions(topic, partitions).await?.0),
+            Self::Remote { address, client } => {
+                let request = proto::CreatePartitionsRequest {
+                    topic: topic.to_string(),
+                    partitions,
+                };
+                let description = client
+                    .clone()
+                    .create_partitions(request)
+                    .await
+                    .map_err(|s| unreachable(address, s))?
+                    .into_inner();
+                convert::topic_from_description(description)
+                    .map_err(|e| status(ErrorCode::Unknown, e))
+            }
+        }
+    }
+
+    /// Replaces `topic`'s configuration overrides with `config`.
+    pub async fn alter_topic_config(
+        &self,
+        topic: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<TopicRecord, Status> {
+        match self {
+            Self::Local(controller) => Ok(controller.alter_topic_config(topic, config).await?.0),
+            Self::Remote { address, client } => {
+                let request = proto::AlterTopicConfigRequest {
+                    topic: topic.to_string(),
+                    config: config.into_iter().collect(),
+                };
+                let description = client
+                    .clone()
+                    .alter_topic_config(request)
+                    .await
+                    .map_err(|s| unreachable(address, s))?
+                    .into_inner();
+                convert::topic_from_description(description)
+                    .map_err(|e| status(ErrorCode::Unknown, e))
             }
         }
     }

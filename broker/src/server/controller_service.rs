@@ -247,6 +247,30 @@ impl<D: ControllerDirectory> proto::controller_server::Controller for Controller
         Ok(Response::new(proto::DeleteTopicResponse {}))
     }
 
+    async fn create_partitions(
+        &self,
+        request: Request<proto::CreatePartitionsRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let controller = self.controller(&request)?;
+        let request = request.into_inner();
+        let (record, _) = controller
+            .create_partitions(&request.topic, request.partitions)
+            .await?;
+        Ok(Response::new(convert::topic_description(&record)))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<proto::AlterTopicConfigRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let controller = self.controller(&request)?;
+        let request = request.into_inner();
+        let (record, _) = controller
+            .alter_topic_config(&request.topic, request.config.into_iter().collect())
+            .await?;
+        Ok(Response::new(convert::topic_description(&record)))
+    }
+
     async fn allocate_producer_ids(
         &self,
         request: Request<proto::AllocateProducerIdsRequest>,

@@ -12,6 +12,7 @@ use super::errors::group_error;
 use super::{KafkaService, topic_partition};
 use crate::TopicPartition;
 use crate::group::classic::JoinRequest;
+use crate::group::state::Heartbeat;
 use crate::group::{GroupError, JoinAnswer, OffsetCommit};
 use crate::protocol::kafka::messages::describe_groups_response::{
     DescribedGroup, DescribedGroupMember,
@@ -28,11 +29,16 @@ use crate::protocol::kafka::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use crate::protocol::kafka::messages::{
-    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    BrokerId, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
+};
+use crate::protocol::kafka::messages::{
+    consumer_group_describe_response, consumer_group_heartbeat_response,
 };
 use crate::protocol::kafka::{ResponseError, StrBytes};
 
@@ -626,5 +632,218 @@ impl KafkaService {
             });
         }
         (DescribeGroupsResponse::default().with_groups(described), ok)
+    }
+}
+
+/// The session timeout of consumer-protocol members (KIP-848 has no per-member one;
+/// Kafka's `group.consumer.session.timeout.ms`).
+const CONSUMER_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
+
+impl KafkaService {
+    /// Partitions by topic id, as the consumer protocol names them.
+    fn by_topic_id(
+        &self,
+        partitions: &std::collections::BTreeSet<TopicPartition>,
+    ) -> Vec<(uuid::Uuid, String, Vec<i32>)> {
+        let snapshot = self.replicas.metadata();
+        let mut out: Vec<(uuid::Uuid, String, Vec<i32>)> = Vec::new();
+        for tp in partitions {
+            let Some(id) = snapshot.topics.get(&tp.topic).map(|t| t.id) else {
+                continue;
+            };
+            match out.last_mut() {
+                Some((last, _, list)) if *last == id => list.push(tp.partition as i32),
+                _ => out.push((id, tp.topic.clone(), vec![tp.partition as i32])),
+            }
+        }
+        out
+    }
+
+    /// KIP-848's ConsumerGroupHeartbeat, on the coordinator Tributary's own consumers use:
+    /// the subscription and owned partitions a member leaves out are the ones it sent last.
+    pub(super) async fn consumer_group_heartbeat(
+        &self,
+        _version: i16,
+        request: ConsumerGroupHeartbeatRequest,
+        client_id: &str,
+    ) -> (ConsumerGroupHeartbeatResponse, bool) {
+        let failed = |code: i16, message: String| {
+            (
+                ConsumerGroupHeartbeatResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(Some(text(message))),
+                false,
+            )
+        };
+        if request.subscribed_topic_regex.is_some() {
+            return failed(
+                ResponseError::InvalidRequest.code(),
+                "subscribing by pattern is not supported; subscribe to topic names".into(),
+            );
+        }
+        let group_id = request.group_id.to_string();
+        let member_id = request.member_id.to_string();
+        // What the member sent before, for the fields it leaves out.
+        let known = match self.groups.group(&group_id).await {
+            Ok(group) => group.and_then(|g| g.members.get(&member_id).cloned()),
+            Err(error) => return failed(group_error(&error), error.to_string()),
+        };
+        let subscribed = match request.subscribed_topic_names {
+            Some(names) => names.iter().map(|n| n.to_string()).collect(),
+            None => known
+                .as_ref()
+                .map(|m| m.subscribed.clone())
+                .unwrap_or_default(),
+        };
+        let snapshot = self.replicas.metadata();
+        let names: std::collections::BTreeMap<uuid::Uuid, &str> = snapshot
+            .topics
+            .values()
+            .map(|t| (t.id, t.name.as_str()))
+            .collect();
+        let owned = match request.topic_partitions {
+            Some(owned) => owned
+                .iter()
+                .filter_map(|t| names.get(&t.topic_id).map(|n| (*n, &t.partitions)))
+                .flat_map(|(name, partitions)| {
+                    partitions
+                        .iter()
+                        .filter_map(move |p| topic_partition(name, *p))
+                })
+                .collect(),
+            None => known
+                .as_ref()
+                .map(|m| m.assigned.union(&m.revoking).cloned().collect())
+                .unwrap_or_default(),
+        };
+        let heartbeat = Heartbeat {
+            member_id,
+            // -2 is a static member leaving for a while; here every member is dynamic.
+            member_epoch: request.member_epoch.max(-1),
+            client_id: client_id.to_string(),
+            subscribed,
+            owned,
+            session_timeout: CONSUMER_SESSION_TIMEOUT,
+            rebalance_timeout: millis(request.rebalance_timeout_ms),
+        };
+        match self.groups.heartbeat(&group_id, heartbeat).await {
+            Ok(answer) => {
+                let assignment = self
+                    .by_topic_id(&answer.assignment)
+                    .into_iter()
+                    .map(|(id, _, partitions)| {
+                        consumer_group_heartbeat_response::TopicPartitions::default()
+                            .with_topic_id(id)
+                            .with_partitions(partitions)
+                    })
+                    .collect();
+                let leaving = answer.member_epoch < 0;
+                let response = ConsumerGroupHeartbeatResponse::default()
+                    .with_member_id(Some(text(answer.member_id)))
+                    .with_member_epoch(answer.member_epoch)
+                    .with_heartbeat_interval_ms(answer.heartbeat_interval.as_millis() as i32);
+                let response = if leaving {
+                    response
+                } else {
+                    response.with_assignment(Some(
+                        consumer_group_heartbeat_response::Assignment::default()
+                            .with_topic_partitions(assignment),
+                    ))
+                };
+                (response, true)
+            }
+            Err(error) => failed(group_error(&error), error.to_string()),
+        }
+    }
+
+    /// KIP-848's ConsumerGroupDescribe: members with their subscriptions and assignments.
+    pub(super) async fn consumer_group_describe(
+        &self,
+        _version: i16,
+        request: ConsumerGroupDescribeRequest,
+    ) -> (ConsumerGroupDescribeResponse, bool) {
+        let mut ok = true;
+        let mut described = Vec::new();
+        for group_id in request.group_ids {
+            let answer = consumer_group_describe_response::DescribedGroup::default()
+                .with_group_id(group_id.clone());
+            described.push(match self.groups.group(&group_id).await {
+                Err(error) => {
+                    ok = false;
+                    answer
+                        .with_error_code(group_error(&error))
+                        .with_error_message(Some(text(error.to_string())))
+                }
+                Ok(None) => {
+                    ok = false;
+                    answer
+                        .with_error_code(ResponseError::GroupIdNotFound.code())
+                        .with_error_message(Some(text(format!(
+                            "group '{}' does not exist",
+                            &*group_id
+                        ))))
+                }
+                Ok(Some(group)) if !group.classic.members.is_empty() => {
+                    ok = false;
+                    answer
+                        .with_error_code(ResponseError::GroupIdNotFound.code())
+                        .with_error_message(Some(text(format!(
+                            "group '{}' is a classic group; describe it with DescribeGroups",
+                            &*group_id
+                        ))))
+                }
+                Ok(Some(group)) => {
+                    let to_assignment =
+                        |partitions: &std::collections::BTreeSet<TopicPartition>| {
+                            consumer_group_describe_response::Assignment::default()
+                                .with_topic_partitions(
+                                self.by_topic_id(partitions)
+                                    .into_iter()
+                                    .map(|(id, name, partitions)| {
+                                        consumer_group_describe_response::TopicPartitions::default()
+                                            .with_topic_id(id)
+                                            .with_topic_name(TopicName(text(name)))
+                                            .with_partitions(partitions)
+                                    })
+                                    .collect(),
+                            )
+                        };
+                    let state = match group.state() {
+                        crate::group::GroupState::Empty => "Empty",
+                        crate::group::GroupState::Reconciling => "Reconciling",
+                        crate::group::GroupState::Stable => "Stable",
+                    };
+                    answer
+                        .with_group_state(text(state))
+                        .with_group_epoch(group.epoch)
+                        .with_assignment_epoch(group.epoch)
+                        .with_assignor_name(text("uniform"))
+                        .with_members(
+                            group
+                                .members
+                                .values()
+                                .map(|m| {
+                                    consumer_group_describe_response::Member::default()
+                                        .with_member_id(text(m.id.clone()))
+                                        .with_member_epoch(m.epoch)
+                                        .with_client_id(text(m.client_id.clone()))
+                                        .with_subscribed_topic_names(
+                                            m.subscribed
+                                                .iter()
+                                                .map(|t| TopicName(text(t.clone())))
+                                                .collect(),
+                                        )
+                                        .with_assignment(to_assignment(&m.assigned))
+                                        .with_target_assignment(to_assignment(&m.assigned))
+                                })
+                                .collect(),
+                        )
+                }
+            });
+        }
+        (
+            ConsumerGroupDescribeResponse::default().with_groups(described),
+            ok,
+        )
     }
 }

@@ -4,6 +4,7 @@
 //! Kafka's brokers do), so responses leave in request order. Handlers convert between
 //! Kafka's messages and the engine; the engine decides.
 
+mod configs;
 mod errors;
 mod fetch;
 mod groups;
@@ -61,6 +62,8 @@ pub struct KafkaService {
     pub(super) producer_ids: Arc<ProducerIds>,
     pub(super) groups: Arc<GroupCoordinator>,
     pub(super) offsets_topic: OffsetsTopic,
+    /// The broker's defaults for topic configuration keys, as DescribeConfigs shows them.
+    pub(super) topic_defaults: std::collections::BTreeMap<String, String>,
     pub(super) settings: KafkaSettings,
 }
 
@@ -229,6 +232,10 @@ impl KafkaService {
             ApiKey::InitProducerId => answer!(init_producer_id),
             ApiKey::CreateTopics => answer!(create_topics),
             ApiKey::FindCoordinator => answer!(find_coordinator),
+            ApiKey::CreatePartitions => answer!(create_partitions),
+            ApiKey::DescribeConfigs => answer!(describe_configs),
+            ApiKey::AlterConfigs => answer!(alter_configs),
+            ApiKey::IncrementalAlterConfigs => answer!(incremental_alter_configs),
             ApiKey::JoinGroup => match decode(request) {
                 Ok(body) => {
                     let client = request.client_id.as_deref().unwrap_or("");
@@ -240,6 +247,17 @@ impl KafkaService {
                 Err(close) => (close, false),
             },
             ApiKey::SyncGroup => answer!(sync_group),
+            ApiKey::ConsumerGroupHeartbeat => match decode(request) {
+                Ok(body) => {
+                    let client = request.client_id.as_deref().unwrap_or("");
+                    let (response, ok) = self
+                        .consumer_group_heartbeat(request.api_version, body, client)
+                        .await;
+                    (reply(request, api, &response), ok)
+                }
+                Err(close) => (close, false),
+            },
+            ApiKey::ConsumerGroupDescribe => answer!(consumer_group_describe),
             ApiKey::Heartbeat => answer!(heartbeat),
             ApiKey::LeaveGroup => answer!(leave_group),
             ApiKey::OffsetCommit => answer!(offset_commit),
