@@ -36,6 +36,7 @@ pub const SERVED: &[Served] = &[
     },
     served(ApiKey::Fetch, 4, 17),
     served(ApiKey::ListOffsets, 1, 6),
+    served(ApiKey::OffsetForLeaderEpoch, 2, 4),
     served(ApiKey::Metadata, 0, 12),
     served(ApiKey::OffsetCommit, 2, 9),
     served(ApiKey::OffsetFetch, 1, 9),

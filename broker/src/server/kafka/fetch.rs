@@ -23,8 +23,12 @@ use crate::protocol::kafka::messages::fetch_response::{
 use crate::protocol::kafka::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
+use crate::protocol::kafka::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use crate::protocol::kafka::messages::{
-    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, TopicName,
 };
 use crate::replication::{FetchParams, FetchPartition, OffsetQuery};
 use crate::server::{DEFAULT_FETCH_MAX_BYTES, DEFAULT_PARTITION_MAX_BYTES, MAX_FETCH_WAIT};
@@ -249,5 +253,65 @@ impl KafkaService {
             })
             .collect();
         (ListOffsetsResponse::default().with_topics(topics), ok)
+    }
+}
+
+impl KafkaService {
+    /// OffsetForLeaderEpoch (KIP-320): where each asked epoch ends in the leader's log, so a
+    /// consumer can tell whether its position survived a leader change.
+    pub(super) async fn offset_for_leader_epoch(
+        &self,
+        _version: i16,
+        request: OffsetForLeaderEpochRequest,
+    ) -> (OffsetForLeaderEpochResponse, bool) {
+        let snapshot = self.replicas.metadata();
+        let mut ok = true;
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let answer = EpochEndOffset::default().with_partition(p.partition);
+                        let found = topic_partition(&topic.topic, p.partition)
+                            .ok_or(ResponseError::UnknownTopicOrPartition.code())
+                            .and_then(|tp| {
+                                if let Some(code) =
+                                    epoch_error(&snapshot, &tp, p.current_leader_epoch)
+                                {
+                                    return Err(code);
+                                }
+                                let partition = self
+                                    .replicas
+                                    .leader_partition(&tp)
+                                    .map_err(|e| replica_error(&e))?;
+                                Ok(partition.log().epoch_end_offset(p.leader_epoch))
+                            });
+                        match found {
+                            Ok(Some((epoch, end))) => {
+                                answer.with_leader_epoch(epoch).with_end_offset(end)
+                            }
+                            Ok(None) => answer.with_leader_epoch(-1).with_end_offset(-1),
+                            Err(code) => {
+                                ok = false;
+                                answer
+                                    .with_error_code(code)
+                                    .with_leader_epoch(-1)
+                                    .with_end_offset(-1)
+                            }
+                        }
+                    })
+                    .collect();
+                OffsetForLeaderTopicResult::default()
+                    .with_topic(topic.topic)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        (
+            OffsetForLeaderEpochResponse::default().with_topics(topics),
+            ok,
+        )
     }
 }
