@@ -570,6 +570,38 @@ fn kafkas_own_command_line_tools_work_as_kafka_users_run_them() {
 }
 
 #[test]
+fn franz_go_produces_and_reads_back_in_a_group() {
+    let dir = common::open_tempdir();
+    let cluster = three_brokers(dir.path());
+    let franz = clients_dir().join("go/franz");
+    assert!(
+        franz.exists(),
+        "franz-go's test program is not built in {}: run scripts/install-kafka-clients",
+        franz.display()
+    );
+    let output = Command::new(&franz)
+        .args([&cluster.kafka_bootstrap, "franz", "3000"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("the franz-go program runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "franz-go failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{stdout}");
+    assert!(
+        stdout.contains("\"committed\":3000") && stdout.contains("\"read\":3000"),
+        "{stdout}"
+    );
+    println!(
+        "broker 0 served:\n{}",
+        negotiated(&cluster.brokers[0].1).join("\n")
+    );
+}
+
+#[test]
 fn auto_creation_can_be_turned_off() {
     let dir = common::open_tempdir();
     let broker = Broker::start(dir.path(), &["--auto-create-topics", "false"]);
