@@ -1,6 +1,11 @@
 //! What every Tributary process (the broker, the controller, the CLI and the operator) sets
 //! up the same way: logging, the async runtime, stop signals, stopping with its parent,
-//! malloc tuning and the open-file limit. The only unsafe code outside the log's mmap.
+//! malloc tuning and the open-file limit; and the broker's allocator (`allocator.rs`). The
+//! only unsafe code outside the log's mmap.
+
+mod allocator;
+
+pub use allocator::Allocator;
 
 use std::future::Future;
 

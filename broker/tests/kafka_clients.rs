@@ -799,6 +799,178 @@ impl Sends {
     }
 }
 
+/// A default request of every API the broker serves, at `version`, as a frame.
+fn default_request(api: ApiKey, version: i16, correlation_id: i32) -> Vec<u8> {
+    use tributary_broker::protocol::kafka::messages::*;
+    macro_rules! frame {
+        ($($key:ident => $body:expr),* $(,)?) => {
+            match api {
+                $(ApiKey::$key => request(api, version, correlation_id, &$body),)*
+                other => panic!("no default request for {other:?}: add it to default_request"),
+            }
+        };
+    }
+    frame! {
+        // acks=1, so that it is answered.
+        Produce => ProduceRequest::default().with_acks(1),
+        Fetch => FetchRequest::default(),
+        ListOffsets => ListOffsetsRequest::default(),
+        Metadata => MetadataRequest::default(),
+        OffsetCommit => OffsetCommitRequest::default().with_group_id(GroupId("fuzz".into())),
+        OffsetFetch => if version < 8 {
+            OffsetFetchRequest::default().with_group_id(GroupId("fuzz".into()))
+        } else {
+            OffsetFetchRequest::default().with_groups(vec![
+                offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId("fuzz".into())),
+            ])
+        },
+        FindCoordinator => if version < 4 {
+            FindCoordinatorRequest::default().with_key("fuzz".into())
+        } else {
+            FindCoordinatorRequest::default().with_coordinator_keys(vec!["fuzz".into()])
+        },
+        JoinGroup => JoinGroupRequest::default().with_group_id(GroupId("fuzz".into())),
+        Heartbeat => HeartbeatRequest::default().with_group_id(GroupId("fuzz".into())),
+        LeaveGroup => LeaveGroupRequest::default().with_group_id(GroupId("fuzz".into())),
+        SyncGroup => SyncGroupRequest::default().with_group_id(GroupId("fuzz".into())),
+        DescribeGroups => DescribeGroupsRequest::default().with_groups(vec![GroupId("fuzz".into())]),
+        ListGroups => ListGroupsRequest::default(),
+        ApiVersions => ApiVersionsRequest::default(),
+        CreateTopics => CreateTopicsRequest::default(),
+        DeleteTopics => DeleteTopicsRequest::default(),
+        InitProducerId => InitProducerIdRequest::default(),
+        OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default(),
+        DescribeConfigs => DescribeConfigsRequest::default(),
+        AlterConfigs => AlterConfigsRequest::default(),
+        CreatePartitions => CreatePartitionsRequest::default(),
+        IncrementalAlterConfigs => IncrementalAlterConfigsRequest::default(),
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest::default().with_group_id(GroupId("fuzz".into())),
+        ConsumerGroupDescribe => ConsumerGroupDescribeRequest::default(),
+    }
+}
+
+#[test]
+fn every_api_the_broker_lists_is_answered_at_every_version_it_lists() {
+    use tributary_broker::protocol::kafka::versions::SERVED;
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut stream = connect(&broker.kafka);
+    let mut correlation_id = 0;
+    for served in SERVED {
+        for version in served.min..=served.max {
+            correlation_id += 1;
+            stream
+                .write_all(&default_request(served.api, version, correlation_id))
+                .unwrap();
+            let header_version = served.api.response_header_version(version);
+            let mut size = [0u8; 4];
+            assert!(
+                stream.read_exact(&mut size).is_ok(),
+                "{:?} v{version} got no answer (the connection closed):\n{}",
+                served.api,
+                broker.stderr()
+            );
+            let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+            stream.read_exact(&mut body).unwrap();
+            let header = ResponseHeader::decode(&mut bytes::Bytes::from(body), header_version)
+                .expect("a response header");
+            assert_eq!(
+                header.correlation_id, correlation_id,
+                "{:?} v{version}",
+                served.api
+            );
+        }
+    }
+}
+
+/// A small deterministic generator for the fuzz test (xorshift64*).
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Mutated requests of every served API and version (bytes flipped, frames cut or padded,
+/// sizes and lengths made up) never take the broker down: each is answered or its
+/// connection closed, and a good request is served after them. `TRIBUTARY_FUZZ_CASES` sets
+/// how many (default 3,000).
+#[test]
+fn mutated_requests_never_take_the_broker_down() {
+    use tributary_broker::protocol::kafka::versions::SERVED;
+    let cases: usize = std::env::var("TRIBUTARY_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3_000);
+    let dir = common::open_tempdir();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut noise = Noise(0x5eed_1234_abcd_ef01);
+    let started = Instant::now();
+    for case in 0..cases {
+        let served = &SERVED[noise.below(SERVED.len())];
+        let version = served.min + noise.below((served.max - served.min + 1) as usize) as i16;
+        let mut frame = default_request(served.api, version, case as i32);
+        match noise.below(4) {
+            // Flip a few bytes after the size.
+            0 | 1 => {
+                for _ in 0..=noise.below(4) {
+                    let at = 4 + noise.below(frame.len() - 4);
+                    frame[at] ^= 1 << noise.below(8);
+                }
+            }
+            // Cut the body and say so in the size.
+            2 => {
+                let keep = 8 + noise.below(frame.len() - 7);
+                frame.truncate(keep.min(frame.len()));
+                let len = (frame.len() - 4) as i32;
+                frame[..4].copy_from_slice(&len.to_be_bytes());
+            }
+            // Random bytes appended, or a made-up length inside.
+            _ => {
+                let at =
+                    12.min(frame.len() - 1) + noise.below(frame.len().saturating_sub(12).max(1));
+                let value = (noise.next() as i32).to_be_bytes();
+                for (i, b) in value.iter().enumerate() {
+                    if at + i < frame.len() {
+                        frame[at + i] = *b;
+                    }
+                }
+            }
+        }
+        let mut stream = TcpStream::connect(&broker.kafka).unwrap_or_else(|e| {
+            panic!(
+                "case {case} ({:?} v{version}): cannot connect: {e}\n{}",
+                served.api,
+                broker.stderr()
+            )
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let _ = stream.write_all(&frame);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        if case % 500 == 499 {
+            still_serves(&broker.kafka);
+        }
+    }
+    still_serves(&broker.kafka);
+    println!(
+        "{cases} mutated requests in {:.1} s; the broker served on",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// Reads partition 0 of `topic` from the beginning with kcat: `(offset, number)`.
 fn read_numbers(bootstrap: &str, topic: &str) -> Vec<(i64, u64)> {
     kcat(

@@ -11,6 +11,11 @@ use tributary_broker::process;
 use tributary_broker::replication::ReplicationConfig;
 use tributary_broker::server::{self, BrokerConfig, KafkaSettings, Listeners};
 
+/// Huge allocations are mapped lazily, so that a request declaring billions of elements
+/// cannot abort the broker (see `process::Allocator`).
+#[global_allocator]
+static ALLOCATOR: process::Allocator = process::Allocator;
+
 /// A Tributary broker: stores partitioned, replicated logs and serves producers and
 /// consumers over gRPC. Without a controller address it runs standalone, as its own
 /// single-broker cluster.
