@@ -25,7 +25,8 @@ start_local_cluster() {
   grep -q "^Try:" "$work/out" || { echo "the local cluster did not start in 30 s:"; cat "$work/out"; exit 1; }
   TRIBUTARY_BOOTSTRAP="$(sed -nE 's/^ *bootstrap: *//p' "$work/out")"
   TRIBUTARY_CONTROLLER="$(sed -nE 's/^ *controller:.*grpc ([0-9.:]+).*/\1/p' "$work/out")"
-  export TRIBUTARY_BOOTSTRAP TRIBUTARY_CONTROLLER
+  KAFKA_BOOTSTRAP="$(sed -nE 's/^ *kafka: *([^ ]+).*/\1/p' "$work/out")"
+  export TRIBUTARY_BOOTSTRAP TRIBUTARY_CONTROLLER KAFKA_BOOTSTRAP
 }
 
 stop_local_cluster() {

@@ -1,8 +1,7 @@
 //! The Kafka protocol listener: every Kafka client and tool talks to the broker here, over
 //! the same log, replication, controller and group coordinator as the gRPC API. Each
-//! connection reads one request at a time and answers it before reading the next (as
-//! Kafka's brokers do), so responses leave in request order. Handlers convert between
-//! Kafka's messages and the engine; the engine decides.
+//! connection answers its requests in the order they came (see `connection`). Handlers
+//! convert between Kafka's messages and the engine; the engine decides.
 
 mod configs;
 mod errors;
@@ -17,8 +16,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -100,6 +102,15 @@ pub async fn serve(listener: TcpListener, service: Arc<KafkaService>, stop: Canc
     while connections.join_next().await.is_some() {}
 }
 
+/// Produce requests a connection works on at once (Kafka's producers keep up to five in
+/// flight); more wait in the socket.
+const PRODUCES_IN_FLIGHT: usize = 8;
+
+/// Serves one connection. Requests are answered in the order they came, and each starts
+/// once the ones before it are answered, as on Kafka's brokers, except consecutive Produce
+/// requests: each appends its batches as soon as it is read (in order, before anything
+/// waits) and then waits for its replicas while the next ones append, so a producer's
+/// in-flight requests share one wait for the followers instead of queueing behind it.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -108,13 +119,72 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, mut writer) = stream.into_split();
+    let (sender, mut requests) = mpsc::channel(PRODUCES_IN_FLIGHT);
+    // Frames are read on their own task, so that no frame is ever left half read.
+    let reading = tokio::spawn(read_requests(
+        reader,
+        peer,
+        service.settings.max_request_bytes,
+        sender,
+    ));
+    let mut answering = FuturesOrdered::new();
+    let mut only_produces = true;
+    let mut waiting: Option<Request> = None;
+    let mut reading_done = false;
+    let stopping = stop.cancelled();
+    tokio::pin!(stopping);
+    loop {
+        // Start the request that waited, once it may.
+        if let Some(request) = waiting
+            .take_if(|r| answering.is_empty() || (only_produces && r.api == Some(ApiKey::Produce)))
+        {
+            if answering.is_empty() {
+                only_produces = true;
+            }
+            only_produces &= request.api == Some(ApiKey::Produce);
+            let service = service.clone();
+            answering.push_back(async move { service.handle(request, peer).await });
+        }
+        if answering.is_empty() && waiting.is_none() && reading_done {
+            break;
+        }
+        let may_read = waiting.is_none() && !reading_done && answering.len() < PRODUCES_IN_FLIGHT;
+        tokio::select! {
+            Some(reply) = answering.next(), if !answering.is_empty() => match reply {
+                Reply::Frame(bytes) => {
+                    if let Err(error) = writer.write_all(&bytes).await {
+                        tracing::debug!(%peer, %error, "a Kafka client went away before its answer");
+                        break;
+                    }
+                }
+                Reply::Nothing => {}
+                Reply::Close(why) => {
+                    tracing::warn!(%peer, why, "closing a Kafka connection");
+                    break;
+                }
+            },
+            request = requests.recv(), if may_read => match request {
+                Some(request) => waiting = Some(request),
+                None => reading_done = true,
+            },
+            // Stopping: no new requests; those under way are answered.
+            () = &mut stopping, if !reading_done => reading_done = true,
+        }
+    }
+    reading.abort();
+}
+
+/// Reads and parses request frames into `requests` until the peer closes, a frame is bad,
+/// or the connection is answered no more.
+async fn read_requests(
+    reader: tokio::net::tcp::OwnedReadHalf,
+    peer: SocketAddr,
+    max_request_bytes: usize,
+    requests: mpsc::Sender<Request>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     loop {
-        let payload = tokio::select! {
-            payload = frame::read_frame(&mut reader, service.settings.max_request_bytes) => payload,
-            () = stop.cancelled() => return,
-        };
-        let payload = match payload {
+        let payload = match frame::read_frame(&mut reader, max_request_bytes).await {
             Ok(Some(payload)) => payload,
             Ok(None) => return,
             Err(error @ (FrameError::TooLarge { .. } | FrameError::NegativeSize(_))) => {
@@ -133,18 +203,8 @@ async fn connection(
                 return;
             }
         };
-        match service.handle(request, peer).await {
-            Reply::Frame(bytes) => {
-                if let Err(error) = writer.write_all(&bytes).await {
-                    tracing::debug!(%peer, %error, "a Kafka client went away before its answer");
-                    return;
-                }
-            }
-            Reply::Nothing => {}
-            Reply::Close(why) => {
-                tracing::warn!(%peer, why, "closing a Kafka connection");
-                return;
-            }
+        if requests.send(request).await.is_err() {
+            return;
         }
     }
 }
