@@ -884,6 +884,91 @@ fn every_api_the_broker_lists_is_answered_at_every_version_it_lists() {
     }
 }
 
+fn repository_file(path: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The README's table of served APIs is the broker's: every API with the versions it
+/// answers, nothing else.
+#[test]
+fn the_readme_lists_exactly_the_apis_and_versions_the_broker_serves() {
+    use tributary_broker::protocol::kafka::versions::SERVED;
+    let readme = repository_file("README.md");
+    let table = readme
+        .split("| API | versions | notes |")
+        .nth(1)
+        .expect("the README has the table of served APIs");
+    let mut listed = Vec::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let names = cells[1].split(", ");
+        let ranges = cells[2].split(" (").next().unwrap_or("").split(", ");
+        for (name, range) in names.zip(ranges) {
+            let (min, max) = range.split_once('-').unwrap_or((range, range));
+            listed.push((
+                name.to_string(),
+                min.parse::<i16>().ok(),
+                max.parse::<i16>().ok(),
+            ));
+        }
+    }
+    let mut served: Vec<(String, Option<i16>, Option<i16>)> = SERVED
+        .iter()
+        .map(|s| (format!("{:?}", s.api), Some(s.min), Some(s.max)))
+        .collect();
+    listed.sort();
+    served.sort();
+    assert_eq!(listed, served, "update the README's table of served APIs");
+}
+
+/// The README's compatibility table names the client versions the test command installs.
+#[test]
+fn the_readme_names_the_client_versions_the_suite_runs() {
+    let readme = repository_file("README.md");
+    let install = repository_file("scripts/install-kafka-clients");
+    let pom = repository_file("broker/tests/kafka_clients/java/pom.xml");
+    let go_mod = repository_file("broker/tests/kafka_clients/franz/go.mod");
+    let value = |text: &str, before: &str, after: char| {
+        text.split(before)
+            .nth(1)
+            .and_then(|rest| rest.split(after).next())
+            .unwrap_or_else(|| panic!("no {before}"))
+            .to_string()
+    };
+    let versions = [
+        (
+            "| kafka-python |",
+            value(&install, "kafka_python_version=", '\n'),
+        ),
+        (
+            "| confluent-kafka",
+            value(&install, "confluent_kafka_version=", '\n'),
+        ),
+        (
+            "| Java kafka-clients |",
+            value(&pom, "<kafka.version>", '<'),
+        ),
+        ("| Kafka's tools", value(&pom, "<kafka.version>", '<')),
+        (
+            "| franz-go |",
+            value(&go_mod, "github.com/twmb/franz-go v", '\n'),
+        ),
+    ];
+    for (row, version) in versions {
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("the README's client table has no row {row}"));
+        assert!(
+            line.contains(&format!("| {version}")),
+            "the README's row {row} does not name version {version}: {line}"
+        );
+    }
+}
+
 /// A small deterministic generator for the fuzz test (xorshift64*).
 struct Noise(u64);
 
