@@ -718,6 +718,36 @@ fn bad_frames_close_their_connection_and_the_broker_serves_on() {
             .any(|k| k.api_key == ApiKey::Produce as i16)
     );
 
+    // Produce v1: listed (from v0, as Kafka 4 does) but refused, partition by partition.
+    let mut produce_v1 = BytesMut::new();
+    produce_v1.put_i32(0);
+    produce_v1.put_i16(ApiKey::Produce as i16);
+    produce_v1.put_i16(1);
+    produce_v1.put_i32(5);
+    produce_v1.put_i16(3);
+    produce_v1.put_slice(b"old");
+    produce_v1.put_i16(1); // acks
+    produce_v1.put_i32(1000);
+    produce_v1.put_i32(1);
+    produce_v1.put_i16(1);
+    produce_v1.put_slice(b"t");
+    produce_v1.put_i32(1);
+    produce_v1.put_i32(0);
+    produce_v1.put_i32(0);
+    let len = (produce_v1.len() - 4) as i32;
+    produce_v1[..4].copy_from_slice(&len.to_be_bytes());
+    stream.write_all(&produce_v1).unwrap();
+    let (id, body) = response(&mut stream, 0);
+    assert_eq!(id, 5);
+    // topics [name "t", partitions [index 0, error, base offset]], throttle time
+    assert_eq!(
+        &body[..],
+        &[
+            0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0, 35, 255, 255, 255, 255, 255, 255,
+            255, 255, 0, 0, 0, 0
+        ][..]
+    );
+
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "a size above the limit",

@@ -2,7 +2,7 @@
 //! A request starts with its header (API key, version, correlation id, client id, and
 //! tagged fields from header v2); a response with the correlation id it answers.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -109,7 +109,22 @@ pub fn parse_request(payload: Bytes) -> Result<Request, FrameError> {
     };
     let range = key.valid_versions();
     if api_version < range.min || api_version > range.max {
-        // Not decodable at this version; the caller answers UNSUPPORTED_VERSION.
+        // Not decodable at this version; the caller answers UNSUPPORTED_VERSION. Versions
+        // below the schemas' are old and so have header v1: client id, then the body.
+        if api_version < range.min {
+            let mut rest = payload.slice(8..);
+            if rest.len() >= 2 {
+                let len = i16::from_be_bytes([rest[0], rest[1]]);
+                rest.advance(2);
+                if let Ok(len) = usize::try_from(len)
+                    && len <= rest.len()
+                {
+                    request.client_id = Some(String::from_utf8_lossy(&rest[..len]).into_owned());
+                    rest.advance(len);
+                }
+                request.body = rest;
+            }
+        }
         return Ok(request);
     }
     let mut buf = payload;

@@ -5,6 +5,7 @@
 //! are in `server::kafka`.
 
 pub mod frame;
+pub mod legacy_produce;
 pub mod versions;
 
 pub use kafka_protocol::ResponseError;

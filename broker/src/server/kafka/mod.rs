@@ -31,8 +31,8 @@ use super::producer_ids::ProducerIds;
 use crate::group::GroupCoordinator;
 use crate::protocol::kafka::frame::{self, FrameError, Request};
 use crate::protocol::kafka::messages::ApiKey;
-use crate::protocol::kafka::versions;
 use crate::protocol::kafka::{Decodable, Encodable, ResponseError};
+use crate::protocol::kafka::{legacy_produce, versions};
 use crate::replication::ReplicaManager;
 
 /// How the Kafka listener behaves.
@@ -336,9 +336,10 @@ impl KafkaService {
 
 /// The answer to an API or version this broker does not serve. ApiVersions of a version
 /// the broker does not know is answered at v0 with UNSUPPORTED_VERSION and the versions it
-/// does serve, so that the client can pick one (KIP-511); anything else cannot be encoded
-/// at a version the broker does not know, so its connection is closed with a log line,
-/// as Kafka does.
+/// does serve, so that the client can pick one (KIP-511); Produce v0 to v2, listed but not
+/// accepted (as Kafka 4 does), gets UNSUPPORTED_VERSION for each partition; anything else
+/// cannot be encoded at a version the broker does not know, so its connection is closed
+/// with a log line, as Kafka does.
 fn unsupported(request: &Request) -> Reply {
     if request.api == Some(ApiKey::ApiVersions) {
         let body =
@@ -346,6 +347,20 @@ fn unsupported(request: &Request) -> Reply {
         return match frame::response(ApiKey::ApiVersions, 0, request.correlation_id, &body) {
             Ok(bytes) => Reply::Frame(bytes),
             Err(why) => Reply::Close(why),
+        };
+    }
+    if request.api == Some(ApiKey::Produce) && (0..=2).contains(&request.api_version) {
+        return match legacy_produce::refuse(
+            request.api_version,
+            request.correlation_id,
+            request.body.clone(),
+        ) {
+            Some(frame) => Reply::Frame(frame),
+            None => Reply::Close(format!(
+                "Produce v{} from client '{}' is not supported (acks=0, or a body that does not parse); use Produce v3 or later",
+                request.api_version,
+                request.client_id.as_deref().unwrap_or("")
+            )),
         };
     }
     let served = request.api.and_then(versions::served_versions).map_or_else(
