@@ -535,6 +535,21 @@ fn kafkas_own_command_line_tools_work_as_kafka_users_run_them() {
         })
         .sum();
     assert_eq!(total, 0, "the group read everything: {lag}");
+    let deleted = run_java(
+        groups,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--delete",
+            "--group",
+            "tools-group",
+        ],
+        "",
+    );
+    assert!(deleted.contains("was successful"), "{deleted}");
+    assert!(
+        !run_java(groups, &["--bootstrap-server", bootstrap, "--list"], "").contains("tools-group")
+    );
 
     let perf = run_java(
         "org.apache.kafka.tools.ProducerPerformance",
@@ -866,6 +881,8 @@ fn default_request(api: ApiKey, version: i16, correlation_id: i32) -> Vec<u8> {
         SyncGroup => SyncGroupRequest::default().with_group_id(GroupId("fuzz".into())),
         DescribeGroups => DescribeGroupsRequest::default().with_groups(vec![GroupId("fuzz".into())]),
         ListGroups => ListGroupsRequest::default(),
+        DeleteGroups => DeleteGroupsRequest::default(),
+        OffsetDelete => OffsetDeleteRequest::default().with_group_id(GroupId("fuzz".into())),
         ApiVersions => ApiVersionsRequest::default(),
         CreateTopics => CreateTopicsRequest::default(),
         DeleteTopics => DeleteTopicsRequest::default(),

@@ -522,6 +522,52 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// Deletes the committed offsets of `group` for `partitions` (every one it has when
+    /// None), with tombstones in the offsets log that the in-sync replicas have before the
+    /// offsets are forgotten. Refused while the group has members; a group left with no
+    /// offsets is gone. Returns the partitions deleted.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[TopicPartition]>,
+    ) -> Result<Vec<TopicPartition>, GroupError> {
+        let shard = self.shard(group_id).await?;
+        let mut guard = shard.groups.lock().await;
+        let groups = guard.as_mut().expect("loaded");
+        let Some(group) = groups.get_mut(group_id) else {
+            return Err(GroupError::NotFound(group_id.to_string()));
+        };
+        let members = group.members.len() + group.classic.members.len();
+        if members > 0 {
+            return Err(GroupError::NotEmpty {
+                group: group_id.to_string(),
+                members,
+            });
+        }
+        let deleted: Vec<TopicPartition> = match partitions {
+            None => group.offsets.keys().cloned().collect(),
+            Some(partitions) => partitions
+                .iter()
+                .filter(|tp| group.offsets.contains_key(tp))
+                .cloned()
+                .collect(),
+        };
+        if !deleted.is_empty() {
+            let batch = records::encode_deletions(group_id, &deleted, crate::now_ms());
+            let tp = shard.partition.topic_partition().clone();
+            self.replicas
+                .produce(&tp, &batch, Acks::All, COMMIT_TIMEOUT)
+                .await?;
+            for tp in &deleted {
+                group.offsets.remove(tp);
+            }
+        }
+        if group.is_dead() {
+            groups.remove(group_id);
+        }
+        Ok(deleted)
+    }
+
     /// Appends offsets of `group` to the shard's log and waits for the in-sync replicas;
     /// returns the offset of the first record.
     async fn append(

@@ -48,6 +48,30 @@ pub fn encode(group: &str, offsets: &[(TopicPartition, OffsetValue)]) -> Bytes {
         .expect("an uncompressed batch always builds")
 }
 
+/// One batch with a tombstone (a record without a value) per partition: the group's
+/// committed offsets for them are deleted, also when the log is read again.
+pub fn encode_deletions(group: &str, partitions: &[TopicPartition], now_ms: i64) -> Bytes {
+    let keys: Vec<Vec<u8>> = partitions
+        .iter()
+        .map(|tp| {
+            let key = OffsetKey {
+                group: group.to_string(),
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            };
+            serde_json::to_vec(&key).expect("serializable")
+        })
+        .collect();
+    let size: usize = keys.iter().map(|k| k.len() + 32).sum();
+    let mut builder = BatchBuilder::new(Compression::None, size + 128);
+    for key in &keys {
+        builder.append(now_ms, Some(key), None, &[]);
+    }
+    builder
+        .build()
+        .expect("an uncompressed batch always builds")
+}
+
 /// Reads a record of the offsets log; None for records this version does not know (they
 /// are skipped, so a newer broker's records do not stop an older one loading).
 pub fn decode(record: &Record) -> Option<(OffsetKey, Option<OffsetValue>)> {

@@ -47,6 +47,8 @@ pub const SERVED: &[Served] = &[
     served(ApiKey::SyncGroup, 0, 5),
     served(ApiKey::DescribeGroups, 0, 5),
     served(ApiKey::ListGroups, 0, 5),
+    served(ApiKey::DeleteGroups, 0, 2),
+    served(ApiKey::OffsetDelete, 0, 0),
     served(ApiKey::ConsumerGroupHeartbeat, 0, 1),
     served(ApiKey::ConsumerGroupDescribe, 0, 1),
     served(ApiKey::ApiVersions, 0, 4),

@@ -38,7 +38,9 @@ use crate::protocol::kafka::messages::{
     SyncGroupResponse, TopicName,
 };
 use crate::protocol::kafka::messages::{
-    consumer_group_describe_response, consumer_group_heartbeat_response,
+    DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    consumer_group_describe_response, consumer_group_heartbeat_response, delete_groups_response,
+    offset_delete_response,
 };
 use crate::protocol::kafka::{ResponseError, StrBytes};
 
@@ -844,6 +846,84 @@ impl KafkaService {
         (
             ConsumerGroupDescribeResponse::default().with_groups(described),
             ok,
+        )
+    }
+}
+
+impl KafkaService {
+    /// DeleteGroups: a group without members is deleted with its committed offsets.
+    pub(super) async fn delete_groups(
+        &self,
+        _version: i16,
+        request: DeleteGroupsRequest,
+    ) -> (DeleteGroupsResponse, bool) {
+        let mut ok = true;
+        let mut results = Vec::new();
+        for group in request.groups_names {
+            let code = match self.groups.delete_offsets(&group, None).await {
+                Ok(_) => 0,
+                Err(error) => {
+                    ok = false;
+                    group_error(&error)
+                }
+            };
+            results.push(
+                delete_groups_response::DeletableGroupResult::default()
+                    .with_group_id(group)
+                    .with_error_code(code),
+            );
+        }
+        (DeleteGroupsResponse::default().with_results(results), ok)
+    }
+
+    /// OffsetDelete: some committed offsets of a group without members are deleted.
+    pub(super) async fn offset_delete(
+        &self,
+        _version: i16,
+        request: OffsetDeleteRequest,
+    ) -> (OffsetDeleteResponse, bool) {
+        let partitions: Vec<TopicPartition> = request
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter_map(|p| topic_partition(&t.name, p.partition_index))
+            })
+            .collect();
+        let (code, partition_code) = match self
+            .groups
+            .delete_offsets(&request.group_id, Some(&partitions))
+            .await
+        {
+            Ok(_) => (0, 0),
+            // Members read the group's topics: Kafka's word for that, per partition.
+            Err(GroupError::NotEmpty { .. }) => (0, ResponseError::GroupSubscribedToTopic.code()),
+            Err(error) => (group_error(&error), 0),
+        };
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|t| {
+                offset_delete_response::OffsetDeleteResponseTopic::default()
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                offset_delete_response::OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(partition_code)
+                            })
+                            .collect(),
+                    )
+                    .with_name(t.name)
+            })
+            .collect();
+        (
+            OffsetDeleteResponse::default()
+                .with_error_code(code)
+                .with_topics(topics),
+            code == 0 && partition_code == 0,
         )
     }
 }

@@ -324,6 +324,8 @@ impl KafkaService {
             ApiKey::OffsetCommit => answer!(offset_commit),
             ApiKey::OffsetFetch => answer!(offset_fetch),
             ApiKey::ListGroups => answer!(list_groups),
+            ApiKey::DeleteGroups => answer!(delete_groups),
+            ApiKey::OffsetDelete => answer!(offset_delete),
             ApiKey::DescribeGroups => answer!(describe_groups),
             ApiKey::DeleteTopics => answer!(delete_topics),
             other => (
