@@ -186,6 +186,10 @@ pub struct ClusterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 2147483647))]
     pub segment_bytes: Option<i64>,
+    /// Whether a topic a Kafka client asks for by name is created when it does not exist
+    /// (Kafka's auto.create.topics.enable; default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_create_topics: Option<bool>,
     /// Defaults for any other topic configuration key (Kafka's names).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[x_kube(validation = crate::crd::config_keys_rule("self"))]

@@ -26,6 +26,15 @@ pub fn config_map(cluster: &Cluster, settings: &Settings) -> ConfigMap {
             format!("0.0.0.0:{KAFKA_PORT}"),
         ),
         (
+            "TRIBUTARY_AUTO_CREATE_TOPICS".to_string(),
+            cluster
+                .spec
+                .config
+                .auto_create_topics
+                .unwrap_or(true)
+                .to_string(),
+        ),
+        (
             "TRIBUTARY_HTTP_LISTEN".to_string(),
             format!("0.0.0.0:{HTTP_PORT}"),
         ),

@@ -232,6 +232,12 @@ fn the_config_map_carries_the_cluster_defaults_and_a_change_rolls_the_pods() {
         data["TRIBUTARY_TOPIC_DEFAULTS"],
         "min.insync.replicas=2,retention.ms=259200000,segment.bytes=536870912,unclean.leader.election.enable=false"
     );
+    assert_eq!(data["TRIBUTARY_KAFKA_LISTEN"], "0.0.0.0:9092");
+    assert_eq!(data["TRIBUTARY_AUTO_CREATE_TOPICS"], "true");
+    let mut closed = cluster.clone();
+    closed.spec.config.auto_create_topics = Some(false);
+    let data = owned(&closed, &settings()).config_map.data.unwrap();
+    assert_eq!(data["TRIBUTARY_AUTO_CREATE_TOPICS"], "false");
     let hash = |o: &Owned| {
         o.statefulset
             .spec
