@@ -157,6 +157,14 @@ impl GroupCoordinator {
         ))
     }
 
+    /// A member's session timeout within what the coordinator allows.
+    fn session_timeout(&self, asked: Duration) -> Duration {
+        asked.clamp(
+            self.config.min_session_timeout,
+            self.config.max_session_timeout,
+        )
+    }
+
     /// The shard holding `group`, loaded, when this broker leads its partition.
     async fn shard(&self, group: &str) -> Result<Arc<Shard>, GroupError> {
         let tp = self.offsets_partition(group)?;
@@ -252,10 +260,7 @@ impl GroupCoordinator {
                 "the member subscribes to no topic; subscribe to at least one".into(),
             ));
         }
-        request.session_timeout = request.session_timeout.clamp(
-            self.config.min_session_timeout,
-            self.config.max_session_timeout,
-        );
+        request.session_timeout = self.session_timeout(request.session_timeout);
         if request.rebalance_timeout.is_zero() {
             request.rebalance_timeout = request.session_timeout;
         }
@@ -305,10 +310,7 @@ impl GroupCoordinator {
         mut request: JoinRequest,
     ) -> Result<JoinAnswer, GroupError> {
         let shard = self.shard(group_id).await?;
-        request.session_timeout = request.session_timeout.clamp(
-            self.config.min_session_timeout,
-            self.config.max_session_timeout,
-        );
+        request.session_timeout = self.session_timeout(request.session_timeout);
         let patience = request.rebalance_timeout + WAIT_SLACK;
         let answer = {
             let mut guard = shard.groups.lock().await;

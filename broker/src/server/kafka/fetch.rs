@@ -254,9 +254,7 @@ impl KafkaService {
             .collect();
         (ListOffsetsResponse::default().with_topics(topics), ok)
     }
-}
 
-impl KafkaService {
     /// OffsetForLeaderEpoch (KIP-320): where each asked epoch ends in the leader's log, so a
     /// consumer can tell whether its position survived a leader change.
     pub(super) async fn offset_for_leader_epoch(
