@@ -396,6 +396,18 @@ fn the_java_admin_client_manages_topics_configs_and_partitions() {
     );
     println!("{out}");
     assert!(out.contains("\"brokers\": 3, \"ok\": true"), "{out}");
+    let cluster_id = out
+        .split("\"cluster\": \"")
+        .nth(1)
+        .unwrap_or("")
+        .split('"')
+        .next()
+        .unwrap_or("");
+    let from_metadata = python("cluster_id_confluent_kafka.py", &[&cluster.kafka_bootstrap]);
+    assert!(
+        !cluster_id.is_empty() && from_metadata.trim() == cluster_id,
+        "Metadata and DescribeCluster name the same cluster id: {cluster_id} and {from_metadata}"
+    );
     let out = run_java(
         "JavaClients",
         &["produce", &cluster.kafka_bootstrap, "java-produce", "5000"],
@@ -881,6 +893,7 @@ fn default_request(api: ApiKey, version: i16, correlation_id: i32) -> Vec<u8> {
         SyncGroup => SyncGroupRequest::default().with_group_id(GroupId("fuzz".into())),
         DescribeGroups => DescribeGroupsRequest::default().with_groups(vec![GroupId("fuzz".into())]),
         ListGroups => ListGroupsRequest::default(),
+        DescribeCluster => DescribeClusterRequest::default(),
         DeleteGroups => DeleteGroupsRequest::default(),
         OffsetDelete => OffsetDeleteRequest::default().with_group_id(GroupId("fuzz".into())),
         ApiVersions => ApiVersionsRequest::default(),

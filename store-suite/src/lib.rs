@@ -29,6 +29,7 @@ macro_rules! metadata_store_suite {
         $crate::metadata_store_suite!(@tests $stores;
             [
                 topics_are_stored_published_and_survive_a_controller_restart,
+                the_cluster_id_is_made_once_and_kept_across_controller_restarts,
                 bad_topics_are_refused_with_what_to_do,
                 validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_id,
                 replicas_are_placed_evenly_over_live_brokers,
@@ -139,6 +140,21 @@ async fn create<S: MetadataStore>(
 
 fn partition<S: MetadataStore>(c: &Controller<S>, name: &str, p: usize) -> PartitionRecord {
     c.snapshot().topics[name].partitions[p].clone()
+}
+
+pub async fn the_cluster_id_is_made_once_and_kept_across_controller_restarts(
+    stores: &impl StoreFactory,
+) {
+    let first = controller(stores).await.snapshot().cluster_id.clone();
+    assert_eq!(first.len(), 22, "Kafka's form: {first}");
+    assert!(
+        first
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "URL-safe base64: {first}"
+    );
+    let again = controller(stores).await.snapshot().cluster_id.clone();
+    assert_eq!(again, first, "a restarted controller keeps the cluster id");
 }
 
 pub async fn topics_are_stored_published_and_survive_a_controller_restart(

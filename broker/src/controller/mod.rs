@@ -225,6 +225,24 @@ fn corrupt(key: &str, reason: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// A new cluster id in Kafka's form: a random UUID in URL-safe base64 without padding.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = uuid::Uuid::new_v4().as_u128();
+    // 22 characters of 6 bits cover the 128 bits (the last holds the lowest 2, shifted up).
+    (0..22)
+        .map(|i| {
+            let shift = 128i32 - 6 * (i + 1);
+            let six = if shift >= 0 {
+                (bits >> shift) & 0x3f
+            } else {
+                (bits << -shift) & 0x3f
+            };
+            ALPHABET[six as usize] as char
+        })
+        .collect()
+}
+
 impl<S: MetadataStore> Controller<S> {
     /// Loads the cluster metadata from `store` and takes over as controller, bumping the
     /// controller epoch so that brokers can ignore any older controller. Brokers get one
@@ -306,15 +324,21 @@ impl<S: MetadataStore> Controller<S> {
             .and_then(Value::as_i64)
             .unwrap_or(0) as i32
             + 1;
+        // The cluster id is made by the first controller and kept with the epoch.
+        let cluster_id = previous
+            .and_then(|r| r.value.get("cluster_id"))
+            .and_then(Value::as_str)
+            .map_or_else(new_cluster_id, str::to_string);
         let expected = previous.map_or(Expected::Absent, |r| Expected::Version(r.version));
         store
             .put(
                 CONTROLLER_KEY,
-                serde_json::json!({ "epoch": epoch, "id": id }),
+                serde_json::json!({ "epoch": epoch, "id": id, "cluster_id": cluster_id }),
                 expected,
             )
             .await?;
         snapshot.controller_epoch = epoch;
+        snapshot.cluster_id = cluster_id;
         snapshot.version = 1;
         tracing::info!(
             controller = id,

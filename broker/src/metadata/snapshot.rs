@@ -67,6 +67,8 @@ impl TopicRecord {
 pub struct MetadataSnapshot {
     /// Grows with every change the controller publishes.
     pub version: u64,
+    /// The cluster's id: a UUID in URL-safe base64 (Kafka's form), made once.
+    pub cluster_id: String,
     pub controller_id: i32,
     pub controller_epoch: i32,
     pub brokers: BTreeMap<i32, BrokerInfo>,

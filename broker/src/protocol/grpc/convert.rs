@@ -143,6 +143,7 @@ pub fn topic_from_description(d: proto::TopicDescription) -> Result<TopicRecord,
 pub fn snapshot_to_proto(s: &MetadataSnapshot) -> proto::ClusterMetadata {
     proto::ClusterMetadata {
         version: s.version,
+        cluster_id: s.cluster_id.clone(),
         controller_id: s.controller_id,
         controller_epoch: s.controller_epoch,
         brokers: s.brokers.values().map(broker_to_proto).collect(),
@@ -178,6 +179,7 @@ pub fn snapshot_from_proto(m: proto::ClusterMetadata) -> Result<MetadataSnapshot
         .collect::<Result<_, String>>()?;
     Ok(MetadataSnapshot {
         version: m.version,
+        cluster_id: m.cluster_id,
         controller_id: m.controller_id,
         controller_epoch: m.controller_epoch,
         brokers: m
@@ -320,6 +322,7 @@ mod tests {
         };
         let snapshot = MetadataSnapshot {
             version: 9,
+            cluster_id: "c2tVmkJ7Q6GfcZbQvY3k2A".into(),
             controller_id: 0,
             controller_epoch: 4,
             brokers: BTreeMap::from([(

@@ -9,10 +9,14 @@ use super::errors::status_error;
 use crate::metadata::{MetadataSnapshot, NewTopic, TopicRecord};
 use crate::protocol::kafka::ResponseError;
 use crate::protocol::kafka::StrBytes;
+use crate::protocol::kafka::messages::describe_cluster_response::DescribeClusterBroker;
 use crate::protocol::kafka::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use crate::protocol::kafka::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use crate::protocol::kafka::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 
 /// How long a request that created a topic waits for this broker to learn of it.
 const CREATED_WAIT: Duration = Duration::from_secs(5);
@@ -151,13 +155,57 @@ impl KafkaService {
                 })
                 .collect(),
         };
-        let response = MetadataResponse::default()
+        let mut response = MetadataResponse::default();
+        if version >= 2 && !snapshot.cluster_id.is_empty() {
+            response =
+                response.with_cluster_id(Some(StrBytes::from_string(snapshot.cluster_id.clone())));
+        }
+        let response = response
             .with_brokers(brokers(&snapshot))
             // Kafka clients send some admin requests to the controller; any broker
             // forwards them to the real one, so this broker names itself.
             .with_controller_id(BrokerId(self.replicas.broker_id()))
             .with_topics(topics);
         (response, true)
+    }
+
+    /// DescribeCluster: the brokers with their Kafka listeners and the cluster id.
+    pub(super) async fn describe_cluster(
+        &self,
+        _version: i16,
+        request: DescribeClusterRequest,
+    ) -> (DescribeClusterResponse, bool) {
+        // Endpoint type 2 asks for the controllers, which Kafka clients cannot reach here.
+        if request.endpoint_type == 2 {
+            return (
+                DescribeClusterResponse::default()
+                    .with_error_code(ResponseError::UnsupportedEndpointType.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "Tributary's controller has no Kafka listener; ask for the brokers",
+                    ))),
+                false,
+            );
+        }
+        let snapshot = self.replicas.metadata();
+        let brokers = snapshot
+            .brokers
+            .values()
+            .filter(|b| b.kafka_port != 0)
+            .map(|b| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.id))
+                    .with_host(StrBytes::from_string(b.host.clone()))
+                    .with_port(i32::from(b.kafka_port))
+                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            })
+            .collect();
+        (
+            DescribeClusterResponse::default()
+                .with_cluster_id(StrBytes::from_string(snapshot.cluster_id.clone()))
+                .with_controller_id(BrokerId(self.replicas.broker_id()))
+                .with_brokers(brokers),
+            true,
+        )
     }
 
     /// Creates `name` with the cluster's defaults; the Kafka error code when that failed

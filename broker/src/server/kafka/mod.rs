@@ -283,6 +283,7 @@ impl KafkaService {
         match api {
             ApiKey::ApiVersions => (reply(request, api, &versions::api_versions()), true),
             ApiKey::Metadata => answer!(metadata),
+            ApiKey::DescribeCluster => answer!(describe_cluster),
             ApiKey::Produce => match decode(request) {
                 Ok(body) => self.produce(request, body).await,
                 Err(close) => (close, false),

@@ -56,6 +56,8 @@ public class JavaClients {
     static void admin(String bootstrap, String topic) throws Exception {
         try (Admin admin = admin(bootstrap)) {
             int brokers = admin.describeCluster().nodes().get().size();
+            String clusterId = admin.describeCluster().clusterId().get();
+            check(clusterId != null && clusterId.length() == 22, "a cluster id in Kafka's form: " + clusterId);
             short rf = (short) Math.min(3, brokers);
             admin.createTopics(List.of(new NewTopic(topic, 3, rf)
                     .configs(Map.of("retention.ms", "86400000")))).all().get();
@@ -89,7 +91,7 @@ public class JavaClients {
                     .get(topic).partitions().size() == 5);
             admin.deleteTopics(List.of(topic)).all().get();
             waitFor("the topic gone", () -> !admin.listTopics().names().get().contains(topic));
-            System.out.println("{\"client\": \"java-admin\", \"brokers\": " + brokers + ", \"ok\": true}");
+            System.out.println("{\"client\": \"java-admin\", \"cluster\": \"" + clusterId + "\", \"brokers\": " + brokers + ", \"ok\": true}");
         }
     }
 
