@@ -899,6 +899,7 @@ fn default_request(api: ApiKey, version: i16, correlation_id: i32) -> Vec<u8> {
         ApiVersions => ApiVersionsRequest::default(),
         CreateTopics => CreateTopicsRequest::default(),
         DeleteTopics => DeleteTopicsRequest::default(),
+        DeleteRecords => DeleteRecordsRequest::default(),
         InitProducerId => InitProducerIdRequest::default(),
         OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default(),
         DescribeConfigs => DescribeConfigsRequest::default(),

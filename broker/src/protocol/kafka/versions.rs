@@ -54,6 +54,7 @@ pub const SERVED: &[Served] = &[
     served(ApiKey::ApiVersions, 0, 4),
     served(ApiKey::CreateTopics, 2, 7),
     served(ApiKey::DeleteTopics, 1, 6),
+    served(ApiKey::DeleteRecords, 0, 2),
     served(ApiKey::DescribeConfigs, 1, 4),
     served(ApiKey::DescribeCluster, 0, 1),
     served(ApiKey::AlterConfigs, 0, 2),

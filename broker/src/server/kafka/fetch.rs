@@ -17,6 +17,9 @@ use crate::TopicPartition;
 use crate::metadata::MetadataSnapshot;
 use crate::protocol::kafka::ResponseError;
 use crate::protocol::kafka::StrBytes;
+use crate::protocol::kafka::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use crate::protocol::kafka::messages::fetch_response::{
     FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
 };
@@ -27,8 +30,9 @@ use crate::protocol::kafka::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use crate::protocol::kafka::messages::{
-    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, TopicName,
+    BrokerId, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, TopicName,
 };
 use crate::replication::{FetchParams, FetchPartition, OffsetQuery};
 use crate::server::{DEFAULT_FETCH_MAX_BYTES, DEFAULT_PARTITION_MAX_BYTES, MAX_FETCH_WAIT};
@@ -253,6 +257,65 @@ impl KafkaService {
             })
             .collect();
         (ListOffsetsResponse::default().with_topics(topics), ok)
+    }
+
+    /// DeleteRecords: the leader's log start moves up to the offset asked (-1: the high
+    /// watermark), never past the high watermark; records below it can no longer be read,
+    /// and the followers move theirs with the leader. Whole segments below it go with the
+    /// next retention pass.
+    pub(super) async fn delete_records(
+        &self,
+        _version: i16,
+        request: DeleteRecordsRequest,
+    ) -> (DeleteRecordsResponse, bool) {
+        let mut ok = true;
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let result = DeleteRecordsPartitionResult::default()
+                            .with_partition_index(p.partition_index);
+                        let moved = topic_partition(&topic.name, p.partition_index)
+                            .ok_or(ResponseError::UnknownTopicOrPartition.code())
+                            .and_then(|tp| {
+                                if tp.topic.starts_with("__") {
+                                    return Err(ResponseError::InvalidTopicException.code());
+                                }
+                                let partition = self
+                                    .replicas
+                                    .leader_partition(&tp)
+                                    .map_err(|e| replica_error(&e))?;
+                                let high_watermark = partition.high_watermark();
+                                let offset = match p.offset {
+                                    -1 => high_watermark,
+                                    o if (0..=high_watermark).contains(&o) => o,
+                                    _ => return Err(ResponseError::OffsetOutOfRange.code()),
+                                };
+                                let log = partition.log();
+                                log.advance_log_start(offset).map_err(|e| {
+                                    replica_error(&crate::replication::ReplicaError::Log(e))
+                                })?;
+                                Ok(log.log_start_offset())
+                            });
+                        match moved {
+                            Ok(low_watermark) => result.with_low_watermark(low_watermark),
+                            Err(code) => {
+                                ok = false;
+                                result.with_error_code(code).with_low_watermark(-1)
+                            }
+                        }
+                    })
+                    .collect();
+                DeleteRecordsTopicResult::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        (DeleteRecordsResponse::default().with_topics(topics), ok)
     }
 
     /// OffsetForLeaderEpoch (KIP-320): where each asked epoch ends in the leader's log, so a

@@ -291,6 +291,7 @@ impl KafkaService {
             ApiKey::Fetch => answer!(fetch),
             ApiKey::ListOffsets => answer!(list_offsets),
             ApiKey::OffsetForLeaderEpoch => answer!(offset_for_leader_epoch),
+            ApiKey::DeleteRecords => answer!(delete_records),
             ApiKey::InitProducerId => answer!(init_producer_id),
             ApiKey::CreateTopics => answer!(create_topics),
             ApiKey::FindCoordinator => answer!(find_coordinator),

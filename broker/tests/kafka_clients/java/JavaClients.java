@@ -86,6 +86,16 @@ public class JavaClients {
                 check(e.getCause().getMessage().contains("retention.ms"), "the refusal names the key: " + e.getCause());
             }
 
+            produce(bootstrap, topic, 0, 300);
+            TopicPartition first = new TopicPartition(topic, 0);
+            long end = admin.listOffsets(Map.of(first, OffsetSpec.latest())).all().get().get(first).offset();
+            check(end > 2, "records in partition 0: " + end);
+            long low = admin.deleteRecords(Map.of(first, RecordsToDelete.beforeOffset(end / 2)))
+                    .lowWatermarks().get(first).get().lowWatermark();
+            check(low == end / 2, "deleteRecords moved the log start to " + low);
+            long earliest = admin.listOffsets(Map.of(first, OffsetSpec.earliest())).all().get().get(first).offset();
+            check(earliest == end / 2, "the earliest offset is where the records were deleted: " + earliest);
+
             admin.createPartitions(Map.of(topic, NewPartitions.increaseTo(5))).all().get();
             waitFor("five partitions", () -> admin.describeTopics(List.of(topic)).allTopicNames().get()
                     .get(topic).partitions().size() == 5);
