@@ -146,6 +146,30 @@ fn negotiated(http: &str) -> Vec<String> {
         .collect()
 }
 
+/// Record bytes a broker's Kafka fetch answers sent by `sendfile` and by copying.
+fn fetch_paths(http: &str) -> (u64, u64) {
+    let (_, metrics) = common::http_get_blocking(http, "/metrics").expect("metrics answer");
+    let sent = |path: &str| {
+        let prefix = format!("tributary_kafka_fetch_record_bytes_total{{path=\"{path}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().expect("a counter"))
+    };
+    (sent("sendfile"), sent("copy"))
+}
+
+/// Every record byte the broker's fetch answers held went from the segment files to the
+/// socket without a copy.
+fn assert_fetched_by_sendfile(http: &str, client: &str) {
+    let (sendfile, copy) = fetch_paths(http);
+    println!("{client}: {sendfile} record bytes sent by sendfile, {copy} copied");
+    assert!(
+        sendfile > 0 && copy == 0,
+        "{client}: {sendfile} record bytes by sendfile, {copy} copied"
+    );
+}
+
 fn served_at_ok(negotiated: &[String], api: &str) -> bool {
     negotiated
         .iter()
@@ -179,6 +203,7 @@ fn kafka_python_creates_produces_reads_back_and_deletes_a_topic() {
             "kafka-python never got a good {api} answer: {seen:?}"
         );
     }
+    assert_fetched_by_sendfile(&broker.http, "kafka-python");
 }
 
 #[test]
@@ -198,6 +223,7 @@ fn librdkafka_produces_and_reads_back_every_compression_codec() {
         "confluent-kafka negotiated:\n{}",
         negotiated(&broker.http).join("\n")
     );
+    assert_fetched_by_sendfile(&broker.http, "confluent-kafka");
 }
 
 #[test]
@@ -242,6 +268,7 @@ fn kcat_lists_metadata_produces_with_auto_creation_and_consumes() {
     );
     assert_eq!(read.lines().collect::<Vec<_>>(), lines);
     println!("kcat negotiated:\n{}", negotiated(&broker.http).join("\n"));
+    assert_fetched_by_sendfile(&broker.http, "kcat");
 }
 
 /// A 3-broker `local up` whose topics get replication factor 3.

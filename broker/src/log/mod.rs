@@ -110,12 +110,113 @@ pub struct AppendInfo {
     pub batch_offsets: Vec<(i64, i64)>,
 }
 
-/// Bytes read from the log: whole batches, as stored.
+/// What a read found: batches as stored (`Bytes` in memory, or `Records`), with the log's
+/// bounds at the time.
 #[derive(Debug, Clone, Default)]
-pub struct ReadResult {
-    pub records: Bytes,
+pub struct ReadResult<R = Bytes> {
+    pub records: R,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+}
+
+/// Batches read from the log: copied into memory, or left in their segment file for the
+/// caller to send on without copying them (`sendfile`).
+#[derive(Debug, Clone)]
+pub enum Records {
+    Memory(Bytes),
+    File(FileSlice),
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Self::Memory(Bytes::new())
+    }
+}
+
+impl Records {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Memory(bytes) => bytes.len(),
+            Self::File(slice) => slice.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in memory, reading them from the file if they are still there.
+    pub fn into_bytes(self) -> io::Result<Bytes> {
+        match self {
+            Self::Memory(bytes) => Ok(bytes),
+            Self::File(slice) => slice.read(),
+        }
+    }
+}
+
+/// A run of bytes in a segment file, starting at a batch. The file stays open while the
+/// slice lives, even when retention deletes its segment; a follower truncating its log
+/// can shorten it, which `read` reports and a sender must too.
+#[derive(Clone)]
+pub struct FileSlice {
+    segment: Arc<Segment>,
+    position: u64,
+    len: usize,
+}
+
+impl std::fmt::Debug for FileSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSlice")
+            .field("segment", &self.segment.base_offset())
+            .field("position", &self.position)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl FileSlice {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where the slice starts in its file.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The segment file, for `sendfile`.
+    pub fn file(&self) -> &fs::File {
+        self.segment.file()
+    }
+
+    /// Copies the slice into memory.
+    pub fn read(&self) -> io::Result<Bytes> {
+        self.segment.read(self.position, self.len)
+    }
+}
+
+/// Where a read starts: the segment and position of the first batch it returns.
+struct ReadStart {
+    segment: Arc<Segment>,
+    position: u64,
+    /// The first batch's length: a read returns at least that batch.
+    first_len: usize,
+    /// Bytes of whole batches from `position` to the segment's end.
+    available: usize,
+}
+
+impl ReadResult<()> {
+    fn with_records<R>(self, records: R) -> ReadResult<R> {
+        ReadResult {
+            records,
+            log_start_offset: self.log_start_offset,
+            log_end_offset: self.log_end_offset,
+        }
+    }
 }
 
 /// What a retention pass removed.
@@ -458,7 +559,62 @@ impl Log {
         max_bytes: usize,
         max_offset: i64,
     ) -> Result<ReadResult, LogError> {
-        let (candidates, log_start_offset, log_end_offset) = {
+        let (start, bounds) = self.read_start(offset, max_offset)?;
+        let Some(start) = start else {
+            return Ok(bounds.with_records(Bytes::new()));
+        };
+        let len = max_bytes.max(start.first_len).min(start.available);
+        let bytes = start
+            .segment
+            .read(start.position, len)
+            .map_err(self.io_error("read"))?;
+        let keep = record::batches(&bytes)
+            .take_while(|(_, h)| h.last_offset() < max_offset)
+            .last()
+            .map_or(0, |(at, h)| at + h.total_len());
+        Ok(bounds.with_records(bytes.slice(..keep)))
+    }
+
+    /// Like `read`, but leaves the batches in their segment file: the slice starts with the
+    /// batch that holds `offset`, holds at least that batch, and ends below `max_offset`
+    /// and within `max_bytes` otherwise, so its last batch may be cut short, as Kafka's
+    /// fetch answers may be (clients drop a partial batch at the end and fetch it again).
+    pub fn read_file(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+    ) -> Result<ReadResult<Records>, LogError> {
+        let (start, bounds) = self.read_start(offset, max_offset)?;
+        let Some(start) = start else {
+            return Ok(bounds.with_records(Records::default()));
+        };
+        let limit = start.position + start.available as u64;
+        let end = match start
+            .segment
+            .find_batch(max_offset, limit)
+            .map_err(self.io_error("read"))?
+        {
+            Some((position, _)) => position,
+            None => limit,
+        };
+        let below_max = usize::try_from(end - start.position).unwrap_or(usize::MAX);
+        let len = max_bytes.max(start.first_len).min(below_max);
+        Ok(bounds.with_records(Records::File(FileSlice {
+            segment: start.segment,
+            position: start.position,
+            len,
+        })))
+    }
+
+    /// Where a read of `offset` starts, or None when there is nothing below `max_offset`
+    /// to read; and the log's bounds.
+    fn read_start(
+        &self,
+        offset: i64,
+        max_offset: i64,
+    ) -> Result<(Option<ReadStart>, ReadResult<()>), LogError> {
+        let (candidates, bounds) = {
             let state = self.state.read();
             if offset < state.log_start_offset || offset > state.next_offset {
                 return Err(LogError::OffsetOutOfRange {
@@ -479,15 +635,15 @@ impl Log {
                 .take(2)
                 .map(|(_, s)| s.clone())
                 .collect();
-            (candidates, state.log_start_offset, state.next_offset)
+            let bounds = ReadResult {
+                records: (),
+                log_start_offset: state.log_start_offset,
+                log_end_offset: state.next_offset,
+            };
+            (candidates, bounds)
         };
-        let empty = ReadResult {
-            records: Bytes::new(),
-            log_start_offset,
-            log_end_offset,
-        };
-        if offset >= max_offset.min(log_end_offset) {
-            return Ok(empty);
+        if offset >= max_offset.min(bounds.log_end_offset) {
+            return Ok((None, bounds));
         }
         for segment in candidates {
             let limit = segment.size();
@@ -499,22 +655,17 @@ impl Log {
             };
             let first = BatchHeader::parse(&header).map_err(LogError::InvalidBatch)?;
             if first.last_offset() >= max_offset {
-                return Ok(empty);
+                return Ok((None, bounds));
             }
-            let available = (limit - position) as usize;
-            let len = max_bytes.max(first.total_len()).min(available);
-            let bytes = segment.read(position, len).map_err(self.io_error("read"))?;
-            let keep = record::batches(&bytes)
-                .take_while(|(_, h)| h.last_offset() < max_offset)
-                .last()
-                .map_or(0, |(at, h)| at + h.total_len());
-            return Ok(ReadResult {
-                records: bytes.slice(..keep),
-                log_start_offset,
-                log_end_offset,
-            });
+            let start = ReadStart {
+                segment,
+                position,
+                first_len: first.total_len(),
+                available: usize::try_from(limit - position).unwrap_or(usize::MAX),
+            };
+            return Ok((Some(start), bounds));
         }
-        Ok(empty)
+        Ok((None, bounds))
     }
 
     /// The first offset below `max_offset` whose record has a timestamp at or after

@@ -276,6 +276,11 @@ impl Segment {
         self.size.load(Ordering::Acquire)
     }
 
+    /// The `.log` file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// True when another index entry may not fit: time to roll.
     pub fn indexes_full(&self) -> bool {
         self.indexes.read().as_ref().is_some_and(Indexes::is_full)

@@ -205,6 +205,83 @@ fn reads_never_return_batches_at_or_above_max_offset() {
     );
 }
 
+fn file_slice(read: ReadResult<Records>) -> FileSlice {
+    match read.records {
+        Records::File(slice) => slice,
+        Records::Memory(bytes) => panic!("expected a file slice, got {} bytes", bytes.len()),
+    }
+}
+
+#[test]
+fn file_reads_hold_the_same_batches_as_reads_and_stop_below_max_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_config(), true);
+    fill(&log, 80);
+    assert!(log.segment_count() > 2, "the reads cross segments");
+    for (offset, max_offset) in [
+        (0, i64::MAX),
+        (4, 40),
+        (31, 62),
+        (88, i64::MAX),
+        (200, 230),
+        (238, i64::MAX),
+    ] {
+        let read = log.read(offset, 1 << 20, max_offset).unwrap();
+        let slice = file_slice(log.read_file(offset, 1 << 20, max_offset).unwrap());
+        assert_eq!(
+            slice.read().unwrap(),
+            read.records,
+            "offset {offset} below {max_offset}"
+        );
+    }
+    // Nothing below max_offset, and the log end: empty.
+    assert!(log.read_file(6, 1 << 20, 6).unwrap().records.is_empty());
+    assert!(log.read_file(60, 1 << 20, 61).unwrap().records.is_empty());
+    assert!(
+        log.read_file(240, 1 << 20, i64::MAX)
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    assert!(matches!(
+        log.read_file(241, 1 << 20, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn file_reads_hold_at_least_the_first_batch_and_may_cut_the_last_at_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), LogConfig::default(), true);
+    fill(&log, 10);
+    let one = log.read(0, 1, i64::MAX).unwrap().records.len();
+    assert_eq!(
+        file_slice(log.read_file(3, 1, i64::MAX).unwrap()).len(),
+        one
+    );
+    let slice = file_slice(log.read_file(0, one * 3 + one / 2, i64::MAX).unwrap());
+    assert_eq!(
+        slice.len(),
+        one * 3 + one / 2,
+        "Kafka's answers may end in part of a batch"
+    );
+    let whole = log.read(0, one * 3, i64::MAX).unwrap().records;
+    assert_eq!(slice.read().unwrap().slice(..one * 3), whole);
+}
+
+#[test]
+fn a_file_slice_outlives_its_deleted_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_config(), true);
+    fill(&log, 30);
+    let before = log.read(0, 1 << 20, i64::MAX).unwrap().records;
+    let slice = file_slice(log.read_file(0, 1 << 20, i64::MAX).unwrap());
+    log.advance_log_start(60).unwrap();
+    log.apply_retention(T0, i64::MAX).unwrap();
+    assert!(log.log_start_offset() > 0);
+    assert_eq!(slice.read().unwrap(), before);
+}
+
 #[test]
 fn out_of_range_offsets_are_errors_that_name_the_range() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::TopicPartition;
 use crate::config::TopicConfig;
-use crate::log::{AppendInfo, LogError, LogManager, OffsetCheckpoint};
+use crate::log::{AppendInfo, LogError, LogManager, OffsetCheckpoint, Records};
 use crate::metadata::{Acks, MetadataSnapshot, PartitionRecord};
 use fetcher::Fetchers;
 pub use partition::{Partition, PartitionRead, PartitionStatus, ReplicaRead, Role};
@@ -109,6 +109,9 @@ pub struct FetchParams {
     pub min_bytes: usize,
     pub max_bytes: usize,
     pub partitions: Vec<FetchPartition>,
+    /// Leave the batches in their segment files (`Records::File`) for a sender that can
+    /// pass them to the socket without copying them.
+    pub in_file: bool,
 }
 
 /// One partition of a follower's fetch.
@@ -514,11 +517,11 @@ impl ReplicaManager {
                 let result = self.leader_partition(&p.tp).and_then(|partition| {
                     let limit = p.max_bytes.min(remaining);
                     // With the response full, still check the offset and report the marks.
-                    let mut read = partition.read(p.offset, limit.max(1))?;
+                    let mut read = partition.read(p.offset, limit.max(1), params.in_file)?;
                     // Only the first data in a response may exceed the limits, so that a
                     // consumer always makes progress but the response stays bounded.
                     if read.data.records.len() > limit && remaining < params.max_bytes {
-                        read.data.records = Bytes::new();
+                        read.data.records = Records::default();
                     }
                     remaining = remaining.saturating_sub(read.data.records.len());
                     Ok(read)

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{IsrChange, ReplicaError};
 use crate::TopicPartition;
 use crate::config::TopicConfig;
-use crate::log::{AppendInfo, Log, ReadResult, replace_file};
+use crate::log::{AppendInfo, Log, ReadResult, Records, replace_file};
 use crate::metadata::PartitionRecord;
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
@@ -111,7 +111,7 @@ impl std::fmt::Debug for Partition {
 /// What a successful consumer read found.
 #[derive(Debug, Clone)]
 pub struct PartitionRead {
-    pub data: ReadResult,
+    pub data: ReadResult<Records>,
     pub high_watermark: i64,
 }
 
@@ -422,8 +422,14 @@ impl Partition {
         Ok(())
     }
 
-    /// Reads committed batches (below the high watermark) for a consumer; leaders only.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<PartitionRead, ReplicaError> {
+    /// Reads committed batches (below the high watermark) for a consumer; leaders only. With
+    /// `in_file`, the batches are left in their segment file for the caller to send.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        in_file: bool,
+    ) -> Result<PartitionRead, ReplicaError> {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 tp: self.tp.clone(),
@@ -431,7 +437,16 @@ impl Partition {
             });
         }
         let high_watermark = self.high_watermark();
-        let data = self.log.read(offset, max_bytes, high_watermark)?;
+        let data = if in_file {
+            self.log.read_file(offset, max_bytes, high_watermark)?
+        } else {
+            let read = self.log.read(offset, max_bytes, high_watermark)?;
+            ReadResult {
+                records: Records::Memory(read.records),
+                log_start_offset: read.log_start_offset,
+                log_end_offset: read.log_end_offset,
+            }
+        };
         Ok(PartitionRead {
             data,
             high_watermark,

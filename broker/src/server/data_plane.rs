@@ -112,6 +112,7 @@ impl proto::broker_server::Broker for BrokerService {
                     max_bytes: limit(p.max_bytes, DEFAULT_PARTITION_MAX_BYTES),
                 })
                 .collect(),
+            in_file: false,
         };
         if params.partitions.is_empty() {
             return Err(status(
@@ -122,23 +123,34 @@ impl proto::broker_server::Broker for BrokerService {
         let results = self.replicas.fetch(&params).await;
         let partitions = results
             .into_iter()
-            .map(|(tp, result)| match result {
-                Ok(read) => {
-                    self.metrics
-                        .fetched(&tp.topic, read.data.records.len() as u64);
+            .map(|(tp, result)| {
+                let read = result.map_err(|e| (replica_error_code(&e), e.to_string()));
+                let read = read.and_then(|read| {
+                    // Read into memory (not `in_file`), so this does not touch the disk.
+                    let records = read.data.records.into_bytes().map_err(|e| {
+                        let error = format!("{tp}: cannot read the fetched batches: {e}");
+                        (ErrorCode::StorageError, error)
+                    })?;
+                    Ok((read.high_watermark, read.data.log_start_offset, records))
+                });
+                (tp, read)
+            })
+            .map(|(tp, read)| match read {
+                Ok((high_watermark, log_start_offset, records)) => {
+                    self.metrics.fetched(&tp.topic, records.len() as u64);
                     proto::FetchedPartition {
                         topic: tp.topic,
                         partition: tp.partition,
                         error_code: ErrorCode::None.into(),
                         error_message: String::new(),
-                        high_watermark: read.high_watermark,
-                        log_start_offset: read.data.log_start_offset,
-                        records: read.data.records,
+                        high_watermark,
+                        log_start_offset,
+                        records,
                     }
                 }
-                Err(error) => proto::FetchedPartition {
-                    error_code: replica_error_code(&error).into(),
-                    error_message: error.to_string(),
+                Err((code, error_message)) => proto::FetchedPartition {
+                    error_code: code.into(),
+                    error_message,
                     high_watermark: -1,
                     log_start_offset: -1,
                     records: Bytes::new(),

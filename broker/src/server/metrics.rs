@@ -21,6 +21,7 @@ pub struct Metrics {
     latency: HistogramVec,
     kafka_requests: IntCounterVec,
     kafka_latency: HistogramVec,
+    kafka_records_sent: IntCounterVec,
     bytes_in: IntCounterVec,
     records_in: IntCounterVec,
     bytes_out: IntCounterVec,
@@ -102,6 +103,12 @@ impl Metrics {
                     &["api"],
                 )
                 .expect("valid metric"),
+            ),
+            kafka_records_sent: counter(
+                "kafka_fetch_record_bytes_total",
+                "Record bytes of Kafka fetch answers, by how they reached the socket: sendfile \
+                 (from the segment file, no copy) or copy (through memory).",
+                &["path"],
             ),
             bytes_in: counter(
                 "bytes_in_total",
@@ -196,6 +203,13 @@ impl Metrics {
     pub fn produced(&self, topic: &str, bytes: u64, records: u64) {
         self.bytes_in.with_label_values(&[topic]).inc_by(bytes);
         self.records_in.with_label_values(&[topic]).inc_by(records);
+    }
+
+    /// Record bytes of a Kafka fetch answer written to its socket by `path`.
+    pub fn kafka_records_sent(&self, path: &str, bytes: u64) {
+        self.kafka_records_sent
+            .with_label_values(&[path])
+            .inc_by(bytes);
     }
 
     pub fn fetched(&self, topic: &str, bytes: u64) {

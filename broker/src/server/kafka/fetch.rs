@@ -1,5 +1,6 @@
 //! Fetch and ListOffsets. A fetch long-polls (max.wait.ms, min.bytes) over the same reads
-//! as the gRPC API and answers with the log's stored batch bytes, below the high watermark.
+//! as the gRPC API and answers with the log's stored batch bytes, below the high watermark,
+//! sent from the segment files (see `sendfile`).
 //! Fetch sessions (KIP-227) are not kept: every answer has session id 0, which tells the
 //! client to send full fetches, and an incremental fetch is refused with
 //! FETCH_SESSION_ID_NOT_FOUND. Without transactions the last stable offset is the high
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::errors::replica_error;
+use super::sendfile::FileRecords;
 use super::{KafkaService, topic_partition};
 use crate::TopicPartition;
 use crate::metadata::MetadataSnapshot;
@@ -80,7 +82,14 @@ fn failed_partition(index: i32, code: i16) -> PartitionData {
 }
 
 impl KafkaService {
-    pub(super) async fn fetch(&self, version: i16, request: FetchRequest) -> (FetchResponse, bool) {
+    /// Answers a fetch; the record data stays in the segment files, standing in the
+    /// response as `files`' markers.
+    pub(super) async fn fetch(
+        &self,
+        version: i16,
+        request: FetchRequest,
+        files: &mut FileRecords,
+    ) -> (FetchResponse, bool) {
         if request.session_id != 0 || request.session_epoch > 0 {
             return (
                 FetchResponse::default()
@@ -139,6 +148,7 @@ impl KafkaService {
             min_bytes: usize::try_from(request.min_bytes).unwrap_or(0),
             max_bytes: limit(request.max_bytes, DEFAULT_FETCH_MAX_BYTES),
             partitions,
+            in_file: true,
         };
         let mut results: BTreeMap<TopicPartition, _> = if params.partitions.is_empty() {
             BTreeMap::new()
@@ -173,7 +183,7 @@ impl KafkaService {
                             .with_high_watermark(read.high_watermark)
                             .with_last_stable_offset(read.high_watermark)
                             .with_log_start_offset(read.data.log_start_offset)
-                            .with_records(Some(read.data.records))
+                            .with_records(Some(files.stand_in(read.data.records)))
                     }
                     Some(Err(error)) => {
                         ok = false;

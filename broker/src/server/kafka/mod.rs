@@ -9,6 +9,7 @@ mod fetch;
 mod groups;
 mod metadata;
 mod produce;
+mod sendfile;
 mod topics;
 
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ pub struct KafkaService {
 /// What a request gets back.
 enum Reply {
     Frame(Bytes),
+    /// A frame whose record data is still in segment files (Fetch).
+    Parts(Vec<sendfile::Part>),
     /// Produce with acks=0 that succeeded: the client waits for nothing.
     Nothing,
     /// The request cannot be answered in the protocol: close the connection, as Kafka does.
@@ -154,6 +157,12 @@ async fn connection(
                 Reply::Frame(bytes) => {
                     if let Err(error) = writer.write_all(&bytes).await {
                         tracing::debug!(%peer, %error, "a Kafka client went away before its answer");
+                        break;
+                    }
+                }
+                Reply::Parts(parts) => {
+                    if let Err(error) = sendfile::write_parts(&mut writer, parts, &service.metrics).await {
+                        tracing::debug!(%peer, %error, "a Kafka fetch answer was cut short; closing its connection");
                         break;
                     }
                 }
@@ -288,7 +297,18 @@ impl KafkaService {
                 Ok(body) => self.produce(request, body).await,
                 Err(close) => (close, false),
             },
-            ApiKey::Fetch => answer!(fetch),
+            ApiKey::Fetch => match decode(request) {
+                Ok(body) => {
+                    let mut files = sendfile::FileRecords::new();
+                    let (response, ok) = self.fetch(request.api_version, body, &mut files).await;
+                    let version = request.api_version;
+                    match files.encode(api, version, request.correlation_id, &response) {
+                        Ok(parts) => (Reply::Parts(parts), ok),
+                        Err(why) => (Reply::Close(why), false),
+                    }
+                }
+                Err(close) => (close, false),
+            },
             ApiKey::ListOffsets => answer!(list_offsets),
             ApiKey::OffsetForLeaderEpoch => answer!(offset_for_leader_epoch),
             ApiKey::DeleteRecords => answer!(delete_records),
