@@ -928,6 +928,7 @@ fn default_request(api: ApiKey, version: i16, correlation_id: i32) -> Vec<u8> {
         DeleteTopics => DeleteTopicsRequest::default(),
         DeleteRecords => DeleteRecordsRequest::default(),
         InitProducerId => InitProducerIdRequest::default(),
+        DescribeProducers => DescribeProducersRequest::default(),
         OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default(),
         DescribeConfigs => DescribeConfigsRequest::default(),
         AlterConfigs => AlterConfigsRequest::default(),

@@ -29,6 +29,7 @@ pub use checkpoint::{OffsetCheckpoint, replace_file, sync_dir, write_atomically}
 pub use config::{DAY_MS, LogConfig};
 pub use epoch_cache::EpochEntry;
 pub use manager::{LogManager, LogManagerError};
+pub use producer_state::ActiveProducer;
 
 use crate::TopicPartition;
 use crate::record::{self, BatchError, BatchHeader, HEADER_LEN};
@@ -549,6 +550,11 @@ impl Log {
             op,
             source,
         }
+    }
+
+    /// The idempotent producers with batches in the log, by producer id.
+    pub fn active_producers(&self) -> Vec<ActiveProducer> {
+        self.state.read().producers.active()
     }
 
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`

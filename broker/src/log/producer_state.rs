@@ -26,6 +26,23 @@ pub(crate) struct BatchSequence {
 pub(crate) struct ProducerEntry {
     pub epoch: i16,
     pub recent: VecDeque<BatchSequence>,
+    /// The largest timestamp of the producer's last batch; -1 when not known (snapshots
+    /// written before it was kept).
+    #[serde(default = "no_timestamp")]
+    pub last_timestamp: i64,
+}
+
+fn no_timestamp() -> i64 {
+    -1
+}
+
+/// A producer with batches in the log, as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
 }
 
 /// What a leader does with a producer's batch.
@@ -140,7 +157,8 @@ impl ProducerState {
 
     /// Records the appended batch `header` describes (with its offsets assigned).
     pub fn record_batch(&mut self, header: &crate::record::BatchHeader<'_>) {
-        self.record(
+        self.record_at(
+            header.max_timestamp(),
             header.producer_id(),
             header.producer_epoch(),
             BatchSequence {
@@ -153,11 +171,18 @@ impl ProducerState {
     }
 
     /// Records an appended batch (leaders after checking, followers as they copy).
+    #[cfg(test)]
     pub fn record(&mut self, producer_id: i64, epoch: i16, batch: BatchSequence) {
+        self.record_at(-1, producer_id, epoch, batch);
+    }
+
+    /// Records an appended batch whose largest timestamp is `timestamp`.
+    fn record_at(&mut self, timestamp: i64, producer_id: i64, epoch: i16, batch: BatchSequence) {
         if producer_id < 0 {
             return;
         }
         let entry = self.producers.entry(producer_id).or_default();
+        entry.last_timestamp = timestamp;
         if epoch != entry.epoch {
             entry.epoch = epoch;
             entry.recent.clear();
@@ -175,6 +200,24 @@ impl ProducerState {
             entry.recent.retain(|b| b.first_offset < end_offset);
             !entry.recent.is_empty()
         });
+    }
+
+    /// The producers with batches in the log, by producer id.
+    pub fn active(&self) -> Vec<ActiveProducer> {
+        let mut active: Vec<ActiveProducer> = self
+            .producers
+            .iter()
+            .filter_map(|(&producer_id, entry)| {
+                Some(ActiveProducer {
+                    producer_id,
+                    epoch: entry.epoch,
+                    last_sequence: entry.recent.back()?.last_seq,
+                    last_timestamp: entry.last_timestamp,
+                })
+            })
+            .collect();
+        active.sort_by_key(|p| p.producer_id);
+        active
     }
 
     pub fn clear(&mut self) {
@@ -333,5 +376,34 @@ mod tests {
         assert_eq!(state.len(), 1);
         let (restored, offset) = ProducerState::from_snapshot(&state.to_snapshot(10)).unwrap();
         assert_eq!((restored, offset), (state, 10));
+    }
+
+    #[test]
+    fn active_producers_show_their_epoch_last_sequence_and_time() {
+        let mut state = ProducerState::default();
+        state.record_at(1_000, 9, 0, batch(0, 9, 0));
+        state.record_at(2_000, 4, 1, batch(0, 4, 10));
+        state.record_at(3_000, 9, 0, batch(10, 19, 15));
+        let active = |producer_id, epoch, last_sequence, last_timestamp| ActiveProducer {
+            producer_id,
+            epoch,
+            last_sequence,
+            last_timestamp,
+        };
+        assert_eq!(
+            state.active(),
+            [active(4, 1, 4, 2_000), active(9, 0, 19, 3_000)]
+        );
+        let (restored, _) = ProducerState::from_snapshot(&state.to_snapshot(25)).unwrap();
+        assert_eq!(restored.active(), state.active());
+    }
+
+    #[test]
+    fn snapshots_from_before_producer_times_were_kept_still_load() {
+        let old = br#"{"offset":20,"producers":{"7":{"epoch":2,"recent":[{"first_seq":0,"last_seq":9,"first_offset":10,"last_offset":19}]}}}"#;
+        let (state, offset) = ProducerState::from_snapshot(old).unwrap();
+        assert_eq!(offset, 20);
+        assert_eq!(state.active()[0].last_timestamp, -1);
+        assert_eq!(state.check(7, 2, 10, 12, None), SequenceCheck::Append);
     }
 }

@@ -692,6 +692,14 @@ impl ReplicaManager {
 
     /// The offset for a list-offsets query: earliest, latest (high watermark), or the first
     /// record at or after a timestamp (with its timestamp).
+    /// The idempotent producers with batches in a partition this broker leads.
+    pub fn active_producers(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<Vec<crate::log::ActiveProducer>, ReplicaError> {
+        Ok(self.leader_partition(tp)?.log().active_producers())
+    }
+
     pub fn list_offset(
         &self,
         tp: &TopicPartition,

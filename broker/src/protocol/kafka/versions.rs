@@ -61,6 +61,7 @@ pub const SERVED: &[Served] = &[
     served(ApiKey::CreatePartitions, 0, 3),
     served(ApiKey::IncrementalAlterConfigs, 0, 1),
     served(ApiKey::InitProducerId, 0, 5),
+    served(ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The versions of `api` this broker answers, if it answers it at all.

@@ -313,6 +313,7 @@ impl KafkaService {
             ApiKey::OffsetForLeaderEpoch => answer!(offset_for_leader_epoch),
             ApiKey::DeleteRecords => answer!(delete_records),
             ApiKey::InitProducerId => answer!(init_producer_id),
+            ApiKey::DescribeProducers => answer!(describe_producers),
             ApiKey::CreateTopics => answer!(create_topics),
             ApiKey::FindCoordinator => answer!(find_coordinator),
             ApiKey::CreatePartitions => answer!(create_partitions),

@@ -1,4 +1,4 @@
-//! Produce and InitProducerId: record batches are appended as the client sent them (after
+//! Produce, InitProducerId and DescribeProducers: record batches are appended as the client sent them (after
 //! the log's checks of length, CRC, offsets and the idempotent producer's sequence), with
 //! acks 0, 1 or all; every partition of a request is written at once, in request order.
 
@@ -11,12 +11,15 @@ use super::{KafkaService, Reply, reply, topic_partition};
 use crate::TopicPartition;
 use crate::metadata::Acks;
 use crate::protocol::kafka::frame::Request;
+use crate::protocol::kafka::messages::describe_producers_response::{
+    PartitionResponse, ProducerState, TopicResponse,
+};
 use crate::protocol::kafka::messages::produce_response::{
     LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
 };
 use crate::protocol::kafka::messages::{
-    ApiKey, BrokerId, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest,
-    ProduceResponse, ProducerId,
+    ApiKey, BrokerId, DescribeProducersRequest, DescribeProducersResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
 };
 use crate::protocol::kafka::{ResponseError, StrBytes};
 use crate::replication::ReplicaError;
@@ -226,4 +229,63 @@ fn partition_response(version: i16, index: i32, outcome: Outcome) -> PartitionPr
         }
     }
     response
+}
+
+impl KafkaService {
+    /// The idempotent producers with batches in each partition asked for, from its leader
+    /// (what `kafka-transactions.sh describe-producers` shows). Without transactions, no
+    /// producer has a coordinator epoch or an open transaction.
+    pub(super) async fn describe_producers(
+        &self,
+        _version: i16,
+        request: DescribeProducersRequest,
+    ) -> (DescribeProducersResponse, bool) {
+        let mut ok = true;
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partition_indexes
+                    .iter()
+                    .map(|&index| {
+                        let response = PartitionResponse::default().with_partition_index(index);
+                        let Some(tp) = topic_partition(&topic.name, index) else {
+                            ok = false;
+                            return response
+                                .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                        };
+                        match self.replicas.active_producers(&tp) {
+                            Ok(producers) => response.with_active_producers(
+                                producers
+                                    .into_iter()
+                                    .map(|p| {
+                                        ProducerState::default()
+                                            .with_producer_id(ProducerId(p.producer_id))
+                                            .with_producer_epoch(i32::from(p.epoch))
+                                            .with_last_sequence(p.last_sequence)
+                                            .with_last_timestamp(p.last_timestamp)
+                                            .with_coordinator_epoch(-1)
+                                            .with_current_txn_start_offset(-1)
+                                    })
+                                    .collect(),
+                            ),
+                            Err(error) => {
+                                ok = false;
+                                response
+                                    .with_error_code(replica_error(&error))
+                                    .with_error_message(Some(StrBytes::from_string(
+                                        error.to_string(),
+                                    )))
+                            }
+                        }
+                    })
+                    .collect();
+                TopicResponse::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        (DescribeProducersResponse::default().with_topics(topics), ok)
+    }
 }

@@ -2,7 +2,8 @@
 // (broker/tests/kafka_clients.rs). Each command prints one JSON line of what it saw and
 // exits non-zero on any mismatch.
 //
-//   admin BOOTSTRAP TOPIC                       topics, configs, partitions, cluster
+//   admin BOOTSTRAP TOPIC                       topics, configs, partitions, cluster,
+//                                               records, producers
 //   produce BOOTSTRAP TOPIC COUNT               an idempotent acks=all producer
 //   group BOOTSTRAP TOPIC GROUP COUNT PROTOCOL  three consumers share six partitions
 //                                               (group.protocol classic or consumer)
@@ -90,6 +91,14 @@ public class JavaClients {
             TopicPartition first = new TopicPartition(topic, 0);
             long end = admin.listOffsets(Map.of(first, OffsetSpec.latest())).all().get().get(first).offset();
             check(end > 2, "records in partition 0: " + end);
+            Collection<ProducerState> producers = admin.describeProducers(List.of(first))
+                    .partitionResult(first).get().activeProducers();
+            check(producers.size() == 1, "one idempotent producer wrote partition 0: " + producers);
+            ProducerState producer = producers.iterator().next();
+            check(producer.producerId() >= 0 && producer.producerEpoch() == 0
+                    && producer.lastSequence() == end - 1
+                    && Math.abs(producer.lastTimestamp() - System.currentTimeMillis()) < 600_000,
+                    "the producer's id, epoch, last sequence and time: " + producer);
             long low = admin.deleteRecords(Map.of(first, RecordsToDelete.beforeOffset(end / 2)))
                     .lowWatermarks().get(first).get().lowWatermark();
             check(low == end / 2, "deleteRecords moved the log start to " + low);
