@@ -450,7 +450,13 @@ fn the_java_admin_client_manages_topics_configs_and_partitions() {
 #[test]
 fn java_consumers_share_a_topic_with_the_classic_and_the_kip_848_protocol() {
     let dir = common::open_tempdir();
-    let cluster = three_brokers(dir.path());
+    // One member is killed: its partitions move once its session times out, 10 s with
+    // either protocol (the classic one's is the client's setting, the other the broker's).
+    let cluster = LocalCluster::start(
+        &dir.path().join("cluster"),
+        &["--brokers", "3"],
+        &[("TRIBUTARY_KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "10000")],
+    );
     for protocol in ["classic", "consumer"] {
         let out = run_java(
             "JavaClients",
@@ -465,7 +471,10 @@ fn java_consumers_share_a_topic_with_the_classic_and_the_kip_848_protocol() {
             "",
         );
         println!("{out}");
-        assert!(out.contains("\"lag\": 0"), "{out}");
+        assert!(
+            out.contains("\"lag\": 0") && out.contains("\"takeover_ms\""),
+            "{out}"
+        );
     }
 }
 

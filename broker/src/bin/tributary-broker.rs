@@ -57,6 +57,16 @@ struct Args {
         default_value_t = 104_857_600
     )]
     kafka_max_request_bytes: usize,
+    /// How long a member of a consumer group on the Kafka consumer protocol
+    /// (`group.protocol=consumer`, KIP-848) may go without a heartbeat before its
+    /// partitions go to the others (Kafka's group.consumer.session.timeout.ms).
+    #[arg(
+        long,
+        env = "TRIBUTARY_KAFKA_CONSUMER_SESSION_TIMEOUT_MS",
+        default_value_t = 45_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    kafka_consumer_session_timeout_ms: u64,
     /// Listen address of /healthz, /readyz and /metrics.
     #[arg(long, env = "TRIBUTARY_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     http_listen: String,
@@ -177,6 +187,7 @@ async fn start(args: Args) -> Result<(), String> {
             max_request_bytes: args.kafka_max_request_bytes,
             auto_create_topics: args.auto_create_topics,
             default_partitions: args.default_partitions,
+            consumer_session_timeout: Duration::from_millis(args.kafka_consumer_session_timeout_ms),
         },
         rack: args.rack,
         topic_config,

@@ -637,10 +637,6 @@ impl KafkaService {
     }
 }
 
-/// The session timeout of consumer-protocol members (KIP-848 has no per-member one;
-/// Kafka's `group.consumer.session.timeout.ms`).
-const CONSUMER_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
-
 impl KafkaService {
     /// Partitions by topic id, as the consumer protocol names them.
     fn by_topic_id(
@@ -725,7 +721,7 @@ impl KafkaService {
             client_id: client_id.to_string(),
             subscribed,
             owned,
-            session_timeout: CONSUMER_SESSION_TIMEOUT,
+            session_timeout: self.settings.consumer_session_timeout,
             rebalance_timeout: millis(request.rebalance_timeout_ms),
         };
         match self.groups.heartbeat(&group_id, heartbeat).await {

@@ -14,7 +14,7 @@ mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -45,6 +45,9 @@ pub struct KafkaSettings {
     /// (`auto.create.topics.enable`), with `default_partitions` partitions.
     pub auto_create_topics: bool,
     pub default_partitions: u32,
+    /// How long a consumer-protocol (KIP-848) member may go without a heartbeat
+    /// (`group.consumer.session.timeout.ms`; that protocol has no per-member timeout).
+    pub consumer_session_timeout: Duration,
 }
 
 impl Default for KafkaSettings {
@@ -53,6 +56,7 @@ impl Default for KafkaSettings {
             max_request_bytes: frame::DEFAULT_MAX_REQUEST_BYTES,
             auto_create_topics: true,
             default_partitions: 1,
+            consumer_session_timeout: Duration::from_secs(45),
         }
     }
 }

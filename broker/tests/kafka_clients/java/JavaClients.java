@@ -6,7 +6,11 @@
 //                                               records, producers
 //   produce BOOTSTRAP TOPIC COUNT               an idempotent acks=all producer
 //   group BOOTSTRAP TOPIC GROUP COUNT PROTOCOL  three consumers share six partitions
-//                                               (group.protocol classic or consumer)
+//                                               (group.protocol classic or consumer);
+//                                               one, in its own process, is killed
+//   member BOOTSTRAP TOPIC GROUP PROTOCOL NAME  one consumer of a group until standard
+//                                               input closes, printing what it is
+//                                               assigned and reads
 //   produce-until-stopped BOOTSTRAP TOPIC       an idempotent acks=all producer sending
 //                                               increasing numbers to partition 0 until
 //                                               standard input closes, printing
@@ -50,6 +54,7 @@ public class JavaClients {
                     "{\"client\": \"java\", \"acked\": " + produce(args[1], args[2], 0, Integer.parseInt(args[3])) + "}");
             case "group" -> group(args[1], args[2], args[3], Integer.parseInt(args[4]), args[5]);
             case "produce-until-stopped" -> produceUntilStopped(args[1], args[2]);
+            case "member" -> member(args[1], args[2], args[3], args[4], args[5]);
             default -> throw new IllegalArgumentException("unknown command " + args[0]);
         }
     }
@@ -180,17 +185,32 @@ public class JavaClients {
         System.out.println("DONE sent=" + sent);
     }
 
-    static final class Member implements Runnable {
+    // A consumer in the group, as the test sees it: what it was assigned and what it read.
+    abstract static class Member {
         final String name;
-        final KafkaConsumer<String, String> consumer;
         final List<Integer> read = Collections.synchronizedList(new ArrayList<>());
         final Set<Integer> partitionsRead = ConcurrentHashMap.newKeySet();
         volatile Set<Integer> assigned = Set.of();
+
+        Member(String name) {
+            this.name = name;
+        }
+
+        abstract void close() throws Exception;
+    }
+
+    // A consumer on a thread of this process; with `echo`, it also prints what it is
+    // assigned and reads (`ASSIGNED p p ...`, `READ partition value`), for a parent process.
+    static final class LocalMember extends Member implements Runnable {
+        final KafkaConsumer<String, String> consumer;
         final AtomicBoolean stop = new AtomicBoolean();
         final Thread thread = new Thread(this);
+        final java.io.PrintStream echo;
 
-        Member(String bootstrap, String topic, String group, String protocol, String name) {
-            this.name = name;
+        LocalMember(String bootstrap, String topic, String group, String protocol, String name,
+                java.io.PrintStream echo) {
+            super(name);
+            this.echo = echo;
             Properties props = new Properties();
             props.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
             props.put(ConsumerConfig.GROUP_ID_CONFIG, group);
@@ -216,6 +236,9 @@ public class JavaClients {
                     for (ConsumerRecord<String, String> r : records) {
                         read.add(Integer.parseInt(r.value()));
                         partitionsRead.add(r.partition());
+                        if (echo != null) {
+                            echo.println("READ " + r.partition() + " " + r.value());
+                        }
                     }
                     if (!records.isEmpty()) {
                         consumer.commitSync();
@@ -223,6 +246,14 @@ public class JavaClients {
                     Set<Integer> now = new TreeSet<>();
                     for (TopicPartition tp : consumer.assignment()) {
                         now.add(tp.partition());
+                    }
+                    if (echo != null && !now.equals(assigned)) {
+                        StringBuilder line = new StringBuilder("ASSIGNED");
+                        now.forEach(p -> line.append(' ').append(p));
+                        echo.println(line);
+                    }
+                    if (echo != null) {
+                        echo.flush();
                     }
                     assigned = now;
                 }
@@ -237,13 +268,73 @@ public class JavaClients {
         }
     }
 
+    // A consumer in a process of its own (the `member` command), so that it can be killed
+    // with SIGKILL: no LeaveGroup, no last commit, its partitions held until its session
+    // times out.
+    static final class ChildMember extends Member {
+        final Process process;
+        final Thread reader;
+
+        ChildMember(String bootstrap, String topic, String group, String protocol, String name) throws Exception {
+            super(name);
+            String java = ProcessHandle.current().info().command().orElse("java");
+            process = new ProcessBuilder(java, "-cp", System.getProperty("java.class.path"),
+                    "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                    "JavaClients", "member", bootstrap, topic, group, protocol, name)
+                    .redirectError(ProcessBuilder.Redirect.INHERIT)
+                    .start();
+            reader = new Thread(() -> {
+                try (var lines = new java.io.BufferedReader(new java.io.InputStreamReader(process.getInputStream()))) {
+                    String line;
+                    while ((line = lines.readLine()) != null) {
+                        String[] parts = line.split(" ");
+                        if (parts[0].equals("READ")) {
+                            partitionsRead.add(Integer.parseInt(parts[1]));
+                            read.add(Integer.parseInt(parts[2]));
+                        } else if (parts[0].equals("ASSIGNED")) {
+                            Set<Integer> now = new TreeSet<>();
+                            for (int i = 1; i < parts.length; i++) {
+                                now.add(Integer.parseInt(parts[i]));
+                            }
+                            assigned = now;
+                        }
+                    }
+                } catch (java.io.IOException e) {
+                    // The process is gone.
+                }
+            });
+            reader.start();
+        }
+
+        // SIGKILL.
+        void kill() throws Exception {
+            process.destroyForcibly();
+            process.waitFor();
+            reader.join();
+        }
+
+        void close() throws Exception {
+            kill();
+        }
+    }
+
+    // One group member until standard input closes (or the process is killed).
+    static void member(String bootstrap, String topic, String group, String protocol, String name) throws Exception {
+        LocalMember member = new LocalMember(bootstrap, topic, group, protocol, name, System.out);
+        while (System.in.read() != -1) {
+        }
+        member.close();
+    }
+
     static void group(String bootstrap, String topic, String group, int count, String protocol) throws Exception {
         try (Admin admin = admin(bootstrap)) {
             short rf = (short) Math.min(3, admin.describeCluster().nodes().get().size());
             admin.createTopics(List.of(new NewTopic(topic, 6, rf))).all().get();
             List<Member> members = new ArrayList<>();
-            for (int i = 0; i < 3; i++) {
-                members.add(new Member(bootstrap, topic, group, protocol, "member-" + i));
+            ChildMember killed = new ChildMember(bootstrap, topic, group, protocol, "member-0");
+            members.add(killed);
+            for (int i = 1; i < 3; i++) {
+                members.add(new LocalMember(bootstrap, topic, group, protocol, "member-" + i, null));
             }
             waitFor("a split over three members", () -> {
                 List<Integer> all = new ArrayList<>();
@@ -272,7 +363,8 @@ public class JavaClients {
                 check(values.get(i) == i && values.size() == count, "each record read exactly once");
             }
 
-            members.get(0).close();
+            killed.kill();
+            long killedAt = System.currentTimeMillis();
             List<Member> rest = members.subList(1, 3);
             waitFor("two members own all six partitions", () -> {
                 List<Integer> all = new ArrayList<>();
@@ -280,6 +372,7 @@ public class JavaClients {
                 Collections.sort(all);
                 return all.equals(List.of(0, 1, 2, 3, 4, 5));
             });
+            long takeover = System.currentTimeMillis() - killedAt;
             int before = rest.stream().mapToInt(m -> m.read.size()).sum();
             produce(bootstrap, topic, count, count);
             waitFor("the second half read", () -> rest.stream().mapToInt(m -> m.read.size()).sum() >= before + count);
@@ -315,7 +408,8 @@ public class JavaClients {
                 m.close();
             }
             System.out.println("{\"client\": \"java\", \"protocol\": \"" + protocol + "\", \"split\": \"" + split
-                    + "\", \"state\": \"" + described.groupState() + "\", \"lag\": " + lag + "}");
+                    + "\", \"takeover_ms\": " + takeover
+                    + ", \"state\": \"" + described.groupState() + "\", \"lag\": " + lag + "}");
         }
     }
 }
