@@ -48,6 +48,8 @@ pub struct ClassicMember {
     pub assignment: Bytes,
     pub session_timeout: Duration,
     pub rebalance_timeout: Duration,
+    /// The topics it reads, when its protocol says (consumers); None when not known.
+    pub subscribed: Option<BTreeSet<String>>,
     last_heartbeat: Instant,
     /// Whether it joined in the rebalance under way (and waits for its answer).
     joined: bool,
@@ -78,6 +80,8 @@ pub struct JoinRequest {
     /// JoinGroup v4+: a new member first gets an id (MEMBER_ID_REQUIRED) and joins with it
     /// (KIP-394), so that a member whose answer was lost does not leave a ghost behind.
     pub require_known_member_id: bool,
+    /// The topics the member reads, when its protocol says (a consumer's subscription).
+    pub subscribed: Option<BTreeSet<String>>,
 }
 
 /// A JoinGroup answer.
@@ -245,10 +249,12 @@ impl ClassicGroup {
                 assignment: Bytes::new(),
                 session_timeout: request.session_timeout,
                 rebalance_timeout: request.rebalance_timeout,
+                subscribed: None,
                 last_heartbeat: now,
                 joined: false,
             });
         member.protocols = request.protocols;
+        member.subscribed = request.subscribed;
         member.session_timeout = request.session_timeout;
         member.rebalance_timeout = request.rebalance_timeout;
         member.client_id = request.client_id;
@@ -668,6 +674,7 @@ mod tests {
             session_timeout: SESSION,
             rebalance_timeout: REBALANCE,
             require_known_member_id: true,
+            subscribed: None,
         }
     }
 

@@ -30,6 +30,15 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const GARBAGE_RATIO: u64 = 4;
 
 /// One offset to commit.
+/// What deleting some of a group's committed offsets came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OffsetDeletion {
+    /// The partitions whose offsets are gone.
+    pub deleted: Vec<TopicPartition>,
+    /// The partitions kept because a member of the group reads their topic.
+    pub subscribed: Vec<TopicPartition>,
+}
+
 #[derive(Debug, Clone)]
 pub struct OffsetCommit {
     pub tp: TopicPartition,
@@ -526,13 +535,15 @@ impl GroupCoordinator {
 
     /// Deletes the committed offsets of `group` for `partitions` (every one it has when
     /// None), with tombstones in the offsets log that the in-sync replicas have before the
-    /// offsets are forgotten. Refused while the group has members; a group left with no
-    /// offsets is gone. Returns the partitions deleted.
+    /// offsets are forgotten; a group left with no offsets is gone. While the group has
+    /// members, the offsets of topics they read are kept (`subscribed`), and the whole
+    /// request is refused when it names no partitions or a member's topics are not known
+    /// (a classic member of another protocol type than consumers).
     pub async fn delete_offsets(
         &self,
         group_id: &str,
         partitions: Option<&[TopicPartition]>,
-    ) -> Result<Vec<TopicPartition>, GroupError> {
+    ) -> Result<OffsetDeletion, GroupError> {
         let shard = self.shard(group_id).await?;
         let mut guard = shard.groups.lock().await;
         let groups = guard.as_mut().expect("loaded");
@@ -540,20 +551,36 @@ impl GroupCoordinator {
             return Err(GroupError::NotFound(group_id.to_string()));
         };
         let members = group.members.len() + group.classic.members.len();
-        if members > 0 {
-            return Err(GroupError::NotEmpty {
-                group: group_id.to_string(),
-                members,
-            });
-        }
-        let deleted: Vec<TopicPartition> = match partitions {
-            None => group.offsets.keys().cloned().collect(),
-            Some(partitions) => partitions
-                .iter()
-                .filter(|tp| group.offsets.contains_key(tp))
-                .cloned()
-                .collect(),
+        let not_empty = || GroupError::NotEmpty {
+            group: group_id.to_string(),
+            members,
         };
+        let read: BTreeSet<String> = if members == 0 {
+            BTreeSet::new()
+        } else {
+            if partitions.is_none_or(<[_]>::is_empty) {
+                return Err(not_empty());
+            }
+            let mut read: BTreeSet<String> = group
+                .members
+                .values()
+                .flat_map(|m| m.subscribed.iter().cloned())
+                .collect();
+            for member in group.classic.members.values() {
+                read.extend(member.subscribed.clone().ok_or_else(not_empty)?);
+            }
+            read
+        };
+        let asked: Vec<TopicPartition> = match partitions {
+            None => group.offsets.keys().cloned().collect(),
+            Some(partitions) => partitions.to_vec(),
+        };
+        let (subscribed, asked): (Vec<_>, Vec<_>) =
+            asked.into_iter().partition(|tp| read.contains(&tp.topic));
+        let deleted: Vec<TopicPartition> = asked
+            .into_iter()
+            .filter(|tp| group.offsets.contains_key(tp))
+            .collect();
         if !deleted.is_empty() {
             let batch = records::encode_deletions(group_id, &deleted, crate::now_ms());
             let tp = shard.partition.topic_partition().clone();
@@ -567,7 +594,10 @@ impl GroupCoordinator {
         if group.is_dead() {
             groups.remove(group_id);
         }
-        Ok(deleted)
+        Ok(OffsetDeletion {
+            deleted,
+            subscribed,
+        })
     }
 
     /// Appends offsets of `group` to the shard's log and waits for the in-sync replicas;

@@ -11,7 +11,7 @@ pub mod state;
 
 use std::time::Duration;
 
-pub use coordinator::{GroupCoordinator, JoinAnswer, OffsetCommit};
+pub use coordinator::{GroupCoordinator, JoinAnswer, OffsetCommit, OffsetDeletion};
 pub use state::{GroupState, HeartbeatAnswer};
 
 use crate::TopicPartition;

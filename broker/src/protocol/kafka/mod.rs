@@ -10,4 +10,4 @@ pub mod versions;
 
 pub use kafka_protocol::ResponseError;
 pub use kafka_protocol::messages;
-pub use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+pub use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};

@@ -3,10 +3,11 @@
 //! LeaveGroup, with the assignment computed by the clients' own assignors), committed
 //! offsets (OffsetCommit, OffsetFetch), ListGroups and DescribeGroups.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::errors::group_error;
 use super::{KafkaService, topic_partition};
@@ -18,6 +19,7 @@ use crate::protocol::kafka::messages::describe_groups_response::{
     DescribedGroup, DescribedGroupMember,
 };
 use crate::protocol::kafka::messages::find_coordinator_response::Coordinator;
+use crate::protocol::kafka::messages::join_group_request;
 use crate::protocol::kafka::messages::join_group_response::JoinGroupResponseMember;
 use crate::protocol::kafka::messages::leave_group_response::MemberResponse;
 use crate::protocol::kafka::messages::list_groups_response::ListedGroup;
@@ -30,18 +32,19 @@ use crate::protocol::kafka::messages::offset_fetch_response::{
 };
 use crate::protocol::kafka::messages::{
     BrokerId, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
-    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, ConsumerProtocolSubscription,
+    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use crate::protocol::kafka::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
     consumer_group_describe_response, consumer_group_heartbeat_response, delete_groups_response,
     offset_delete_response,
 };
+use crate::protocol::kafka::{Decodable, Message};
 use crate::protocol::kafka::{ResponseError, StrBytes};
 
 /// FindCoordinator's key type for consumer groups (1 is transactions, 2 share groups).
@@ -179,6 +182,7 @@ impl KafkaService {
             client_id: client_id.to_string(),
             client_host: format!("/{}", peer.ip()),
             protocol_type: request.protocol_type.to_string(),
+            subscribed: consumer_subscription(&request.protocol_type, &request.protocols),
             protocols: request
                 .protocols
                 .into_iter()
@@ -872,7 +876,8 @@ impl KafkaService {
         (DeleteGroupsResponse::default().with_results(results), ok)
     }
 
-    /// OffsetDelete: some committed offsets of a group without members are deleted.
+    /// OffsetDelete: committed offsets of a group are deleted, except those of topics its
+    /// members read (GROUP_SUBSCRIBED_TO_TOPIC for each of those partitions).
     pub(super) async fn offset_delete(
         &self,
         _version: i16,
@@ -887,31 +892,35 @@ impl KafkaService {
                     .filter_map(|p| topic_partition(&t.name, p.partition_index))
             })
             .collect();
-        let (code, partition_code) = match self
+        let (code, subscribed) = match self
             .groups
             .delete_offsets(&request.group_id, Some(&partitions))
             .await
         {
-            Ok(_) => (0, 0),
-            // Members read the group's topics: Kafka's word for that, per partition.
-            Err(GroupError::NotEmpty { .. }) => (0, ResponseError::GroupSubscribedToTopic.code()),
-            Err(error) => (group_error(&error), 0),
+            Ok(deletion) => (0, deletion.subscribed),
+            Err(error) => (group_error(&error), Vec::new()),
         };
         let topics = request
             .topics
             .into_iter()
             .map(|t| {
-                offset_delete_response::OffsetDeleteResponseTopic::default()
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|p| {
-                                offset_delete_response::OffsetDeleteResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(partition_code)
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let read = topic_partition(&t.name, p.partition_index)
+                            .is_some_and(|tp| subscribed.contains(&tp));
+                        offset_delete_response::OffsetDeleteResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(if read {
+                                ResponseError::GroupSubscribedToTopic.code()
+                            } else {
+                                0
                             })
-                            .collect(),
-                    )
+                    })
+                    .collect();
+                offset_delete_response::OffsetDeleteResponseTopic::default()
+                    .with_partitions(partitions)
                     .with_name(t.name)
             })
             .collect();
@@ -919,7 +928,29 @@ impl KafkaService {
             OffsetDeleteResponse::default()
                 .with_error_code(code)
                 .with_topics(topics),
-            code == 0 && partition_code == 0,
+            code == 0 && subscribed.is_empty(),
         )
     }
+}
+
+/// The topics a classic member reads, from its subscription, when its group is one of
+/// consumers (protocol type "consumer", whose protocols' metadata is Kafka's
+/// ConsumerProtocolSubscription); None for other groups or a subscription that does not
+/// decode.
+fn consumer_subscription(
+    protocol_type: &str,
+    protocols: &[join_group_request::JoinGroupRequestProtocol],
+) -> Option<BTreeSet<String>> {
+    if protocol_type != "consumer" {
+        return None;
+    }
+    let mut metadata = protocols.first()?.metadata.clone();
+    let version = metadata.try_get_i16().ok()?;
+    // Later versions only add fields: read what this crate knows of them.
+    let subscription = ConsumerProtocolSubscription::decode(
+        &mut metadata,
+        version.min(ConsumerProtocolSubscription::VERSIONS.max),
+    )
+    .ok()?;
+    Some(subscription.topics.iter().map(|t| t.to_string()).collect())
 }

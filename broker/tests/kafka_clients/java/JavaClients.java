@@ -330,6 +330,10 @@ public class JavaClients {
         try (Admin admin = admin(bootstrap)) {
             short rf = (short) Math.min(3, admin.describeCluster().nodes().get().size());
             admin.createTopics(List.of(new NewTopic(topic, 6, rf))).all().get();
+            // An offset of a topic the members will not read, committed while the group is empty.
+            TopicPartition unread = new TopicPartition(topic + "-unread", 0);
+            admin.createTopics(List.of(new NewTopic(unread.topic(), 1, rf))).all().get();
+            admin.alterConsumerGroupOffsets(group, Map.of(unread, new OffsetAndMetadata(0))).all().get();
             List<Member> members = new ArrayList<>();
             ChildMember killed = new ChildMember(bootstrap, topic, group, protocol, "member-0");
             members.add(killed);
@@ -404,6 +408,21 @@ public class JavaClients {
                 lag += e.getValue().offset() - committed.get(e.getKey()).offset();
             }
             check(lag == 0, "no lag once everything is read: " + lag);
+
+            // Offsets of a topic the members read are kept; the others can go.
+            TopicPartition read = new TopicPartition(topic, 0);
+            DeleteConsumerGroupOffsetsResult deletion =
+                    admin.deleteConsumerGroupOffsets(group, Set.of(read, unread));
+            deletion.partitionResult(unread).get();
+            try {
+                deletion.partitionResult(read).get();
+                check(false, "the offsets of a topic the members read are kept");
+            } catch (ExecutionException e) {
+                check(e.getCause() instanceof org.apache.kafka.common.errors.GroupSubscribedToTopicException,
+                        "GROUP_SUBSCRIBED_TO_TOPIC: " + e.getCause());
+            }
+            Set<TopicPartition> left = admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get().keySet();
+            check(left.contains(read) && !left.contains(unread), "only the unread topic's offset deleted: " + left);
             for (Member m : rest) {
                 m.close();
             }
