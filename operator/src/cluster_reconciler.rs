@@ -106,6 +106,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .await?
         .items;
     if let Some(problem) = spec_problem(&cluster, &topics) {
+        keep_controller(&ctx, &cluster).await?;
         report_invalid(&ctx, &cluster, &namespace, problem).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
@@ -126,6 +127,20 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     } else {
         5
     })))
+}
+
+/// The cluster's controller runs whatever state the rest of its spec, or one of its
+/// Topics, is in: the brokers already running and the Topics' finalizers depend on it. An
+/// invalid spec leaves a running controller as it is; one that is not running (the
+/// operator restarted) is started, unless its own settings are what is invalid.
+async fn keep_controller(ctx: &Context, cluster: &Cluster) -> Result<(), Error> {
+    if ctx.controllers.get(&cluster.key()).is_some() {
+        return Ok(());
+    }
+    if let Ok(config) = controller_config(cluster) {
+        ctx.controllers.ensure(&ctx.client, cluster, config).await?;
+    }
+    Ok(())
 }
 
 /// An invalid spec changes nothing: the status says what to change.

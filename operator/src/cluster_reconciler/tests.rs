@@ -236,6 +236,51 @@ async fn a_topic_with_more_replicas_than_brokers_makes_the_spec_invalid() {
 }
 
 #[tokio::test]
+async fn an_operator_restarted_with_an_invalid_topic_still_runs_the_clusters_controller() {
+    let running = Operator::new();
+    running.api.put(CLUSTER, cluster_json(2, Some(1)));
+    running.reconcile().await.unwrap();
+    assert!(running.ctx.controllers.get("streams/demo").is_some());
+    running.api.put(
+        "/apis/tributary.dev/v1alpha1/namespaces/streams/topics/orders",
+        json!({
+            "apiVersion": "tributary.dev/v1alpha1", "kind": "Topic",
+            "metadata": {"name": "orders", "namespace": "streams"},
+            "spec": {"cluster": "demo", "partitions": 3, "replicationFactor": 3},
+        }),
+    );
+    running.reconcile().await.unwrap();
+    assert_eq!(ready_condition(&running.api)["reason"], "InvalidSpec");
+    assert!(
+        running.ctx.controllers.get("streams/demo").is_some(),
+        "an invalid Topic leaves the running controller alone"
+    );
+
+    // A new operator process over the same API server: nothing hosted yet.
+    running.ctx.controllers.stop_all();
+    let restarted = Operator {
+        api: running.api.clone(),
+        ctx: Arc::new(Context::new(
+            running.api.client(),
+            settings(),
+            Controllers::default(),
+        )),
+    };
+    let statefulset = restarted.api.get(STATEFULSET);
+    restarted.reconcile().await.unwrap();
+    assert!(
+        restarted.ctx.controllers.get("streams/demo").is_some(),
+        "the controller is hosted whatever state one Topic is in"
+    );
+    assert_eq!(ready_condition(&restarted.api)["reason"], "InvalidSpec");
+    assert_eq!(
+        restarted.api.get(STATEFULSET),
+        statefulset,
+        "the brokers are left as they are"
+    );
+}
+
+#[tokio::test]
 async fn a_status_write_that_fails_is_an_error_the_controller_retries_and_the_retry_lands() {
     let operator = Operator::new();
     let api = &operator.api;
