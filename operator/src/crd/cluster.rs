@@ -46,6 +46,9 @@ pub struct ClusterSpec {
     pub image_pull_policy: Option<PullPolicy>,
     #[serde(default)]
     pub storage: StorageSpec,
+    /// What happens to the brokers' volumes when the Cluster is deleted or scaled down.
+    #[serde(default)]
+    pub persistent_volume_claim_retention_policy: VolumeRetention,
     /// CPU and memory for each broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -229,6 +232,52 @@ impl Default for RebalanceSpec {
             auto_on_scale: true,
             max_concurrent_moves: default_max_concurrent_moves(),
             throttle_bytes_per_second: None,
+        }
+    }
+}
+
+/// The StatefulSet's `persistentVolumeClaimRetentionPolicy` for the brokers' volumes.
+/// Deleting a Cluster keeps its logs by default (a Cluster re-created under the same name
+/// then finds another cluster's logs: its brokers refuse to start until those volumes are
+/// deleted); scaling down deletes the volumes of the brokers removed, which the operator
+/// has drained of replicas first.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRetention {
+    #[serde(default = "retain")]
+    pub when_deleted: RetentionAction,
+    #[serde(default = "delete")]
+    pub when_scaled: RetentionAction,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetentionAction {
+    Retain,
+    Delete,
+}
+
+impl RetentionAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionAction::Retain => "Retain",
+            RetentionAction::Delete => "Delete",
+        }
+    }
+}
+
+fn retain() -> RetentionAction {
+    RetentionAction::Retain
+}
+
+fn delete() -> RetentionAction {
+    RetentionAction::Delete
+}
+
+impl Default for VolumeRetention {
+    fn default() -> Self {
+        Self {
+            when_deleted: retain(),
+            when_scaled: delete(),
         }
     }
 }

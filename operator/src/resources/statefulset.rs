@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
@@ -211,6 +213,7 @@ fn volume_claim(cluster: &Cluster) -> PersistentVolumeClaim {
 /// Config changes roll the pods (the ConfigMap's hash is a pod annotation).
 pub fn statefulset(cluster: &Cluster, config_hash: &str) -> StatefulSet {
     let names = Names::of(cluster);
+    let retention = &cluster.spec.persistent_volume_claim_retention_policy;
     let overrides = cluster.spec.pod_template.clone().unwrap_or_default();
     let mut labels = overrides.labels.clone();
     labels.extend(selector(cluster));
@@ -242,6 +245,9 @@ pub fn statefulset(cluster: &Cluster, config_hash: &str) -> StatefulSet {
                         run_as_user: Some(BROKER_UID),
                         run_as_group: Some(BROKER_UID),
                         fs_group: Some(BROKER_UID),
+                        // Ownership is fixed once, not walked over every log file at
+                        // each start.
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..SeccompProfile::default()
@@ -269,6 +275,12 @@ pub fn statefulset(cluster: &Cluster, config_hash: &str) -> StatefulSet {
                 }),
             },
             volume_claim_templates: Some(vec![volume_claim(cluster)]),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.when_deleted.as_str().into()),
+                    when_scaled: Some(retention.when_scaled.as_str().into()),
+                },
+            ),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()

@@ -98,6 +98,44 @@ fn a_cluster_becomes_exactly_these_objects_all_owned_by_it() {
 }
 
 #[test]
+fn volumes_are_kept_when_the_cluster_is_deleted_and_removed_with_a_drained_broker() {
+    let cluster = example("cluster.yaml");
+    let spec = owned(&cluster, &settings()).statefulset.spec.unwrap();
+    let policy = spec.persistent_volume_claim_retention_policy.unwrap();
+    assert_eq!(
+        (
+            policy.when_deleted.as_deref(),
+            policy.when_scaled.as_deref()
+        ),
+        (Some("Retain"), Some("Delete"))
+    );
+    let security = spec.template.spec.unwrap().security_context.unwrap();
+    assert_eq!(
+        security.fs_group_change_policy.as_deref(),
+        Some("OnRootMismatch")
+    );
+
+    let mut cluster = example("cluster.yaml");
+    cluster.spec.persistent_volume_claim_retention_policy = serde_json::from_value(
+        serde_json::json!({"whenDeleted": "Delete", "whenScaled": "Retain"}),
+    )
+    .unwrap();
+    let policy = owned(&cluster, &settings())
+        .statefulset
+        .spec
+        .unwrap()
+        .persistent_volume_claim_retention_policy
+        .unwrap();
+    assert_eq!(
+        (
+            policy.when_deleted.as_deref(),
+            policy.when_scaled.as_deref()
+        ),
+        (Some("Delete"), Some("Retain"))
+    );
+}
+
+#[test]
 fn the_statefulset_runs_one_broker_per_replica_with_its_own_volume() {
     let cluster = example("cluster.yaml");
     let owned = owned(&cluster, &settings());
