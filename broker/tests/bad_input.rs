@@ -385,12 +385,13 @@ fn broker_exit(args: &[&str], as_nobody: bool) -> (i32, String) {
     if as_nobody {
         command.uid(65534).gid(65534);
     }
-    let child = command.spawn().expect("start the broker");
-    let output = child.wait_with_output().expect("wait");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut child = command.spawn().expect("start the broker");
+    // Bounded: a broker that does not stop as expected is killed and the test fails.
+    let status = common::wait_with_patience(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    (status.code().unwrap_or(-1), stderr)
 }
 
 #[test]
@@ -549,4 +550,52 @@ fn a_second_controller_on_the_same_data_stops_before_it_says_it_listens() {
 
     common::signal(first.id(), libc::SIGTERM);
     assert!(common::wait_with_patience(&mut first).success());
+}
+
+#[test]
+fn a_broker_refuses_the_controller_of_another_cluster_and_keeps_its_logs() {
+    let dir = common::open_tempdir();
+    let data = dir.path().join("broker");
+    let mut broker = common::Broker::start(&data, &[]);
+    let bootstrap = ["--bootstrap", broker.grpc.as_str()];
+    for (args, stdin) in [
+        (&["topic", "create", "kept", "--partitions", "1"][..], ""),
+        (&["produce", "kept"][..], "one\ntwo\n"),
+    ] {
+        let (code, _, err) = common::cli(&[&bootstrap[..], args].concat(), stdin);
+        assert_eq!(code, 0, "{err}");
+    }
+    broker.terminate();
+    let logs = || {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("kept"))
+            .count()
+    };
+    assert_eq!(logs(), 1);
+
+    // The metadata is gone (as when a Cluster is deleted and created again under its
+    // name, its volumes kept): a new controller, a new cluster id.
+    std::fs::remove_dir_all(data.join("controller")).unwrap();
+    let (code, stderr) = broker_exit(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+        ],
+        false,
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("holds the logs of cluster")
+            && stderr.contains("nothing in it was touched"),
+        "{stderr}"
+    );
+    assert_eq!(logs(), 1, "the other cluster's log is still there");
 }

@@ -245,12 +245,22 @@ pub async fn run(
         },
         incarnation,
     };
-    let session = tokio::spawn(link.clone().run_session(
-        registration,
-        replicas.clone(),
-        config.heartbeat_interval,
-        tasks.clone(),
-    ));
+    // A session that ends with an error (the controller runs another cluster than the one
+    // whose logs are here) stops the broker with that error.
+    let (refused_tx, mut refused) = tokio::sync::oneshot::channel::<BrokerError>();
+    let session = tokio::spawn({
+        let session = link.clone().run_session(
+            registration,
+            replicas.clone(),
+            config.heartbeat_interval,
+            tasks.clone(),
+        );
+        async move {
+            if let Err(error) = session.await {
+                let _ = refused_tx.send(error);
+            }
+        }
+    });
     let proposals = tokio::spawn(forward_isr_proposals(
         link.clone(),
         replicas.clone(),
@@ -336,6 +346,7 @@ pub async fn run(
     // Ready once the cluster metadata has arrived: before that the broker knows nothing.
     let own_id = config.broker_id;
     tokio::pin!(shutdown);
+    let mut refusal = None;
     let server_failed = tokio::select! {
         _ = replicas.wait_for_metadata(Duration::MAX, |m| m.brokers.contains_key(&own_id)) => {
             ready.store(true, Ordering::Release);
@@ -343,13 +354,24 @@ pub async fn run(
             tokio::select! {
                 () = &mut shutdown => None,
                 result = &mut server_task => Some(result),
+                Ok(error) = &mut refused => {
+                    refusal = Some(error);
+                    None
+                }
             }
         }
         () = &mut shutdown => None,
         result = &mut server_task => Some(result),
+        Ok(error) = &mut refused => {
+            refusal = Some(error);
+            None
+        }
     };
     ready.store(false, Ordering::Release);
-    if server_failed.is_none() && config.controller.is_some() {
+    if let Some(error) = &refusal {
+        tracing::error!(%error, "stopping");
+    }
+    if server_failed.is_none() && refusal.is_none() && config.controller.is_some() {
         controlled_shutdown(
             &link,
             &replicas,
@@ -390,6 +412,9 @@ pub async fn run(
     .map_err(panicked("closing the logs"))??;
     http_stop.cancel();
     let _ = http_task.await;
+    if let Some(error) = refusal {
+        return Err(error);
+    }
     match served {
         Ok(result) => result.map_err(BrokerError::Serve),
         Err(e) => Err(panicked("the gRPC server")(e)),

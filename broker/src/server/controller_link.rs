@@ -14,6 +14,7 @@ use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use super::{BrokerError, identity};
 use crate::controller::{Controller, FileStore, IsrProposal, Registration};
 use crate::metadata::{MetadataSnapshot, NewTopic, PartitionRecord, TopicRecord};
 use crate::protocol::grpc::convert;
@@ -289,13 +290,15 @@ impl ControllerLink {
 
     /// Holds this broker's session until `stop`: registers, heartbeats every `heartbeat`,
     /// and applies every snapshot the controller sends. A lost session is re-established.
+    /// Ends with an error when the controller's cluster is not the one whose logs the data
+    /// directory holds.
     pub async fn run_session(
         self,
         registration: Registration,
         replicas: Arc<ReplicaManager>,
         heartbeat: Duration,
         stop: CancellationToken,
-    ) {
+    ) -> Result<(), BrokerError> {
         match self {
             Self::Local(controller) => {
                 run_local_session(controller, registration, replicas, heartbeat, stop).await
@@ -307,13 +310,26 @@ impl ControllerLink {
     }
 }
 
-async fn apply(replicas: &Arc<ReplicaManager>, snapshot: Arc<MetadataSnapshot>) {
+/// Applies a snapshot from the controller, once the data directory is known to hold this
+/// cluster's logs (see `identity::claim_cluster`): metadata of another cluster would
+/// delete them as logs of topics that no longer exist.
+async fn apply(
+    replicas: &Arc<ReplicaManager>,
+    snapshot: Arc<MetadataSnapshot>,
+) -> Result<(), BrokerError> {
     let replicas = replicas.clone();
-    if tokio::task::spawn_blocking(move || replicas.apply_metadata(snapshot))
-        .await
-        .is_err()
-    {
-        tracing::error!("applying metadata panicked");
+    let applied = tokio::task::spawn_blocking(move || {
+        identity::claim_cluster(replicas.logs().data_dir(), &snapshot.cluster_id)?;
+        replicas.apply_metadata(snapshot);
+        Ok(())
+    })
+    .await;
+    match applied {
+        Ok(claimed) => claimed,
+        Err(_) => {
+            tracing::error!("applying metadata panicked");
+            Ok(())
+        }
     }
 }
 
@@ -323,7 +339,7 @@ async fn run_local_session(
     replicas: Arc<ReplicaManager>,
     heartbeat: Duration,
     stop: CancellationToken,
-) {
+) -> Result<(), BrokerError> {
     let broker = registration.broker.id;
     let mut updates = controller.subscribe();
     let mut session = None;
@@ -339,12 +355,12 @@ async fn run_local_session(
         }
         if std::mem::take(&mut changed) {
             let snapshot = updates.borrow_and_update().clone();
-            apply(&replicas, snapshot).await;
+            apply(&replicas, snapshot).await?;
         }
         tokio::select! {
             update = updates.changed() => {
                 if update.is_err() {
-                    return;
+                    return Ok(());
                 }
                 changed = true;
             }
@@ -364,7 +380,7 @@ async fn run_local_session(
                     tracing::error!(%error, "the controller's periodic work (sessions, rebalance) failed");
                 }
             }
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Ok(()),
         }
     }
 }
@@ -376,7 +392,7 @@ async fn run_remote_session(
     replicas: Arc<ReplicaManager>,
     heartbeat: Duration,
     stop: CancellationToken,
-) {
+) -> Result<(), BrokerError> {
     let broker = registration.broker.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -396,13 +412,13 @@ async fn run_remote_session(
         let _ = requests.send(register).await;
         let opened = tokio::select! {
             opened = client.session(ReceiverStream::new(outgoing)) => opened,
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Ok(()),
         };
         let mut responses = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 tracing::warn!(controller = %address, error = %status.message(), "cannot open a session with the controller; retrying");
-                tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return }
+                tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return Ok(()) }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
@@ -431,14 +447,19 @@ async fn run_remote_session(
                 message = responses.message() => message,
                 () = stop.cancelled() => {
                     beating.abort();
-                    return;
+                    return Ok(());
                 }
             };
             match message {
                 Ok(Some(response)) => {
                     if let Some(metadata) = response.metadata {
                         match convert::snapshot_from_proto(metadata) {
-                            Ok(snapshot) => apply(&replicas, Arc::new(snapshot)).await,
+                            Ok(snapshot) => {
+                                if let Err(refused) = apply(&replicas, Arc::new(snapshot)).await {
+                                    beating.abort();
+                                    return Err(refused);
+                                }
+                            }
                             Err(error) => {
                                 tracing::error!(%error, "the controller sent metadata that does not parse")
                             }
@@ -456,6 +477,6 @@ async fn run_remote_session(
             }
         }
         beating.abort();
-        tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return }
+        tokio::select! { () = tokio::time::sleep(backoff) => {}, () = stop.cancelled() => return Ok(()) }
     }
 }

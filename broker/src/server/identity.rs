@@ -55,6 +55,45 @@ pub fn incarnation(data_dir: &Path, broker_id: i32) -> Result<String, BrokerErro
     }
 }
 
+/// Records that `data_dir` holds the logs of cluster `cluster_id`, the first time a
+/// controller names it; refuses a controller of another cluster, whose metadata would
+/// delete every log here as belonging to topics that no longer exist (a Cluster deleted
+/// and created again under the same name, its volumes kept). An empty id (metadata from
+/// before cluster ids) is not checked.
+pub fn claim_cluster(data_dir: &Path, cluster_id: &str) -> Result<(), BrokerError> {
+    if cluster_id.is_empty() {
+        return Ok(());
+    }
+    let path = data_dir.join(FILE);
+    let io = |what: &str| {
+        let what = format!("{}: {what}", path.display());
+        move |source| BrokerError::Io { what, source }
+    };
+    let text = std::fs::read_to_string(&path).map_err(io("cannot read it"))?;
+    let claimed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster.id="))
+        .map(str::trim);
+    match claimed {
+        Some(id) if id == cluster_id => Ok(()),
+        Some(id) => Err(BrokerError::Config(format!(
+            "data directory {} holds the logs of cluster {id}, but the controller serves cluster {cluster_id} \
+             (a cluster created again under the same name?); nothing in it was touched. Delete the \
+             directory (on Kubernetes, the broker's PersistentVolumeClaim) to start this broker \
+             empty, or point it at the controller of cluster {id}",
+            data_dir.display()
+        ))),
+        None => {
+            let mut text = text;
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("cluster.id={cluster_id}\n"));
+            write_atomically(&path, text.as_bytes()).map_err(io("cannot write it"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +111,26 @@ mod tests {
         );
         let other = tempfile::tempdir().unwrap();
         assert_ne!(incarnation(other.path(), 3).unwrap(), first);
+    }
+
+    #[test]
+    fn a_directory_is_claimed_by_the_first_cluster_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = incarnation(dir.path(), 1).unwrap();
+        claim_cluster(dir.path(), "").unwrap();
+        claim_cluster(dir.path(), "c2tVmkJ7Q6GfcZbQvY3k2A").unwrap();
+        claim_cluster(dir.path(), "c2tVmkJ7Q6GfcZbQvY3k2A").unwrap();
+        let err = claim_cluster(dir.path(), "ZZZZmkJ7Q6GfcZbQvY3k2A").unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "holds the logs of cluster c2tVmkJ7Q6GfcZbQvY3k2A, but the controller serves cluster ZZZZmkJ7Q6GfcZbQvY3k2A"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            incarnation(dir.path(), 1).unwrap(),
+            first,
+            "the claim keeps the broker id and incarnation"
+        );
     }
 }
