@@ -1,0 +1,252 @@
+//! The operator's resources against a real kube-apiserver over a real etcd (see
+//! `common/control_plane.rs`), not the fake: the CRDs install and their schemas and CEL
+//! rules refuse bad Clusters and Topics with the CRDs' messages, and every object the
+//! operator makes for the example Cluster and for edge-case Clusters passes a server-side
+//! dry-run apply (schema, defaulting and immutability checks a user would otherwise meet
+//! first).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::control_plane::ControlPlane;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tributary_operator::crd::{Cluster, Topic};
+use tributary_operator::resources::{self, Settings};
+
+const NAMESPACE: &str = "streams";
+
+fn repository_file(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Installs `crds/` with server-side apply and waits until both are established; makes the
+/// test namespace.
+async fn install(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in ["clusters.tributary.dev.yaml", "topics.tributary.dev.yaml"] {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&repository_file(&format!("crds/{file}"))).expect("a CRD");
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("tributary-test"),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{file} does not install on a real API server: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in ["clusters.tributary.dev", "topics.tributary.dev"] {
+        loop {
+            let crd = crds.get(name).await.expect("the CRD");
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} was not established");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("the test namespace");
+}
+
+fn cluster(name: &str, spec: Value) -> Cluster {
+    serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }))
+    .expect("a Cluster")
+}
+
+/// The API server's refusal of `result`, which must be one.
+fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> String {
+    match result {
+        Ok(object) => panic!("{what} was accepted: {object:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn the_crds_refuse_bad_clusters_and_topics_with_their_messages() {
+    let plane = ControlPlane::start().await;
+    let client = plane.client();
+    install(&client).await;
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let topics: Api<Topic> = Api::namespaced(client.clone(), NAMESPACE);
+    let create = PostParams::default();
+
+    let error = refusal(
+        clusters
+            .create(&create, &cluster("none", json!({"replicas": 0})))
+            .await,
+        "a Cluster of no brokers",
+    );
+    assert!(
+        error.contains("spec.replicas") && error.contains("greater than or equal to 1"),
+        "{error}"
+    );
+    let long = "a".repeat(41);
+    let error = refusal(
+        clusters
+            .create(&create, &cluster(&long, json!({"replicas": 1})))
+            .await,
+        "a Cluster name of 41 characters",
+    );
+    assert!(
+        error.contains("a cluster name has at most 40 characters"),
+        "{error}"
+    );
+
+    clusters
+        .create(&create, &cluster("demo", json!({"replicas": 3})))
+        .await
+        .expect("a valid Cluster is stored");
+    let error = refusal(
+        clusters
+            .patch(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"storage": {"size": "20Gi"}}})),
+            )
+            .await,
+        "a change of storage",
+    );
+    assert!(
+        error.contains("storage cannot change after the cluster is created"),
+        "{error}"
+    );
+
+    let topic: Topic = serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Topic",
+        "metadata": {"name": "orders", "namespace": NAMESPACE},
+        "spec": {"cluster": "demo", "partitions": 6, "replicationFactor": 3},
+    }))
+    .expect("a Topic");
+    topics
+        .create(&create, &topic)
+        .await
+        .expect("a valid Topic is stored");
+    for (patch, message) in [
+        (
+            json!({"spec": {"partitions": 3}}),
+            "partitions can only grow",
+        ),
+        (
+            json!({"spec": {"replicationFactor": 2}}),
+            "replicationFactor cannot change after the topic is created",
+        ),
+        (
+            json!({"spec": {"cluster": "other"}}),
+            "cluster cannot change",
+        ),
+    ] {
+        let error = refusal(
+            topics
+                .patch("orders", &PatchParams::default(), &Patch::Merge(&patch))
+                .await,
+            &patch.to_string(),
+        );
+        assert!(error.contains(message), "{patch}: {error}");
+    }
+}
+
+/// Every object the operator makes of `cluster` (stored first, so that owner references
+/// name a real object), applied with server-side dry-run as the operator's field manager.
+async fn dry_run_owned(client: &Client, cluster: Cluster) -> Vec<String> {
+    let name = cluster.name_any();
+    let stored = Api::<Cluster>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap_or_else(|e| panic!("Cluster {name} is refused: {e}"));
+    let settings = Settings {
+        controller_address: "tributary-operator-controller.tributary-system.svc:9093".into(),
+    };
+    let mut refused = Vec::new();
+    for object in resources::owned(&stored, &settings).to_json() {
+        let (group, version) = match object["apiVersion"].as_str().expect("apiVersion") {
+            api if api.contains('/') => api.split_once('/').expect("group/version"),
+            api => ("", api),
+        };
+        let kind = object["kind"].as_str().expect("kind");
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("{kind} is not served: {e}"));
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+        let object_name = object["metadata"]["name"].as_str().expect("name");
+        let applied = api
+            .patch(
+                object_name,
+                &PatchParams::apply(tributary_operator::api::MANAGER).dry_run(),
+                &Patch::Apply(&object),
+            )
+            .await;
+        if let Err(error) = applied {
+            refused.push(format!("{kind} {object_name} of Cluster {name}: {error}"));
+        }
+    }
+    refused
+}
+
+#[tokio::test]
+async fn every_object_the_operator_makes_passes_a_server_side_dry_run() {
+    let plane = ControlPlane::start().await;
+    let client = plane.client();
+    install(&client).await;
+    let mut example: Cluster =
+        serde_yaml::from_str(&repository_file("examples/cluster.yaml")).expect("the example");
+    example.metadata.namespace = Some(NAMESPACE.into());
+    let mut refused = dry_run_owned(&client, example).await;
+    // Every optional setting at once.
+    let edge = cluster(
+        "edge",
+        json!({
+            "replicas": 1,
+            "imagePullPolicy": "Always",
+            "storage": {"size": "1Gi", "storageClassName": "fast"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "rack": {"topologyKey": "topology.kubernetes.io/zone"},
+            "config": {
+                "defaultReplicationFactor": 1,
+                "minInsyncReplicas": 1,
+                "autoCreateTopics": false,
+                "topicDefaults": {"cleanup.policy": "delete"},
+            },
+            "selfHealing": {"enabled": false, "after": "1h30m"},
+            "podTemplate": {
+                "labels": {"team": "streams"},
+                "annotations": {"example.com/owner": "streams"},
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "streams", "effect": "NoSchedule"}],
+                "priorityClassName": "high",
+            },
+        }),
+    );
+    refused.extend(dry_run_owned(&client, edge).await);
+    assert!(
+        refused.is_empty(),
+        "refused by the API server:\n{}",
+        refused.join("\n")
+    );
+}
