@@ -667,6 +667,64 @@ async fn a_broker_back_with_an_empty_disk_rebuilds_its_replicas_from_the_leaders
     assert_eq!(read, values.len());
 }
 
+/// A rolling restart waits on `/in-sync` (the broker pods' readiness probe) before it stops
+/// the next broker: a broker back from a restart answers ready at once but is in sync only
+/// once it is back in the in-sync set of what it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_broker_is_in_sync_only_once_it_has_caught_up() {
+    let dir = common::open_tempdir();
+    // Catching up at 1 MB/s, so that it takes a few seconds.
+    let cluster = three_brokers(
+        dir.path(),
+        &[("TRIBUTARY_REPLICATION_THROTTLE_BYTES_PER_SEC", "1000000")],
+    );
+    create_topic(&cluster, "sync", 1).await;
+    let values: Vec<String> = (0..4000).map(|i| format!("{i:01000}")).collect();
+    produce_values(ProducerConfig::new(&cluster.bootstrap), "sync", &values).await;
+    let admin = Admin::connect(&cluster.bootstrap).await.unwrap();
+    let partition = fully_in_sync(&admin, "sync").await.remove(0);
+    let lost = (0..3).find(|b| *b != partition.leader).unwrap();
+    let http = cluster.brokers[lost as usize].1.clone();
+    let in_sync = || common::http_get_blocking(&http, "/in-sync");
+    assert_eq!(blocking(in_sync).map(|(code, _)| code), Some(200));
+
+    // Broker `lost` comes back with an empty disk: 4 MB to copy again.
+    blocking(|| cluster.pause(Member::Broker(lost)));
+    let data = cluster.dir_of(Member::Broker(lost));
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n != "pid") {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+    let pid = blocking(|| cluster.kill9(Member::Broker(lost)));
+    blocking(|| cluster.wait_restarted(Member::Broker(lost), pid));
+    let (code, body) = blocking(in_sync).expect("an answer");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("catching up on 1 partition(s): sync-0"),
+        "{body}"
+    );
+    let ready = blocking(|| common::http_get_blocking(&http, "/readyz"));
+    assert_eq!(
+        ready.map(|(code, _)| code),
+        Some(200),
+        "it serves meanwhile"
+    );
+    let catching_up = std::time::Instant::now();
+    eventually("the restarted broker is in sync", || async {
+        (blocking(in_sync)?.0 == 200).then_some(())
+    })
+    .await;
+    eprintln!("in sync {:?} after it was ready", catching_up.elapsed());
+    let isr = describe(&admin, "sync").await.remove(0).isr;
+    assert!(isr.contains(&lost), "in sync means in the ISR: {isr:?}");
+}
+
 /// Kubernetes calls `/prestop` before it stops a broker pod: the broker stops answering
 /// ready and answers only once the other in-sync replicas lead its partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

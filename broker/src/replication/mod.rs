@@ -692,6 +692,18 @@ impl ReplicaManager {
 
     /// The offset for a list-offsets query: earliest, latest (high watermark), or the first
     /// record at or after a timestamp (with its timestamp).
+    /// The partitions this broker replicates but is not in the in-sync set of, while they
+    /// have a leader to catch up from: a broker with any is still catching up, and stopping
+    /// another replica of those partitions could leave them short of in-sync replicas.
+    pub fn out_of_sync(&self) -> Vec<TopicPartition> {
+        let snapshot = self.metadata();
+        snapshot
+            .replicas_on(self.broker_id)
+            .filter(|(_, _, record)| record.leader >= 0 && !record.isr.contains(&self.broker_id))
+            .map(|(tp, _, _)| tp)
+            .collect()
+    }
+
     /// The idempotent producers with batches in a partition this broker leads.
     pub fn active_producers(
         &self,

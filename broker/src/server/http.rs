@@ -1,6 +1,8 @@
 //! Health and metrics over plain HTTP: `/healthz` (the process is up), `/readyz` (the
-//! broker serves requests), `/metrics` (Prometheus) and `/prestop` (hand leaderships over
-//! before a stop: Kubernetes calls it as the pod's preStop hook).
+//! broker serves requests), `/in-sync` (it serves and is in the in-sync set of every
+//! partition it replicates: what a rolling restart waits for before it stops the next
+//! broker), `/metrics` (Prometheus) and `/prestop` (hand leaderships over before a stop:
+//! Kubernetes calls it as the pod's preStop hook).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,6 +67,40 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
+/// Ready, and caught up: in the in-sync set of every partition it replicates that has a
+/// leader. Otherwise 503, naming the partitions it is still catching up on.
+async fn in_sync(State(state): State<HttpState>) -> impl IntoResponse {
+    let replicas = state
+        .replicas
+        .get()
+        .filter(|_| state.ready.load(Ordering::Acquire));
+    let Some(replicas) = replicas else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting up or shutting down\n".to_string(),
+        );
+    };
+    let behind = replicas.out_of_sync();
+    if behind.is_empty() {
+        return (StatusCode::OK, "in sync\n".to_string());
+    }
+    let shown: Vec<String> = behind.iter().take(10).map(ToString::to_string).collect();
+    let more = behind.len().saturating_sub(shown.len());
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "not in sync: catching up on {} partition(s): {}{}\n",
+            behind.len(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    )
+}
+
 /// Answers once the broker leads nothing it could hand over (or the handover timed out),
 /// so the stop that follows does not leave partitions leaderless.
 async fn prestop(State(state): State<HttpState>) -> impl IntoResponse {
@@ -101,6 +137,7 @@ pub(super) async fn serve(listener: TcpListener, state: HttpState, stop: Cancell
     let router = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/in-sync", get(in_sync))
         .route("/metrics", get(metrics))
         .route("/prestop", get(prestop))
         .with_state(state);

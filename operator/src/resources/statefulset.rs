@@ -138,8 +138,11 @@ fn broker_container(cluster: &Cluster) -> Container {
                 ..ContainerPort::default()
             },
         ]),
+        // Ready once back in the in-sync set of every partition the broker follows: a
+        // rolling restart and a drain (through the PodDisruptionBudget) wait for that
+        // before they stop the next broker, so no partition drops below min.insync.
         readiness_probe: Some(Probe {
-            http_get: Some(http_get("/readyz")),
+            http_get: Some(http_get("/in-sync")),
             period_seconds: Some(5),
             failure_threshold: Some(3),
             ..Probe::default()

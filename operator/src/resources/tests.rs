@@ -167,7 +167,7 @@ fn the_statefulset_runs_one_broker_per_replica_with_its_own_volume() {
             .clone()
             .unwrap()
     };
-    assert_eq!(probe_path(&container.readiness_probe), "/readyz");
+    assert_eq!(probe_path(&container.readiness_probe), "/in-sync");
     assert_eq!(probe_path(&container.liveness_probe), "/healthz");
     let pre_stop = container
         .lifecycle
