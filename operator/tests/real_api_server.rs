@@ -15,7 +15,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use tributary_operator::api::MANAGER;
+use tributary_operator::cluster_reconciler::{Context, reconcile};
 use tributary_operator::crd::{Cluster, Topic};
+use tributary_operator::hosting::Controllers;
+use tributary_operator::install::{self, Install};
 use tributary_operator::resources::{self, Settings};
 
 const NAMESPACE: &str = "streams";
@@ -170,6 +174,31 @@ async fn the_crds_refuse_bad_clusters_and_topics_with_their_messages() {
     }
 }
 
+/// Applies `object` with server-side apply (or only a dry run of it) as `manager`.
+async fn apply_json(
+    client: &Client,
+    object: &Value,
+    manager: &str,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
+    let (group, version) = match object["apiVersion"].as_str().expect("apiVersion") {
+        api if api.contains('/') => api.split_once('/').expect("group/version"),
+        api => ("", api),
+    };
+    let kind = object["kind"].as_str().expect("kind");
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let params = PatchParams::apply(manager);
+    let params = if dry_run { params.dry_run() } else { params };
+    let name = object["metadata"]["name"].as_str().expect("name");
+    api.patch(name, &params, &Patch::Apply(object)).await?;
+    Ok(())
+}
+
 /// Every object the operator makes of `cluster` (stored first, so that owner references
 /// name a real object), applied with server-side dry-run as the operator's field manager.
 async fn dry_run_owned(client: &Client, cluster: Cluster) -> Vec<String> {
@@ -183,26 +212,11 @@ async fn dry_run_owned(client: &Client, cluster: Cluster) -> Vec<String> {
     };
     let mut refused = Vec::new();
     for object in resources::owned(&stored, &settings).to_json() {
-        let (group, version) = match object["apiVersion"].as_str().expect("apiVersion") {
-            api if api.contains('/') => api.split_once('/').expect("group/version"),
-            api => ("", api),
-        };
-        let kind = object["kind"].as_str().expect("kind");
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
-            .await
-            .unwrap_or_else(|e| panic!("{kind} is not served: {e}"));
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
-        let object_name = object["metadata"]["name"].as_str().expect("name");
-        let applied = api
-            .patch(
-                object_name,
-                &PatchParams::apply(tributary_operator::api::MANAGER).dry_run(),
-                &Patch::Apply(&object),
-            )
-            .await;
-        if let Err(error) = applied {
-            refused.push(format!("{kind} {object_name} of Cluster {name}: {error}"));
+        if let Err(error) = apply_json(client, &object, MANAGER, true).await {
+            refused.push(format!(
+                "{} {} of Cluster {name}: {error}",
+                object["kind"], object["metadata"]["name"]
+            ));
         }
     }
     refused
@@ -249,4 +263,109 @@ async fn every_object_the_operator_makes_passes_a_server_side_dry_run() {
         "refused by the API server:\n{}",
         refused.join("\n")
     );
+}
+
+fn settings() -> Settings {
+    Settings {
+        controller_address: "tributary-operator-controller.tributary-system.svc:9093".into(),
+    }
+}
+
+/// The operator's RBAC rules (as `tributary-operator rbac` prints them, watching `watched`),
+/// applied by the admin, with `edit` changing the rules first.
+async fn install_rbac(client: &Client, watched: &str, edit: impl Fn(&mut Value)) {
+    let rbac = install::rbac(&Install {
+        namespace: "tributary-system".into(),
+        watch: Some(watched.into()),
+        image: install::default_image(),
+    });
+    for mut object in rbac {
+        edit(&mut object);
+        apply_json(client, &object, "tributary-test", false)
+            .await
+            .unwrap_or_else(|e| panic!("{object} does not apply: {e}"));
+    }
+}
+
+async fn make_namespace(client: &Client, name: &str) {
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("a namespace");
+}
+
+/// The Cluster reconciler runs as the operator's ServiceAccount with exactly the RBAC rules
+/// the operator ships: a call they do not allow fails the test (as a `patch` without
+/// `create` did: a real API server checks `create` for an apply that creates its object).
+#[tokio::test]
+async fn the_cluster_reconciler_works_as_the_operators_service_account_and_no_more() {
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin).await;
+    make_namespace(&admin, "tributary-system").await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
+    let stored = clusters
+        .create(
+            &PostParams::default(),
+            &cluster("demo", json!({"replicas": 3})),
+        )
+        .await
+        .expect("a Cluster");
+    let ctx = std::sync::Arc::new(Context::new(
+        operator.clone(),
+        settings(),
+        Controllers::default(),
+    ));
+    reconcile(std::sync::Arc::new(stored), ctx.clone())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the reconcile as the operator's ServiceAccount failed: {e}\n{}",
+                plane.logs()
+            )
+        });
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(admin.clone(), NAMESPACE);
+    let statefulset = statefulsets
+        .get("demo-broker")
+        .await
+        .expect("the brokers' StatefulSet");
+    assert_eq!(statefulset.spec.and_then(|s| s.replicas), Some(3));
+    let status = clusters.get("demo").await.expect("the Cluster").status;
+    assert!(
+        status.is_some_and(|s| !s.conditions.is_empty()),
+        "the status is written"
+    );
+    ctx.controllers.stop_all();
+
+    // The same rules without `create`: the first apply of each object is refused.
+    make_namespace(&admin, "no-create").await;
+    install_rbac(&admin, "no-create", |object| {
+        let rules = object.get_mut("rules").and_then(Value::as_array_mut);
+        for rule in rules.into_iter().flatten() {
+            if let Some(verbs) = rule.get_mut("verbs").and_then(Value::as_array_mut) {
+                verbs.retain(|v| v != "create");
+            }
+        }
+    })
+    .await;
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), "no-create");
+    let mut other = cluster("other", json!({"replicas": 1}));
+    other.metadata.namespace = Some("no-create".into());
+    let stored = clusters
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("a Cluster");
+    let ctx = std::sync::Arc::new(Context::new(operator, settings(), Controllers::default()));
+    let error = reconcile(std::sync::Arc::new(stored), ctx.clone())
+        .await
+        .expect_err("without create, the reconcile is refused")
+        .to_string();
+    ctx.controllers.stop_all();
+    assert!(error.contains("forbidden"), "{error}");
 }

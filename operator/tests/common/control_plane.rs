@@ -194,12 +194,29 @@ impl ControlPlane {
             .join("\n")
     }
 
-    /// A client with the admin token (group system:masters).
-    pub fn client(&self) -> Client {
+    fn config(&self) -> kube::Config {
         let mut config = kube::Config::new(self.url.parse().expect("the API server's URL"));
         // The serving certificate is the API server's own self-signed one.
         config.accept_invalid_certs = true;
         config.auth_info.token = Some(self.token.clone().into());
+        config
+    }
+
+    /// A client with the admin token (group system:masters).
+    pub fn client(&self) -> Client {
+        Client::try_from(self.config()).expect("a client")
+    }
+
+    /// A client that acts as the ServiceAccount `namespace/name` (impersonated by the
+    /// admin): what its RBAC rules do not allow is refused, as for a pod running as it.
+    pub fn client_as_service_account(&self, namespace: &str, name: &str) -> Client {
+        let mut config = self.config();
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{name}"));
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".into(),
+        ]);
         Client::try_from(config).expect("a client")
     }
 }
