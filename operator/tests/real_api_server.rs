@@ -21,6 +21,7 @@ use tributary_operator::crd::{Cluster, Topic};
 use tributary_operator::hosting::Controllers;
 use tributary_operator::install::{self, Install};
 use tributary_operator::resources::{self, Settings};
+use tributary_operator::topic_reconciler::reconcile as topic_reconcile;
 
 const NAMESPACE: &str = "streams";
 
@@ -296,11 +297,11 @@ async fn make_namespace(client: &Client, name: &str) {
         .expect("a namespace");
 }
 
-/// The Cluster reconciler runs as the operator's ServiceAccount with exactly the RBAC rules
+/// The Cluster and Topic reconcilers run as the operator's ServiceAccount with exactly the RBAC rules
 /// the operator ships: a call they do not allow fails the test (as a `patch` without
 /// `create` did: a real API server checks `create` for an apply that creates its object).
 #[tokio::test]
-async fn the_cluster_reconciler_works_as_the_operators_service_account_and_no_more() {
+async fn the_reconcilers_work_as_the_operators_service_account_and_no_more() {
     let plane = ControlPlane::start().await;
     let admin = plane.client();
     install(&admin).await;
@@ -340,6 +341,53 @@ async fn the_cluster_reconciler_works_as_the_operators_service_account_and_no_mo
     assert!(
         status.is_some_and(|s| !s.conditions.is_empty()),
         "the status is written"
+    );
+
+    // A Topic's life, as the same ServiceAccount: its finalizer and status are written,
+    // and a deletion (the real server's deletionTimestamp) ends with the finalizer removed
+    // and the object gone. No broker runs, so the topic itself waits for brokers.
+    let topics: Api<Topic> = Api::namespaced(admin.clone(), NAMESPACE);
+    let topic: Topic = serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Topic",
+        "metadata": {"name": "orders", "namespace": NAMESPACE},
+        "spec": {"cluster": "demo", "partitions": 3, "replicationFactor": 1},
+    }))
+    .expect("a Topic");
+    let stored = topics
+        .create(&PostParams::default(), &topic)
+        .await
+        .expect("a Topic");
+    topic_reconcile(std::sync::Arc::new(stored), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("the Topic reconcile as the ServiceAccount failed: {e}"));
+    let stored = topics.get("orders").await.expect("the Topic");
+    assert!(
+        stored
+            .finalizers()
+            .iter()
+            .any(|f| f.starts_with("tributary.dev/")),
+        "the finalizer is set: {:?}",
+        stored.finalizers()
+    );
+    let ready = stored
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+        .expect("a Ready condition");
+    assert_eq!(ready.status, "False", "{ready:?}");
+    topics
+        .delete("orders", &Default::default())
+        .await
+        .expect("the deletion is accepted");
+    let deleting = topics.get("orders").await.expect("held by its finalizer");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    topic_reconcile(std::sync::Arc::new(deleting), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("the Topic deletion as the ServiceAccount failed: {e}"));
+    assert!(
+        topics.get_opt("orders").await.expect("a lookup").is_none(),
+        "the Topic is gone once its finalizer is removed"
     );
     ctx.controllers.stop_all();
 
