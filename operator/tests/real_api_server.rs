@@ -297,9 +297,10 @@ async fn make_namespace(client: &Client, name: &str) {
         .expect("a namespace");
 }
 
-/// The Cluster and Topic reconcilers run as the operator's ServiceAccount with exactly the RBAC rules
-/// the operator ships: a call they do not allow fails the test (as a `patch` without
-/// `create` did: a real API server checks `create` for an apply that creates its object).
+/// The Cluster and Topic reconcilers run as the operator's ServiceAccount with exactly the
+/// RBAC rules the operator ships: a call they do not allow fails the test (as a `patch`
+/// without `create` did: a real API server checks `create` for an apply that creates its
+/// object).
 #[tokio::test]
 async fn the_reconcilers_work_as_the_operators_service_account_and_no_more() {
     let plane = ControlPlane::start().await;
