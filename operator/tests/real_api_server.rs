@@ -7,11 +7,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::control_plane::ControlPlane;
+use common::control_plane::{ControlPlane, install, repository_file};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -24,53 +21,6 @@ use tributary_operator::resources::{self, Settings};
 use tributary_operator::topic_reconciler::reconcile as topic_reconcile;
 
 const NAMESPACE: &str = "streams";
-
-fn repository_file(path: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Installs `crds/` with server-side apply and waits until both are established; makes the
-/// test namespace.
-async fn install(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in ["clusters.tributary.dev.yaml", "topics.tributary.dev.yaml"] {
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&repository_file(&format!("crds/{file}"))).expect("a CRD");
-        crds.patch(
-            &crd.name_any(),
-            &PatchParams::apply("tributary-test"),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{file} does not install on a real API server: {e}"));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for name in ["clusters.tributary.dev", "topics.tributary.dev"] {
-        loop {
-            let crd = crds.get(name).await.expect("the CRD");
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{name} was not established");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).expect("namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("the test namespace");
-}
 
 fn cluster(name: &str, spec: Value) -> Cluster {
     serde_json::from_value(json!({
@@ -94,7 +44,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> St
 async fn the_crds_refuse_bad_clusters_and_topics_with_their_messages() {
     let plane = ControlPlane::start().await;
     let client = plane.client();
-    install(&client).await;
+    install(&client, NAMESPACE).await;
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), NAMESPACE);
     let topics: Api<Topic> = Api::namespaced(client.clone(), NAMESPACE);
     let create = PostParams::default();
@@ -227,7 +177,7 @@ async fn dry_run_owned(client: &Client, cluster: Cluster) -> Vec<String> {
 async fn every_object_the_operator_makes_passes_a_server_side_dry_run() {
     let plane = ControlPlane::start().await;
     let client = plane.client();
-    install(&client).await;
+    install(&client, NAMESPACE).await;
     let mut example: Cluster =
         serde_yaml::from_str(&repository_file("examples/cluster.yaml")).expect("the example");
     example.metadata.namespace = Some(NAMESPACE.into());
@@ -305,7 +255,7 @@ async fn make_namespace(client: &Client, name: &str) {
 async fn the_reconcilers_work_as_the_operators_service_account_and_no_more() {
     let plane = ControlPlane::start().await;
     let admin = plane.client();
-    install(&admin).await;
+    install(&admin, NAMESPACE).await;
     make_namespace(&admin, "tributary-system").await;
     install_rbac(&admin, NAMESPACE, |_| {}).await;
     let operator = plane.client_as_service_account("tributary-system", "tributary-operator");

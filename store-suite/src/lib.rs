@@ -22,10 +22,18 @@ pub trait StoreFactory: Send + Sync {
 }
 
 /// Generates one `#[tokio::test]` per controller test for the store factory `$stores`
-/// (an expression evaluated afresh for each test).
+/// (an expression evaluated afresh for each test). `real_time: $stores` leaves out the
+/// tests that run on tokio's paused clock, for a store over a real server, whose client's
+/// timers must not jump ahead while it waits on the network.
 #[macro_export]
 macro_rules! metadata_store_suite {
     ($stores:expr) => {
+        $crate::metadata_store_suite!(@lists $stores, paused);
+    };
+    (real_time: $stores:expr) => {
+        $crate::metadata_store_suite!(@lists $stores, skipped);
+    };
+    (@lists $stores:expr, $paused_tests:ident) => {
         $crate::metadata_store_suite!(@tests $stores;
             [
                 topics_are_stored_published_and_survive_a_controller_restart,
@@ -52,7 +60,7 @@ macro_rules! metadata_store_suite {
                 a_broker_count_settles_with_brokers_left_empty_and_growing_again_uncordons,
                 a_rebalance_says_how_many_bytes_its_new_replicas_still_have_to_copy
             ]
-            paused [
+            $paused_tests [
                 a_silent_broker_is_fenced_after_the_session_timeout,
                 a_restarted_controller_waits_one_session_timeout_for_brokers_to_return,
                 a_stall_of_the_controller_does_not_count_against_broker_sessions,
@@ -75,6 +83,14 @@ macro_rules! metadata_store_suite {
             #[tokio::test(start_paused = true)]
             async fn $paused() {
                 $crate::$paused(&$stores).await
+            }
+        )*
+    };
+    (@tests $stores:expr; [$($name:ident),*] skipped [$($paused:ident),*]) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::$name(&$stores).await
             }
         )*
     };

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
 
 /// How long the control plane may take to come up.
 const START_PATIENCE: Duration = Duration::from_secs(60);
@@ -241,4 +245,51 @@ impl Drop for ControlPlane {
             let _ = child.wait();
         }
     }
+}
+
+pub fn repository_file(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Installs `crds/` with server-side apply and waits until both are established; makes
+/// `namespace`.
+pub async fn install(client: &Client, namespace: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in ["clusters.tributary.dev.yaml", "topics.tributary.dev.yaml"] {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&repository_file(&format!("crds/{file}"))).expect("a CRD");
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("tributary-test"),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{file} does not install on a real API server: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in ["clusters.tributary.dev", "topics.tributary.dev"] {
+        loop {
+            let crd = crds.get(name).await.expect("the CRD");
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} was not established");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("the test namespace");
 }

@@ -1,1 +1,4 @@
+//! Shared by the operator's integration tests; each uses a part of it.
+#![allow(dead_code)]
+
 pub mod control_plane;
