@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::control_plane::{ControlPlane, install, repository_file};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -367,4 +369,85 @@ async fn the_reconcilers_work_as_the_operators_service_account_and_no_more() {
         .to_string();
     ctx.controllers.stop_all();
     assert!(error.contains("forbidden"), "{error}");
+}
+
+/// Leader election as the operator's ServiceAccount, with the shipped rules for its own
+/// namespace: one candidate holds the Lease, a released Lease is taken at once, one not
+/// renewed is taken over after its duration, and only the leader's pod carries the label.
+#[tokio::test]
+async fn leader_election_works_as_the_operators_service_account() {
+    use tributary_operator::leader::{LEADER_LABEL, LeaseConfig, LeaseLock, label_leader};
+    const OWN: &str = "tributary-system";
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin, NAMESPACE).await;
+    make_namespace(&admin, OWN).await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account(OWN, "tributary-operator");
+    let candidate = |identity: &str| {
+        LeaseLock::new(
+            operator.clone(),
+            LeaseConfig {
+                namespace: OWN.into(),
+                name: "tributary-operator".into(),
+                identity: identity.into(),
+                duration: Duration::from_secs(2),
+            },
+        )
+    };
+    let (mut a, mut b) = (candidate("a"), candidate("b"));
+    assert!(a.try_acquire_or_renew().await.expect("a asks"));
+    assert!(!b.try_acquire_or_renew().await.expect("b asks"));
+    a.release().await.expect("a releases");
+    assert!(b.try_acquire_or_renew().await.expect("b asks again"));
+
+    // b stops renewing: a waits one duration from when it last saw the Lease change.
+    assert!(!a.try_acquire_or_renew().await.expect("a asks"));
+    let asked = Instant::now();
+    while !a.try_acquire_or_renew().await.expect("a asks") {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "a never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(!b.try_acquire_or_renew().await.expect("b asks"));
+
+    // The leader's pod is labelled, the other's not (pods made by the admin: nothing
+    // runs them here).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), OWN);
+    for name in ["operator-a", "operator-b"] {
+        let pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": OWN},
+            "spec": {"containers": [{"name": "operator", "image": "operator:test"}]},
+        }))
+        .expect("a pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("a pod");
+    }
+    for leader in ["operator-b", "operator-a"] {
+        label_leader(&operator, OWN, leader, "tributary-operator")
+            .await
+            .expect("labelling as the ServiceAccount");
+        for name in ["operator-a", "operator-b"] {
+            let label = pods
+                .get(name)
+                .await
+                .expect("the pod")
+                .labels()
+                .get(LEADER_LABEL)
+                .cloned();
+            assert_eq!(
+                label.as_deref(),
+                (name == leader).then_some("tributary-operator"),
+                "{name} with {leader} leading"
+            );
+        }
+    }
 }
