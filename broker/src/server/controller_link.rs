@@ -319,7 +319,10 @@ async fn apply(
 ) -> Result<(), BrokerError> {
     let replicas = replicas.clone();
     let applied = tokio::task::spawn_blocking(move || {
-        identity::claim_cluster(replicas.logs().data_dir(), &snapshot.cluster_id)?;
+        // The metadata applied so far came from this cluster: its id is claimed already.
+        if replicas.metadata().cluster_id != snapshot.cluster_id {
+            identity::claim_cluster(replicas.logs().data_dir(), &snapshot.cluster_id)?;
+        }
         replicas.apply_metadata(snapshot);
         Ok(())
     })
