@@ -375,16 +375,6 @@ async fn garbage_on_the_grpc_port_closes_that_connection_only() {
 }
 
 /// Runs the broker binary until it exits; returns its exit code and stderr.
-/// Every listener of a broker on an ephemeral port.
-const EPHEMERAL_LISTENERS: [&str; 6] = [
-    "--listen",
-    "127.0.0.1:0",
-    "--http-listen",
-    "127.0.0.1:0",
-    "--kafka-listen",
-    "127.0.0.1:0",
-];
-
 fn broker_exit(args: &[&str], as_nobody: bool) -> (i32, String) {
     let mut command = Command::new(common::BROKER);
     command
@@ -408,7 +398,7 @@ fn broker_exit(args: &[&str], as_nobody: bool) -> (i32, String) {
 fn unusable_data_directories_stop_the_broker_with_a_clear_message() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::open_tempdir();
-    let listen = EPHEMERAL_LISTENERS;
+    let listen = common::EPHEMERAL_LISTENERS;
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
@@ -486,7 +476,7 @@ fn a_port_in_use_or_a_second_broker_on_the_same_data_stops_with_a_clear_message(
     let (code, stderr) = broker_exit(
         &[
             &["--data-dir", data.to_str().unwrap()][..],
-            &EPHEMERAL_LISTENERS,
+            &common::EPHEMERAL_LISTENERS,
         ]
         .concat(),
         false,
@@ -579,7 +569,7 @@ fn a_broker_refuses_the_controller_of_another_cluster_and_keeps_its_logs() {
     let (code, stderr) = broker_exit(
         &[
             &["--data-dir", data.to_str().unwrap()][..],
-            &EPHEMERAL_LISTENERS,
+            &common::EPHEMERAL_LISTENERS,
         ]
         .concat(),
         false,

@@ -624,6 +624,22 @@ async fn a_new_leader_takes_writes_within_two_session_timeouts_of_the_old_one_go
     fully_in_sync(&admin, "failover").await;
 }
 
+/// Deletes everything in broker `broker`'s data directory (but the pid file `local up`
+/// keeps there): a lost disk. Pause the broker first.
+fn wipe_disk(cluster: &LocalCluster, broker: i32) {
+    let data = cluster.dir_of(Member::Broker(broker));
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n != "pid") {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_back_with_an_empty_disk_rebuilds_its_replicas_from_the_leaders() {
     let dir = common::open_tempdir();
@@ -637,17 +653,7 @@ async fn a_broker_back_with_an_empty_disk_rebuilds_its_replicas_from_the_leaders
     // Broker 2 loses its disk: stopped, its data deleted, then killed and started again.
     let lost = 2;
     blocking(|| cluster.pause(Member::Broker(lost)));
-    let data = cluster.dir_of(Member::Broker(lost));
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().is_some_and(|n| n != "pid") {
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path).unwrap();
-            } else {
-                std::fs::remove_file(&path).unwrap();
-            }
-        }
-    }
+    wipe_disk(&cluster, lost);
     let pid = blocking(|| cluster.kill9(Member::Broker(lost)));
     blocking(|| cluster.wait_restarted(Member::Broker(lost), pid));
 
@@ -690,17 +696,7 @@ async fn a_restarted_broker_is_in_sync_only_once_it_has_caught_up() {
 
     // Broker `lost` comes back with an empty disk: 4 MB to copy again.
     blocking(|| cluster.pause(Member::Broker(lost)));
-    let data = cluster.dir_of(Member::Broker(lost));
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().is_some_and(|n| n != "pid") {
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path).unwrap();
-            } else {
-                std::fs::remove_file(&path).unwrap();
-            }
-        }
-    }
+    wipe_disk(&cluster, lost);
     let pid = blocking(|| cluster.kill9(Member::Broker(lost)));
     blocking(|| cluster.wait_restarted(Member::Broker(lost), pid));
     let (code, body) = blocking(in_sync).expect("an answer");

@@ -9,8 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::control_plane::{ControlPlane, install, repository_file};
-use k8s_openapi::api::core::v1::Namespace;
+use common::control_plane::{ControlPlane, install, make_namespace, repository_file};
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -32,6 +31,16 @@ fn cluster(name: &str, spec: Value) -> Cluster {
         "spec": spec,
     }))
     .expect("a Cluster")
+}
+
+fn topic(name: &str, spec: Value) -> Topic {
+    serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Topic",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }))
+    .expect("a Topic")
 }
 
 /// The API server's refusal of `result`, which must be one.
@@ -92,13 +101,10 @@ async fn the_crds_refuse_bad_clusters_and_topics_with_their_messages() {
         "{error}"
     );
 
-    let topic: Topic = serde_json::from_value(json!({
-        "apiVersion": "tributary.dev/v1alpha1",
-        "kind": "Topic",
-        "metadata": {"name": "orders", "namespace": NAMESPACE},
-        "spec": {"cluster": "demo", "partitions": 6, "replicationFactor": 3},
-    }))
-    .expect("a Topic");
+    let topic = topic(
+        "orders",
+        json!({"cluster": "demo", "partitions": 6, "replicationFactor": 3}),
+    );
     topics
         .create(&create, &topic)
         .await
@@ -240,15 +246,6 @@ async fn install_rbac(client: &Client, watched: &str, edit: impl Fn(&mut Value))
     }
 }
 
-async fn make_namespace(client: &Client, name: &str) {
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("a namespace");
-}
-
 /// The Cluster and Topic reconcilers run as the operator's ServiceAccount with exactly the
 /// RBAC rules the operator ships: a call they do not allow fails the test (as a `patch`
 /// without `create` did: a real API server checks `create` for an apply that creates its
@@ -300,13 +297,10 @@ async fn the_reconcilers_work_as_the_operators_service_account_and_no_more() {
     // and a deletion (the real server's deletionTimestamp) ends with the finalizer removed
     // and the object gone. No broker runs, so the topic itself waits for brokers.
     let topics: Api<Topic> = Api::namespaced(admin.clone(), NAMESPACE);
-    let topic: Topic = serde_json::from_value(json!({
-        "apiVersion": "tributary.dev/v1alpha1",
-        "kind": "Topic",
-        "metadata": {"name": "orders", "namespace": NAMESPACE},
-        "spec": {"cluster": "demo", "partitions": 3, "replicationFactor": 1},
-    }))
-    .expect("a Topic");
+    let topic = topic(
+        "orders",
+        json!({"cluster": "demo", "partitions": 3, "replicationFactor": 1}),
+    );
     let stored = topics
         .create(&PostParams::default(), &topic)
         .await

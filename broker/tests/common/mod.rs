@@ -53,6 +53,16 @@ where
     .await
 }
 
+/// Every listener of a broker on an ephemeral port of 127.0.0.1.
+pub const EPHEMERAL_LISTENERS: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+    "--kafka-listen",
+    "127.0.0.1:0",
+];
+
 pub struct Broker {
     child: Option<Child>,
     pub data_dir: PathBuf,
@@ -87,14 +97,7 @@ impl Broker {
         let mut child = Command::new(BROKER)
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--kafka-listen",
-                "127.0.0.1:0",
-            ])
+            .args(EPHEMERAL_LISTENERS)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -286,10 +286,14 @@ pub async fn install(client: &Client, namespace: &str) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    make_namespace(client, namespace).await;
+}
+
+pub async fn make_namespace(client: &Client, name: &str) {
     let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
         .await
-        .expect("the test namespace");
+        .expect("a namespace");
 }
