@@ -690,8 +690,6 @@ impl ReplicaManager {
         self.partitions().iter().filter(|p| p.is_leader()).count()
     }
 
-    /// The offset for a list-offsets query: earliest, latest (high watermark), or the first
-    /// record at or after a timestamp (with its timestamp).
     /// The partitions this broker replicates but is not in the in-sync set of, while they
     /// have a leader to catch up from: a broker with any is still catching up, and stopping
     /// another replica of those partitions could leave them short of in-sync replicas.
@@ -712,6 +710,8 @@ impl ReplicaManager {
         Ok(self.leader_partition(tp)?.log().active_producers())
     }
 
+    /// The offset for a list-offsets query: earliest, latest (high watermark), or the first
+    /// record at or after a timestamp (with its timestamp).
     pub fn list_offset(
         &self,
         tp: &TopicPartition,
