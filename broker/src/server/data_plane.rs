@@ -124,39 +124,39 @@ impl proto::broker_server::Broker for BrokerService {
         let partitions = results
             .into_iter()
             .map(|(tp, result)| {
-                let read = result.map_err(|e| (replica_error_code(&e), e.to_string()));
-                let read = read.and_then(|read| {
-                    // Read into memory (not `in_file`), so this does not touch the disk.
-                    let records = read.data.records.into_bytes().map_err(|e| {
-                        let error = format!("{tp}: cannot read the fetched batches: {e}");
-                        (ErrorCode::StorageError, error)
-                    })?;
-                    Ok((read.high_watermark, read.data.log_start_offset, records))
-                });
-                (tp, read)
-            })
-            .map(|(tp, read)| match read {
-                Ok((high_watermark, log_start_offset, records)) => {
-                    self.metrics.fetched(&tp.topic, records.len() as u64);
-                    proto::FetchedPartition {
+                let read = result
+                    .map_err(|e| (replica_error_code(&e), e.to_string()))
+                    .and_then(|read| {
+                        // Read into memory (not `in_file`): this does not touch the disk.
+                        let records = read.data.records.into_bytes().map_err(|e| {
+                            let error = format!("{tp}: cannot read the fetched batches: {e}");
+                            (ErrorCode::StorageError, error)
+                        })?;
+                        Ok((read.high_watermark, read.data.log_start_offset, records))
+                    });
+                match read {
+                    Ok((high_watermark, log_start_offset, records)) => {
+                        self.metrics.fetched(&tp.topic, records.len() as u64);
+                        proto::FetchedPartition {
+                            topic: tp.topic,
+                            partition: tp.partition,
+                            error_code: ErrorCode::None.into(),
+                            error_message: String::new(),
+                            high_watermark,
+                            log_start_offset,
+                            records,
+                        }
+                    }
+                    Err((code, error_message)) => proto::FetchedPartition {
+                        error_code: code.into(),
+                        error_message,
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                        records: Bytes::new(),
                         topic: tp.topic,
                         partition: tp.partition,
-                        error_code: ErrorCode::None.into(),
-                        error_message: String::new(),
-                        high_watermark,
-                        log_start_offset,
-                        records,
-                    }
+                    },
                 }
-                Err((code, error_message)) => proto::FetchedPartition {
-                    error_code: code.into(),
-                    error_message,
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                    records: Bytes::new(),
-                    topic: tp.topic,
-                    partition: tp.partition,
-                },
             })
             .collect();
         timer.success();
