@@ -109,6 +109,29 @@ THIRD_PARTY_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
         },
     },
 }
+_ENDPOINT = THIRD_PARTY_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")]["properties"][
+    "spec"
+]["properties"]["endpoints"]
+_SERVICE_MONITOR_SPEC = THIRD_PARTY_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")][
+    "properties"
+]["spec"]["properties"]
+THIRD_PARTY_SCHEMAS[("monitoring.coreos.com/v1", "PodMonitor")] = {
+    **THIRD_PARTY_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")],
+    "properties": {
+        **THIRD_PARTY_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")]["properties"],
+        "kind": {"const": "PodMonitor"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "selector": _SERVICE_MONITOR_SPEC["selector"],
+                "namespaceSelector": _SERVICE_MONITOR_SPEC["namespaceSelector"],
+                "podMetricsEndpoints": _ENDPOINT,
+            },
+        },
+    },
+}
 
 
 class CheckFailed(Exception):

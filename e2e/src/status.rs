@@ -117,22 +117,20 @@ pub fn topic_ready(topic: &Topic) -> Check<()> {
     let Some(status) = &topic.status else {
         return Check::Waiting(format!("the Topic {name} has no status yet"));
     };
-    let partitions = &status.partitions;
-    let in_sync = partitions
-        .iter()
-        .filter(|p| p.leader >= 0 && p.isr.len() == p.replicas.len())
-        .count();
+    let count = status.partition_count.unwrap_or(0);
     let ready = is(&status.conditions, READY, "True")
         && status.observed_generation == topic.metadata.generation
-        && partitions.len() == topic.spec.partitions as usize
-        && in_sync == partitions.len();
+        && count == topic.spec.partitions
+        && status.leaderless_partitions == 0
+        && status.under_replicated_partitions == 0;
     if ready {
         Check::Done(())
     } else {
         Check::Waiting(format!(
-            "{} of {} partitions led and in sync; {}",
-            in_sync,
+            "{count} of {} partitions, {} without a leader, {} under-replicated; {}",
             topic.spec.partitions,
+            status.leaderless_partitions,
+            status.under_replicated_partitions,
             summary(&status.conditions)
         ))
     }
@@ -178,6 +176,7 @@ mod tests {
             ],
             brokers,
             under_replicated_partitions: 0,
+            listeners: Vec::new(),
         });
         cluster
     }

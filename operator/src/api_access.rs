@@ -78,7 +78,21 @@ pub const WATCHED_NAMESPACES: &[Access] = &[
         verbs: &["create", "patch"],
         why: "record transitions on Clusters and Topics",
     },
+    Access {
+        group: "",
+        resource: "pods",
+        verbs: &["list"],
+        why: "find the nodes a Cluster's brokers run on, for their racks",
+    },
 ];
+
+/// What the operator reads outside any namespace, whatever namespaces it watches.
+pub const CLUSTER_WIDE: &[Access] = &[Access {
+    group: "",
+    resource: "nodes",
+    verbs: &["get"],
+    why: "read the rack label (spec.rack.topologyKey) of the nodes brokers run on",
+}];
 
 /// What the operator does in its own namespace.
 pub const OWN_NAMESPACE: &[Access] = &[

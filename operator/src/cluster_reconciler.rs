@@ -22,6 +22,7 @@ pub use crate::context::{Context, Error};
 use crate::crd::{self, Cluster, ClusterStatus, Topic, condition};
 use crate::hosting::{self, controller_config};
 use crate::kube_store::KubeStore;
+use crate::racks;
 use crate::resources;
 use crate::scaling;
 
@@ -97,10 +98,15 @@ fn namespace_of(cluster: &Cluster) -> Result<String, Error> {
 }
 
 /// Brings the cluster's objects in line with its spec and reports on them: validate,
-/// start (or reconfigure) its controller, decide the broker count, apply the objects it
-/// owns, write the status.
+/// start (or reconfigure) its controller, tell it the brokers' racks, decide the broker
+/// count, apply the objects it owns, write the status.
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = namespace_of(&cluster)?;
+    if crd::is_paused(&*cluster) {
+        keep_controller(&ctx, &cluster).await?;
+        report_paused(&ctx, &cluster).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
     let topics = Api::<Topic>::namespaced(ctx.client.clone(), &namespace)
         .list(&ListParams::default())
         .await?
@@ -115,10 +121,16 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .controllers
         .ensure(&ctx.client, &cluster, config)
         .await?;
+    let racks = racks::resolve(&ctx.client, &cluster, &namespace).await?;
+    if let Some(racks) = &racks {
+        controller.set_racks(racks.known.clone()).await?;
+    }
     let decision = decide_scale(&ctx, &cluster, &namespace, &controller).await?;
     let statefulset = apply_owned(&ctx, &cluster, &namespace, &decision).await?;
-    let (status, settled) =
+    let rack_condition = racks.map(|r| racks::condition(&cluster, &r));
+    let (mut status, settled) =
         observed_status(&cluster, statefulset, &controller.snapshot(), decision);
+    status.conditions.extend(rack_condition);
     write_status(&ctx, &cluster, status).await?;
     // Broker sessions and ISRs change without any Kubernetes object changing: look again
     // soon while something is amiss, and regularly otherwise.
@@ -141,6 +153,27 @@ async fn keep_controller(ctx: &Context, cluster: &Cluster) -> Result<(), Error> 
         ctx.controllers.ensure(&ctx.client, cluster, config).await?;
     }
     Ok(())
+}
+
+/// A paused Cluster changes nothing (its controller keeps running, so its brokers and
+/// Topics carry on): the status keeps what it said and adds `ReconciliationPaused`.
+async fn report_paused(ctx: &Context, cluster: &Cluster) -> Result<(), Error> {
+    let generation = cluster.metadata.generation;
+    let mut status = cluster.status.clone().unwrap_or_default();
+    status
+        .conditions
+        .retain(|c| c.type_ != condition::RECONCILIATION_PAUSED);
+    status.conditions.push(condition::condition(
+        condition::RECONCILIATION_PAUSED,
+        true,
+        "PauseAnnotation",
+        format!(
+            "the annotation {}=true stops the operator changing this cluster's objects; remove it to resume",
+            crd::PAUSE_ANNOTATION
+        ),
+        generation,
+    ));
+    write_status(ctx, cluster, status).await
 }
 
 /// An invalid spec changes nothing: the status says what to change.
@@ -307,8 +340,25 @@ fn observed_status(
         conditions: vec![ready_condition, reconciling, degraded, decision.rebalancing],
         brokers,
         under_replicated_partitions: under_replicated,
+        listeners: listeners(cluster),
     };
     (status, rolled_out && healthy)
+}
+
+/// Where clients bootstrap from: the client Service, on each listener's port.
+fn listeners(cluster: &Cluster) -> Vec<crd::ListenerStatus> {
+    let service = resources::Names::of(cluster).client;
+    let namespace = cluster.namespace().unwrap_or_default();
+    [
+        ("kafka", resources::KAFKA_PORT),
+        ("grpc", resources::GRPC_PORT),
+    ]
+    .into_iter()
+    .map(|(name, port)| crd::ListenerStatus {
+        name: name.into(),
+        bootstrap_servers: format!("{service}.{namespace}.svc:{port}"),
+    })
+    .collect()
 }
 
 /// Degraded when a broker the spec asks for has no session with the controller, or a

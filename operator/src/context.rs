@@ -51,7 +51,8 @@ impl Context {
                 continue;
             }
             let bad = (condition.type_ == condition::READY && condition.status == "False")
-                || (condition.type_ == condition::DEGRADED && condition.status == "True");
+                || (condition.type_ == condition::DEGRADED && condition.status == "True")
+                || (condition.type_ == condition::RACK_AWARE && condition.status == "False");
             let event = Event {
                 type_: if bad {
                     EventType::Warning

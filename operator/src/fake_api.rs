@@ -1,7 +1,16 @@
 //! An in-memory Kubernetes API server for tests: objects by path, resourceVersions,
 //! generation, status subresources, server-side apply (as a JSON merge, which is what
-//! the reconcilers rely on), optimistic-concurrency conflicts, finalizers, and a log of
-//! every request. Any kube version can talk to it, and tests can make writes fail.
+//! the reconcilers rely on), label selectors, optimistic-concurrency conflicts,
+//! finalizers, and a log of every request. Any kube version can talk to it, and tests can
+//! make writes fail.
+//!
+//! It is for what a real API server cannot be made to do: answer a write with a conflict
+//! on demand, stop serving a resource, count the requests made, run on tokio's paused
+//! clock. Everything else the operator does is tested against a real kube-apiserver and
+//! etcd as well (`operator/tests/real_api_*.rs`), because this server does not check what
+//! a real one does: no authorization, no schema or CEL validation, no immutable fields,
+//! no garbage collection, apply as a merge rather than by field ownership, and watches
+//! answered as lists.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -93,7 +102,12 @@ impl FakeApi {
             async move {
                 let (parts, body) = request.into_parts();
                 let body = body.collect_bytes().await.unwrap_or_default();
-                let (code, value) = api.handle(&parts.method, parts.uri.path(), &body);
+                let (code, value) = api.handle(
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or_default(),
+                    &body,
+                );
                 let response = Response::builder()
                     .status(code)
                     .header("content-type", "application/json")
@@ -142,8 +156,14 @@ impl FakeApi {
             .collect()
     }
 
-    /// Stores `object` at `path` as if a user had applied it.
+    /// Stores `object` at `path` as if a user had applied it. A deletion is not something
+    /// a user writes: delete through the client, as on a real server (which sets
+    /// `deletionTimestamp` itself when finalizers hold the object).
     pub fn put(&self, path: &str, mut object: Value) {
+        assert!(
+            object["metadata"].get("deletionTimestamp").is_none(),
+            "a test may not write deletionTimestamp; delete {path} through the client"
+        );
         let mut state = self.state.lock().unwrap();
         state.revision += 1;
         let meta = &mut object["metadata"];
@@ -155,6 +175,16 @@ impl FakeApi {
             meta["uid"] = format!("uid-{}", state.revision).into();
         }
         state.objects.insert(path.to_string(), object);
+    }
+
+    /// Deletes the object at `path` as a user's DELETE would (not logged as a call of the
+    /// code under test): with finalizers it gets a `deletionTimestamp` and stays until they
+    /// are removed, without it is gone.
+    pub fn delete(&self, path: &str) {
+        let delete = Method::DELETE;
+        let (code, answer) = self.handle(&delete, path, "", &[]);
+        assert!(code.is_success(), "DELETE {path}: {answer}");
+        self.state.lock().unwrap().calls.pop();
     }
 
     /// Requests under `prefix` answer 404 from now on, as for a CRD not installed.
@@ -172,7 +202,7 @@ impl FakeApi {
             .push_back(path.to_string());
     }
 
-    fn handle(&self, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
+    fn handle(&self, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
         let mut state = self.state.lock().unwrap();
         state.calls.push(Call {
             method: method.to_string(),
@@ -212,14 +242,22 @@ impl FakeApi {
             Method::GET => match state.objects.get(&object_path) {
                 Some(object) => (StatusCode::OK, object.clone()),
                 None => {
-                    // A collection: every object directly under it.
+                    // A collection: every object directly under it that the label selector
+                    // selects.
+                    let selector = match LabelSelector::from_query(query) {
+                        Ok(selector) => selector,
+                        Err(unsupported) => {
+                            return status(StatusCode::BAD_REQUEST, "BadRequest", &unsupported);
+                        }
+                    };
                     let prefix = format!("{object_path}/");
                     let items: Vec<Value> = state
                         .objects
                         .iter()
-                        .filter(|(p, _)| {
+                        .filter(|(p, o)| {
                             p.strip_prefix(&prefix)
                                 .is_some_and(|rest| !rest.contains('/'))
+                                && selector.selects(o)
                         })
                         .map(|(_, o)| o.clone())
                         .collect();
@@ -377,6 +415,105 @@ impl FakeApi {
             ),
         }
     }
+}
+
+/// A list's `labelSelector`, in the forms a real server takes: `k=v`, `k==v`, `k!=v`,
+/// `k` (has the label) and `!k` (has not), comma-separated.
+struct LabelSelector(Vec<(String, Requirement)>);
+
+enum Requirement {
+    Equals(String),
+    Differs(String),
+    Exists,
+    Absent,
+}
+
+impl LabelSelector {
+    /// The selector of a query string; a `fieldSelector` is refused, so that no test relies
+    /// on one this server would ignore.
+    fn from_query(query: &str) -> Result<Self, String> {
+        let mut requirements = Vec::new();
+        for (key, value) in url_pairs(query) {
+            match key.as_str() {
+                "labelSelector" => {
+                    for term in value.split(',').filter(|t| !t.is_empty()) {
+                        requirements.push(Self::requirement(term));
+                    }
+                }
+                "fieldSelector" if !value.is_empty() => {
+                    return Err(format!(
+                        "fieldSelector {value} is not supported by the fake API server"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(Self(requirements))
+    }
+
+    fn requirement(term: &str) -> (String, Requirement) {
+        if let Some((k, v)) = term.split_once("!=") {
+            (k.to_string(), Requirement::Differs(v.to_string()))
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            (k.to_string(), Requirement::Equals(v.to_string()))
+        } else if let Some(k) = term.strip_prefix('!') {
+            (k.to_string(), Requirement::Absent)
+        } else {
+            (term.to_string(), Requirement::Exists)
+        }
+    }
+
+    fn selects(&self, object: &Value) -> bool {
+        self.0.iter().all(|(key, requirement)| {
+            let label = object["metadata"]["labels"][key].as_str();
+            match requirement {
+                Requirement::Equals(v) => label == Some(v.as_str()),
+                Requirement::Differs(v) => label != Some(v.as_str()),
+                Requirement::Exists => label.is_some(),
+                Requirement::Absent => label.is_none(),
+            }
+        })
+    }
+}
+
+/// The `key=value` pairs of a query string, percent-decoded.
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' => match s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                    Some(Ok(b)) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                },
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// Paths like `/api/v1/namespaces/ns/services/name` name one object; collections end in

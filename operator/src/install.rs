@@ -1,8 +1,8 @@
 //! Everything that runs the operator, as `tributary-operator install` prints it for
 //! `kubectl apply -f -`: the CRDs, its namespace, ServiceAccount, the RBAC rules of
-//! [`crate::api_access`], a Deployment of two replicas (one leads, by Lease) and the
-//! controller Service, which selects only the leader's pod. The Helm chart makes the same
-//! objects from values.
+//! [`crate::api_access`], a Deployment of two replicas (one leads, by Lease; they prefer
+//! different nodes) with a PodDisruptionBudget, and the controller Service, which selects
+//! only the leader's pod. The Helm chart makes the same objects from values.
 
 use serde_json::{Value, json};
 
@@ -38,8 +38,9 @@ fn labels() -> Value {
     json!({"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "operator"})
 }
 
-/// The RBAC objects: the rules for the watched namespaces (a Role there, or a ClusterRole)
-/// and for the operator's own namespace (Lease, leader label), each with its binding.
+/// The RBAC objects: the rules for the watched namespaces (a Role there, or a ClusterRole),
+/// for the operator's own namespace (Lease, leader label) and for Nodes (a ClusterRole
+/// `tributary-operator-nodes`, for racks), each with its binding.
 pub fn rbac(install: &Install) -> Vec<Value> {
     let subject = json!([{"kind": "ServiceAccount", "name": NAME, "namespace": install.namespace}]);
     let role_ref = |kind: &str, name: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
@@ -63,6 +64,7 @@ pub fn rbac(install: &Install) -> Vec<Value> {
         ),
     };
     let own_name = format!("{NAME}-leader-election");
+    let nodes_name = format!("{NAME}-nodes");
     vec![
         watched,
         watched_binding,
@@ -72,6 +74,12 @@ pub fn rbac(install: &Install) -> Vec<Value> {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": own_name, "namespace": install.namespace, "labels": labels()},
             "roleRef": role_ref("Role", &own_name), "subjects": subject}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": nodes_name, "labels": labels()},
+            "rules": api_access::rules(api_access::CLUSTER_WIDE)}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": nodes_name, "labels": labels()},
+            "roleRef": role_ref("ClusterRole", &nodes_name), "subjects": subject}),
     ]
 }
 
@@ -108,6 +116,14 @@ pub fn objects(install: &Install) -> Vec<Value> {
                 "metadata": {"labels": labels()},
                 "spec": {
                     "serviceAccountName": NAME,
+                    // It hosts the cluster controllers: replicas prefer different nodes.
+                    "affinity": {"podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [{
+                            "weight": 100,
+                            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": labels()}},
+                        }],
+                    }},
                     "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
@@ -129,6 +145,12 @@ pub fn objects(install: &Install) -> Vec<Value> {
                 },
             },
         },
+    }));
+    // A drain evicts one replica at a time: another keeps (or takes) the Lease.
+    objects.push(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": NAME, "namespace": ns, "labels": labels()},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels()}},
     }));
     let mut selector = labels();
     // The leader's pod is labelled with the Lease's name, the default one here.
@@ -195,10 +217,15 @@ mod tests {
     }
 
     #[test]
-    fn watching_one_namespace_needs_no_cluster_wide_role() {
+    fn watching_one_namespace_needs_cluster_wide_access_only_to_read_nodes() {
         let objects = objects(&install(Some("streams")));
-        assert!(kind(&objects, "ClusterRole").is_empty());
-        assert!(kind(&objects, "ClusterRoleBinding").is_empty());
+        let cluster_roles = kind(&objects, "ClusterRole");
+        assert_eq!(cluster_roles.len(), 1);
+        assert_eq!(
+            cluster_roles[0]["rules"],
+            json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}])
+        );
+        assert_eq!(kind(&objects, "ClusterRoleBinding").len(), 1);
         let roles = kind(&objects, "Role");
         assert!(
             roles

@@ -1,9 +1,10 @@
 //! The controller's [`MetadataStore`] on Kubernetes. A topic that has a `Topic` object is
 //! kept in that object's status (topic id, configuration in effect, and every partition's
-//! replicas, leader, ISR and epochs), so `kubectl get topic -o yaml` shows exactly what the
-//! controller decided. Everything else (the controller epoch, broker incarnations, the
+//! replicas, leader, ISR and epochs in a compressed `assignment`, with counts and the
+//! unhealthy partitions beside it for people). Everything else (the controller epoch, broker incarnations, the
 //! producer-id block, and topics made outside Kubernetes such as `__consumer_offsets`) is
-//! kept in one ConfigMap per cluster, owned by the Cluster.
+//! kept in one ConfigMap per cluster, owned by the Cluster, topics' partitions in the same
+//! compact form. Both stay within Kubernetes' object size limits at 100,000 partitions.
 //!
 //! Every write carries the resourceVersion the store last saw as a precondition. When the
 //! API server refuses it because the object changed, the store reads it again: if the
@@ -25,6 +26,8 @@ use tributary_broker::metadata::{PartitionRecord, TopicRecord};
 use crate::api::is_status;
 use crate::crd::{Cluster, PartitionStatus, Topic, TopicStatus};
 use crate::resources::{Names, owned_meta};
+
+pub mod assignment;
 
 const TOPIC_PREFIX: &str = "topics/";
 /// The controller's own record (its epoch), as the controller core names it.
@@ -128,7 +131,7 @@ fn refusal(refused: Refused, key: &str, expected: Expected, found: Option<&Entry
 }
 
 /// A ConfigMap data key for a store key: `/` is not allowed there, `.` is.
-fn data_key(key: &str) -> String {
+fn data_key_of(key: &str) -> String {
     key.replacen('/', ".", 1)
 }
 
@@ -141,66 +144,147 @@ fn store_key(data_key: &str) -> String {
     }
 }
 
-/// The controller's record of a topic as it sits in a Topic's status, if it holds one.
+/// How a record is written in the metadata ConfigMap: JSON, with a topic's partitions in
+/// their compact form (see [`assignment`]) so that thousands of them fit in its 1 MiB.
+fn to_data(key: &str, value: &Value) -> String {
+    if key.starts_with(TOPIC_PREFIX)
+        && let Some(Value::Array(partitions)) = value.get("partitions")
+        && let Ok(partitions) =
+            serde_json::from_value::<Vec<PartitionRecord>>(Value::Array(partitions.clone()))
+    {
+        let mut compact = value.clone();
+        if let Some(object) = compact.as_object_mut() {
+            object.remove("partitions");
+            object.insert(
+                "assignment".into(),
+                Value::String(assignment::encode(&partitions)),
+            );
+        }
+        return compact.to_string();
+    }
+    value.to_string()
+}
+
+/// A record as [`to_data`] wrote it (or, for a topic, as operators before the compact
+/// form wrote it: its partitions listed in JSON).
+fn from_data(key: &str, text: &str) -> Result<Value, String> {
+    let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if key.starts_with(TOPIC_PREFIX)
+        && let Some(object) = value.as_object_mut()
+        && let Some(encoded) = object.remove("assignment")
+    {
+        let encoded = encoded
+            .as_str()
+            .ok_or("the assignment is not a string")?
+            .to_string();
+        let partitions = assignment::decode(&encoded)?;
+        object.insert(
+            "partitions".into(),
+            serde_json::to_value(partitions).map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(value)
+}
+
+/// The controller's record of a topic as it sits in a Topic's status, if it holds one:
+/// the partitions in `assignment`, or (written by operators before it) in `partitions`.
 fn record_in(topic: &Topic) -> Option<Result<Value, String>> {
     let status = topic.status.as_ref()?;
     let id = status.topic_id.as_ref()?;
     let record = (|| {
+        let partitions = match &status.assignment {
+            Some(assignment) => {
+                assignment::decode(assignment).map_err(|e| format!("status.assignment: {e}"))?
+            }
+            None => legacy_partitions(&status.partitions)?,
+        };
         let record = TopicRecord {
-            name: topic.name_any(),
+            name: topic.topic_name(),
             id: id
                 .parse()
                 .map_err(|e| format!("status.topicId '{id}': {e}"))?,
             config: status.config.clone(),
-            partitions: status
-                .partitions
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    if p.id as usize != i {
-                        return Err(format!(
-                            "status.partitions[{i}] has id {}; partitions are listed in order",
-                            p.id
-                        ));
-                    }
-                    Ok(PartitionRecord {
-                        replicas: p.replicas.clone(),
-                        isr: p.isr.clone(),
-                        leader: p.leader,
-                        leader_epoch: p.leader_epoch,
-                        partition_epoch: p.partition_epoch,
-                    })
-                })
-                .collect::<Result<_, String>>()?,
+            partitions,
         };
         serde_json::to_value(record).map_err(|e| e.to_string())
     })();
     Some(record)
 }
 
-/// Puts the controller's record (or, with None, its absence) into a Topic's status,
-/// leaving the conditions and observed generation as they are.
+/// Partitions listed one by one in `status.partitions`, as operators before
+/// `status.assignment` wrote them.
+fn legacy_partitions(listed: &[PartitionStatus]) -> Result<Vec<PartitionRecord>, String> {
+    listed
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.id as usize != i {
+                return Err(format!(
+                    "status.partitions[{i}] has id {}; partitions are listed in order",
+                    p.id
+                ));
+            }
+            Ok(PartitionRecord {
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+            })
+        })
+        .collect()
+}
+
+/// The most a Topic is written with: etcd refuses requests above 1.5 MiB, and the API
+/// server's own envelope needs some of that.
+const MAX_TOPIC_BYTES: usize = 1_400_000;
+/// What a ConfigMap's data may hold at most.
+const MAX_CONFIG_MAP_BYTES: usize = 1024 * 1024;
+
+/// The error for an object that would grow past what Kubernetes stores.
+fn too_large(object: &str, bytes: usize, limit: usize) -> StoreError {
+    StoreError::TooLarge {
+        object: object.to_string(),
+        bytes,
+        limit,
+        advice: "Kubernetes stores no larger object; use fewer partitions, or give large topics made outside Kubernetes a Topic object of their own".into(),
+    }
+}
+
+/// How many partitions [`TopicStatus::unhealthy_partitions`] lists at most.
+const UNHEALTHY_LISTED: usize = 20;
+
+/// Puts the controller's record (or, with None, its absence) into a Topic's status, with
+/// the partition counts and the first unhealthy partitions people read, leaving the
+/// conditions and observed generation as they are.
 fn write_record(topic: &mut Topic, record: Option<&TopicRecord>, epoch: i64) {
     let status = topic.status.get_or_insert_with(TopicStatus::default);
     status.controller_epoch = Some(epoch);
     status.topic_id = record.map(|r| r.id.to_string());
     status.config = record.map(|r| r.config.clone()).unwrap_or_default();
-    status.partitions = record
-        .map(|r| {
-            r.partitions
-                .iter()
-                .enumerate()
-                .map(|(i, p)| PartitionStatus {
-                    id: i as i32,
-                    replicas: p.replicas.clone(),
-                    leader: p.leader,
-                    isr: p.isr.clone(),
-                    leader_epoch: p.leader_epoch,
-                    partition_epoch: p.partition_epoch,
-                })
-                .collect()
+    status.partitions = Vec::new();
+    let partitions = record.map_or(&[][..], |r| &r.partitions);
+    status.assignment = record.map(|r| assignment::encode(&r.partitions));
+    status.partition_count = record.map(|r| r.partitions.len() as i32);
+    status.leaderless_partitions = partitions.iter().filter(|p| p.leader < 0).count() as i32;
+    status.under_replicated_partitions = partitions
+        .iter()
+        .filter(|p| p.isr.len() < p.replicas.len())
+        .count() as i32;
+    status.unhealthy_partitions = partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.leader < 0 || p.isr.len() < p.replicas.len())
+        .take(UNHEALTHY_LISTED)
+        .map(|(i, p)| PartitionStatus {
+            id: i as i32,
+            replicas: p.replicas.clone(),
+            leader: p.leader,
+            isr: p.isr.clone(),
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
         })
-        .unwrap_or_default();
+        .collect();
 }
 
 impl KubeStore {
@@ -296,7 +380,7 @@ impl KubeStore {
         key: &str,
         value: Option<&Value>,
     ) -> Result<(), Refused> {
-        let data_key = data_key(key);
+        let data_key = data_key_of(key);
         let cached = cache.entries.get(key).map(|e| e.value.clone());
         let mut current = cache.config_map.clone();
         loop {
@@ -305,11 +389,23 @@ impl KubeStore {
             let data = config_map.data.get_or_insert_with(BTreeMap::new);
             match value {
                 Some(value) => {
-                    data.insert(data_key.clone(), value.to_string());
+                    data.insert(data_key.clone(), to_data(key, value));
                 }
                 None => {
                     data.remove(&data_key);
                 }
+            }
+            let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if bytes > MAX_CONFIG_MAP_BYTES {
+                return Err(Refused::Failed(too_large(
+                    &format!(
+                        "ConfigMap {} (cluster {})",
+                        self.config_map_name(),
+                        self.label
+                    ),
+                    bytes,
+                    MAX_CONFIG_MAP_BYTES,
+                )));
             }
             match self.write_config_map(&config_map, exists).await {
                 Ok(written) => {
@@ -326,15 +422,13 @@ impl KubeStore {
                         config_map
                             .data
                             .as_ref()
-                            .and_then(|d| d.get(k))
-                            .map(|v| serde_json::from_str::<Value>(v).ok())
+                            .and_then(|d| d.get(&data_key_of(k)))
+                            .map(|v| from_data(k, v).ok())
                     };
                     let newer = entry(CONTROLLER_KEY)
                         .flatten()
                         .is_some_and(|c| epoch_of(&c) > cache.epoch);
-                    if (newer && key != CONTROLLER_KEY)
-                        || entry(&data_key) != cached.clone().map(Some)
-                    {
+                    if (newer && key != CONTROLLER_KEY) || entry(key) != cached.clone().map(Some) {
                         tracing::warn!(cluster = %self.label, key, "metadata changed underneath this controller");
                         return Err(Refused::Changed);
                     }
@@ -357,6 +451,14 @@ impl KubeStore {
         let name = topic.name_any();
         loop {
             write_record(&mut topic, record, epoch);
+            let bytes = serde_json::to_vec(&topic).map_or(0, |b| b.len());
+            if bytes > MAX_TOPIC_BYTES {
+                return Err(Refused::Failed(too_large(
+                    &format!("Topic {name} (cluster {})", self.label),
+                    bytes,
+                    MAX_TOPIC_BYTES,
+                )));
+            }
             match self
                 .topics
                 .replace_status(&name, &PostParams::default(), &topic)
@@ -393,28 +495,26 @@ impl KubeStore {
     }
 
     /// Where a new topic named `name` goes: into the status of this cluster's Topic object
-    /// of that name, if there is one.
+    /// of that topic name (its `spec.topicName`, or its own name), if there is one; of
+    /// several, the oldest.
     async fn topic_object(&self, name: &str) -> Result<TopicObject, StoreError> {
-        // Topic object names are DNS subdomains; other topic names cannot have one.
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !valid {
-            return Ok(TopicObject::None);
-        }
-        let topic = self
+        let topics = self
             .topics
-            .get_opt(name)
+            .list(&ListParams::default())
             .await
-            .map_err(|e| self.unavailable(&format!("reading Topic {name}"), e))?;
-        Ok(match topic {
-            Some(t) if t.spec.cluster == self.cluster && record_in(&t).is_some() => {
-                TopicObject::Claimed
-            }
-            Some(t) if t.spec.cluster == self.cluster => TopicObject::Unclaimed(Box::new(t)),
-            _ => TopicObject::None,
+            .map_err(|e| self.unavailable("listing Topics", e))?;
+        let mut named: Vec<Topic> = topics
+            .items
+            .into_iter()
+            .filter(|t| t.spec.cluster == self.cluster && t.topic_name() == name)
+            .collect();
+        if named.iter().any(|t| record_in(t).is_some()) {
+            return Ok(TopicObject::Claimed);
+        }
+        named.sort_by_key(|t| (t.metadata.creation_timestamp.clone(), t.name_any()));
+        Ok(match named.into_iter().next() {
+            Some(t) => TopicObject::Unclaimed(Box::new(t)),
+            None => TopicObject::None,
         })
     }
 
@@ -462,11 +562,18 @@ impl MetadataStore for KubeStore {
             let Some(record) = record_in(&topic) else {
                 continue;
             };
-            let name = topic.name_any();
-            let value = record.map_err(|e| self.corrupt(&format!("Topic {name}"), e))?;
+            let object = format!("Topic {}", topic.name_any());
+            let value = record.map_err(|e| self.corrupt(&object, e))?;
+            let key = format!("{TOPIC_PREFIX}{}", topic.topic_name());
+            if entries.contains_key(&key) {
+                return Err(self.corrupt(
+                    &object,
+                    format!("another Topic object holds the record of topic {}; remove the status of one", topic.topic_name()),
+                ));
+            }
             let version = cache.next_version();
             entries.insert(
-                format!("{TOPIC_PREFIX}{name}"),
+                key,
                 Entry {
                     version,
                     value,
@@ -478,7 +585,7 @@ impl MetadataStore for KubeStore {
         for (data_key, text) in data.unwrap_or_default() {
             let key = store_key(&data_key);
             let object = format!("ConfigMap {}", self.config_map_name());
-            let value: Value = serde_json::from_str(&text)
+            let value = from_data(&key, &text)
                 .map_err(|e| self.corrupt(&object, format!("entry {data_key}: {e}")))?;
             if entries.contains_key(&key) {
                 return Err(self.corrupt(

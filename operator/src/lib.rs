@@ -12,6 +12,7 @@ pub mod kube_store;
 pub mod leader;
 pub mod manifests;
 pub mod metrics;
+pub mod racks;
 pub mod resources;
 pub mod run;
 pub mod scaling;

@@ -41,6 +41,10 @@ pub async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, E
     let namespace = namespace_of(&topic)?;
     let key = cluster_key(&namespace, &topic.spec.cluster);
     let controller = ctx.controllers.get(&key);
+    if crd::is_paused(&*topic) {
+        write_conditions(&ctx, &topic, paused_conditions(&topic)).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
     if topic.metadata.deletion_timestamp.is_some() {
         return delete(&topic, &ctx, &namespace, controller).await;
     }
@@ -76,6 +80,33 @@ pub async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, E
         .any(|c| c.type_ == condition::READY && c.status == "False");
     write_conditions(&ctx, &topic, conditions).await?;
     Ok(Action::requeue(if waiting { RETRY } else { RESYNC }))
+}
+
+/// A paused Topic changes nothing, and its deletion waits (its finalizer stays): the
+/// conditions stay as they were, with `ReconciliationPaused` added.
+fn paused_conditions(topic: &Topic) -> Vec<Condition> {
+    let mut conditions: Vec<Condition> = topic
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    conditions.retain(|c| c.type_ != condition::RECONCILIATION_PAUSED);
+    let deletion = if topic.metadata.deletion_timestamp.is_some() {
+        "; its deletion waits until then"
+    } else {
+        ""
+    };
+    conditions.push(condition::condition(
+        condition::RECONCILIATION_PAUSED,
+        true,
+        "PauseAnnotation",
+        format!(
+            "the annotation {}=true stops the operator changing this topic; remove it to resume{deletion}",
+            crd::PAUSE_ANNOTATION
+        ),
+        topic.metadata.generation,
+    ));
+    conditions
 }
 
 /// Why the topic is not as the spec says, for the Ready condition.
@@ -126,7 +157,7 @@ async fn converge(
     topic: &Topic,
     controller: &Controller<KubeStore>,
 ) -> Result<TopicRecord, Refusal> {
-    let name = topic.name_any();
+    let name = topic.topic_name();
     let partitions = topic.spec.partitions.max(1) as u32;
     let config = crd::config_strings(&topic.spec.config);
     let Some(existing) = controller.snapshot().topics.get(&name).cloned() else {
@@ -144,7 +175,7 @@ async fn converge(
         return Err(Refusal {
             reason: "TopicExists",
             message: format!(
-                "a topic named '{name}' was created in the cluster outside Kubernetes; delete it (tributary topic delete {name}) to let this Topic create it, or choose another name"
+                "a topic named '{name}' already exists in the cluster, made outside Kubernetes or by another Topic object; delete it (tributary topic delete {name}, or that Topic) to let this Topic create it, or choose another name"
             ),
         });
     }
@@ -300,7 +331,7 @@ async fn delete(
     if !topic.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let name = topic.name_any();
+    let name = topic.topic_name();
     match controller {
         Some(controller) => {
             let current = controller.snapshot().topics.get(&name).cloned();
@@ -332,7 +363,7 @@ async fn delete(
     // Deleting the topic cleared its record from the status: take the finalizer off the
     // object as it is now.
     let api: Api<Topic> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(current) = api.get_opt(&name).await? else {
+    let Some(current) = api.get_opt(&topic.name_any()).await? else {
         return Ok(Action::await_change());
     };
     let finalizers = current

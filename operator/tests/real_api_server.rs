@@ -101,12 +101,12 @@ async fn the_crds_refuse_bad_clusters_and_topics_with_their_messages() {
         "{error}"
     );
 
-    let topic = topic(
+    let orders = topic(
         "orders",
         json!({"cluster": "demo", "partitions": 6, "replicationFactor": 3}),
     );
     topics
-        .create(&create, &topic)
+        .create(&create, &orders)
         .await
         .expect("a valid Topic is stored");
     for (patch, message) in [
@@ -122,6 +122,10 @@ async fn the_crds_refuse_bad_clusters_and_topics_with_their_messages() {
             json!({"spec": {"cluster": "other"}}),
             "cluster cannot change",
         ),
+        (
+            json!({"spec": {"topicName": "Orders"}}),
+            "topicName cannot be added or removed",
+        ),
     ] {
         let error = refusal(
             topics
@@ -130,6 +134,43 @@ async fn the_crds_refuse_bad_clusters_and_topics_with_their_messages() {
             &patch.to_string(),
         );
         assert!(error.contains(message), "{patch}: {error}");
+    }
+
+    // A topic name Kubernetes does not allow, through spec.topicName: Kafka's rules apply,
+    // and it never changes.
+    let named = topic(
+        "orders-v2",
+        json!({"cluster": "demo", "partitions": 1, "topicName": "Orders_V2"}),
+    );
+    topics
+        .create(&create, &named)
+        .await
+        .expect("a Topic with a topicName is stored");
+    let error = refusal(
+        topics
+            .patch(
+                "orders-v2",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"topicName": "Orders_V3"}})),
+            )
+            .await,
+        "a change of topicName",
+    );
+    assert!(error.contains("topicName cannot change"), "{error}");
+    for (bad, message) in [("has space", "should match"), ("..", "cannot be named")] {
+        let error = refusal(
+            topics
+                .create(
+                    &create,
+                    &topic(
+                        "bad-name",
+                        json!({"cluster": "demo", "partitions": 1, "topicName": bad}),
+                    ),
+                )
+                .await,
+            bad,
+        );
+        assert!(error.contains(message), "{bad}: {error}");
     }
 }
 
@@ -444,4 +485,461 @@ async fn leader_election_works_as_the_operators_service_account() {
             );
         }
     }
+}
+
+/// A Pod of `cluster`'s brokers, already bound to `node` (no scheduler runs here).
+fn broker_pod(cluster: &Cluster, id: i32, node: &str) -> k8s_openapi::api::core::v1::Pod {
+    let mut labels = resources::selector(cluster);
+    labels.insert(resources::POD_INDEX_LABEL.into(), id.to_string());
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("{}-broker-{id}", cluster.name_any()), "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "broker", "image": "tributary"}]},
+    }))
+    .expect("a Pod")
+}
+
+/// Racks come from the nodes the broker pods run on (pods do not carry node labels), read
+/// as the operator's ServiceAccount and handed to the cluster's controller; a node without
+/// the label is a warning condition, not a silent single rack.
+#[tokio::test]
+async fn racks_come_from_the_nodes_brokers_run_on_and_a_missing_label_is_a_warning() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use tributary_broker::controller::Registration;
+    use tributary_broker::metadata::BrokerInfo;
+
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin, NAMESPACE).await;
+    make_namespace(&admin, "tributary-system").await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let nodes: Api<Node> = Api::all(admin.clone());
+    for (name, zone) in [
+        ("node-a", Some("zone-a")),
+        ("node-b", Some("zone-b")),
+        ("node-c", None),
+    ] {
+        let labels = zone.map_or(json!({}), |z| json!({"topology.kubernetes.io/zone": z}));
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}
+        }))
+        .expect("a Node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("the Node is created");
+    }
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
+    let racked = cluster(
+        "racked",
+        json!({"replicas": 3, "rack": {"topologyKey": "topology.kubernetes.io/zone"}}),
+    );
+    clusters
+        .create(&PostParams::default(), &racked)
+        .await
+        .expect("a Cluster");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
+    for (id, node) in [(0, "node-a"), (1, "node-b")] {
+        pods.create(&PostParams::default(), &broker_pod(&racked, id, node))
+            .await
+            .expect("a broker Pod");
+    }
+    let ctx = std::sync::Arc::new(Context::new(operator, settings(), Controllers::default()));
+    let reconcile_and_get = async || {
+        let stored = clusters.get("racked").await.expect("the Cluster");
+        reconcile(std::sync::Arc::new(stored), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the reconcile failed: {e}\n{}", plane.logs()));
+        let status = clusters.get("racked").await.expect("the Cluster").status;
+        status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "RackAware"))
+            .expect("a RackAware condition")
+    };
+    let rack_aware = reconcile_and_get().await;
+    assert_eq!(rack_aware.status, "True", "{rack_aware:?}");
+    assert!(
+        rack_aware.message.contains("zone-a, zone-b"),
+        "{rack_aware:?}"
+    );
+
+    // Brokers registering without a rack of their own get their node's.
+    let controller = ctx
+        .controllers
+        .get(&racked.key())
+        .expect("a hosted controller");
+    for id in 0..3 {
+        let broker = BrokerInfo {
+            id,
+            host: format!("racked-broker-{id}"),
+            port: 9095,
+            kafka_port: 9092,
+            rack: None,
+        };
+        let incarnation = format!("disk-{id}");
+        controller
+            .register_broker(Registration {
+                broker,
+                incarnation,
+            })
+            .await
+            .expect("a registration");
+    }
+    let rack = |id: i32| controller.snapshot().brokers[&id].rack.clone();
+    assert_eq!(rack(0).as_deref(), Some("zone-a"));
+    assert_eq!(rack(1).as_deref(), Some("zone-b"));
+    assert_eq!(rack(2), None, "broker 2 is not scheduled yet");
+
+    // A broker on a node without the label: a warning that names the node and the label.
+    pods.create(&PostParams::default(), &broker_pod(&racked, 2, "node-c"))
+        .await
+        .expect("a broker Pod");
+    let rack_aware = reconcile_and_get().await;
+    assert_eq!(rack_aware.status, "False", "{rack_aware:?}");
+    assert_eq!(rack_aware.reason, "NodeLabelMissing");
+    for part in ["node-c", "broker(s) 2", "topology.kubernetes.io/zone"] {
+        assert!(rack_aware.message.contains(part), "{part}: {rack_aware:?}");
+    }
+    assert_eq!(rack(2), None);
+    ctx.controllers.stop_all();
+}
+
+/// What users do to a Cluster besides editing its spec, as kubectl does it: `kubectl scale`
+/// (the scale subresource), a restart annotation that rolls the brokers, and a pause
+/// annotation that stops every change until it goes. The status names the bootstrap
+/// addresses of both listeners.
+#[tokio::test]
+async fn a_cluster_scales_rolls_and_pauses_as_kubectl_asks() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use tributary_operator::crd::{PAUSE_ANNOTATION, RESTART_ANNOTATION};
+
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin, NAMESPACE).await;
+    make_namespace(&admin, "tributary-system").await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
+    clusters
+        .create(
+            &PostParams::default(),
+            &cluster("demo", json!({"replicas": 3})),
+        )
+        .await
+        .expect("a Cluster");
+    let statefulsets: Api<StatefulSet> = Api::namespaced(admin.clone(), NAMESPACE);
+    let ctx = std::sync::Arc::new(Context::new(operator, settings(), Controllers::default()));
+    let reconciled = async || {
+        let stored = clusters.get("demo").await.expect("the Cluster");
+        reconcile(std::sync::Arc::new(stored), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the reconcile failed: {e}\n{}", plane.logs()));
+        let statefulset = statefulsets
+            .get("demo-broker")
+            .await
+            .expect("the StatefulSet");
+        let status = clusters.get("demo").await.expect("the Cluster").status;
+        (statefulset, status.expect("a status"))
+    };
+    let replicas = |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas);
+    let restart = |s: &StatefulSet| {
+        let template = s.spec.as_ref().and_then(|s| s.template.metadata.clone());
+        template.and_then(|m| m.annotations?.get(RESTART_ANNOTATION).cloned())
+    };
+    let (_, status) = reconciled().await;
+    let bootstrap: Vec<(String, String)> = status
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.bootstrap_servers.clone()))
+        .collect();
+    assert_eq!(
+        bootstrap,
+        [
+            ("kafka".to_string(), "demo.streams.svc:9092".to_string()),
+            ("grpc".to_string(), "demo.streams.svc:9095".to_string())
+        ]
+    );
+
+    // `kubectl scale clusters/demo --replicas=5`.
+    clusters
+        .patch_scale(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .expect("the scale subresource");
+    let (statefulset, _) = reconciled().await;
+    assert_eq!(replicas(&statefulset), Some(5));
+    let scale = clusters.get_scale("demo").await.expect("the scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(5));
+
+    // `kubectl annotate cluster demo tributary.dev/restart=1`: the pod template changes.
+    let annotate = async |key: &str, value: Option<&str>| {
+        clusters
+            .patch(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+            )
+            .await
+            .expect("an annotation");
+    };
+    annotate(RESTART_ANNOTATION, Some("1")).await;
+    let (statefulset, _) = reconciled().await;
+    assert_eq!(restart(&statefulset).as_deref(), Some("1"));
+
+    // Paused: neither a restart nor anything else reaches the StatefulSet.
+    annotate(PAUSE_ANNOTATION, Some("true")).await;
+    annotate(RESTART_ANNOTATION, Some("2")).await;
+    let (statefulset, status) = reconciled().await;
+    assert_eq!(restart(&statefulset).as_deref(), Some("1"));
+    let paused = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ReconciliationPaused")
+        .expect("a ReconciliationPaused condition");
+    assert_eq!(paused.status, "True");
+    assert!(
+        ctx.controllers
+            .get(&cluster("demo", json!({"replicas": 1})).key())
+            .is_some(),
+        "the controller keeps running"
+    );
+
+    annotate(PAUSE_ANNOTATION, None).await;
+    let (statefulset, status) = reconciled().await;
+    assert_eq!(restart(&statefulset).as_deref(), Some("2"));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "ReconciliationPaused"),
+        "{:?}",
+        status.conditions
+    );
+    ctx.controllers.stop_all();
+}
+
+/// `spec.topicName` manages a topic whose name Kubernetes does not allow as an object name:
+/// the topic is made, grown and deleted under that name, its record sits in the object's
+/// status, and a second object naming the same topic is refused.
+#[tokio::test]
+async fn a_topic_named_as_kubernetes_does_not_allow_lives_under_its_topic_name() {
+    use tributary_broker::controller::Registration;
+    use tributary_broker::metadata::BrokerInfo;
+
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin, NAMESPACE).await;
+    make_namespace(&admin, "tributary-system").await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
+    let stored = clusters
+        .create(
+            &PostParams::default(),
+            &cluster("demo", json!({"replicas": 1})),
+        )
+        .await
+        .expect("a Cluster");
+    let ctx = std::sync::Arc::new(Context::new(operator, settings(), Controllers::default()));
+    reconcile(std::sync::Arc::new(stored.clone()), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("the Cluster reconcile failed: {e}\n{}", plane.logs()));
+    let controller = ctx
+        .controllers
+        .get(&stored.key())
+        .expect("a hosted controller");
+    let broker = BrokerInfo {
+        id: 0,
+        host: "demo-broker-0".into(),
+        port: 9095,
+        kafka_port: 9092,
+        rack: None,
+    };
+    controller
+        .register_broker(Registration {
+            broker,
+            incarnation: "disk-0".into(),
+        })
+        .await
+        .expect("a registration");
+
+    let topics: Api<Topic> = Api::namespaced(admin.clone(), NAMESPACE);
+    let reconciled = async |name: &str| {
+        let stored = topics.get(name).await.expect("the Topic");
+        topic_reconcile(std::sync::Arc::new(stored), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the Topic reconcile failed: {e}"));
+        topics.get_opt(name).await.expect("a lookup")
+    };
+    let spec = json!({"cluster": "demo", "partitions": 2, "topicName": "Orders_V2"});
+    let create = async |name: &str| {
+        topics
+            .create(&PostParams::default(), &topic(name, spec.clone()))
+            .await
+            .expect("a Topic");
+    };
+    create("orders-v2").await;
+    let made = reconciled("orders-v2").await.expect("the Topic");
+    let record = controller.snapshot().topics["Orders_V2"].clone();
+    let status = made.status.expect("a status");
+    assert_eq!(status.topic_id, Some(record.id.to_string()));
+    assert_eq!(status.partition_count, Some(2));
+    assert!(!controller.snapshot().topics.contains_key("orders-v2"));
+
+    create("orders-copy").await;
+    let copy = reconciled("orders-copy").await.expect("the Topic");
+    let ready = copy
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .expect("a Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TopicExists"),
+        "{ready:?}"
+    );
+
+    topics
+        .delete("orders-v2", &Default::default())
+        .await
+        .expect("the deletion is accepted");
+    assert!(reconciled("orders-v2").await.is_none(), "the Topic is gone");
+    assert!(!controller.snapshot().topics.contains_key("Orders_V2"));
+    ctx.controllers.stop_all();
+}
+
+/// The whole path on the real server, as the operator's ServiceAccount: the Cluster's
+/// reconcile hosts its controller, a real broker (in this process) registers with it over
+/// gRPC, a Topic object becomes a topic that broker serves, and a record produced to it is
+/// read back; the Topic's status holds the controller's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() {
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tributary_broker::client::{
+        Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
+    };
+    use tributary_broker::server::{self, BrokerConfig, controller_server};
+    use tributary_operator::kube_store::assignment;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin, NAMESPACE).await;
+    make_namespace(&admin, "tributary-system").await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
+    let stored = clusters
+        .create(
+            &PostParams::default(),
+            &cluster("demo", json!({"replicas": 1})),
+        )
+        .await
+        .expect("a Cluster");
+    let ctx = std::sync::Arc::new(Context::new(operator, settings(), Controllers::default()));
+    reconcile(std::sync::Arc::new(stored.clone()), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("the Cluster reconcile failed: {e}\n{}", plane.logs()));
+    let controller = ctx
+        .controllers
+        .get(&stored.key())
+        .expect("a hosted controller");
+
+    // The operator's controller endpoint, as its controller Service would reach it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let controller_address = listener.local_addr().expect("an address").to_string();
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(controller_server(ctx.controllers.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().expect("a data dir");
+    let mut config = BrokerConfig::new(0, dir.path());
+    config.controller = Some(controller_address);
+    config.cluster = Some(format!("{NAMESPACE}/demo"));
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let kafka = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let bootstrap = grpc.local_addr().expect("an address").to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listeners = server::Listeners { grpc, http, kafka };
+    let broker = tokio::spawn(server::run(config, listeners, async {
+        let _ = stopped.await;
+    }));
+    while !controller.snapshot().brokers.contains_key(&0) {
+        assert!(Instant::now() < deadline, "the broker never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let topics: Api<Topic> = Api::namespaced(admin.clone(), NAMESPACE);
+    topics
+        .create(
+            &PostParams::default(),
+            &topic(
+                "orders",
+                json!({"cluster": "demo", "partitions": 1, "replicationFactor": 1}),
+            ),
+        )
+        .await
+        .expect("a Topic");
+    let stored = topics.get("orders").await.expect("the Topic");
+    topic_reconcile(std::sync::Arc::new(stored), ctx.clone())
+        .await
+        .unwrap_or_else(|e| panic!("the Topic reconcile failed: {e}"));
+    let status = topics.get("orders").await.expect("the Topic").status;
+    let encoded = status
+        .and_then(|s| s.assignment)
+        .expect("the controller's record");
+    assert_eq!(assignment::decode(&encoded).expect("a record")[0].leader, 0);
+
+    let producer = Producer::connect(ProducerConfig::new(&bootstrap))
+        .await
+        .expect("a producer");
+    loop {
+        // The broker takes the partition when the controller's metadata reaches it.
+        let sent = producer
+            .send(ProducerRecord::new("orders").value("hello"))
+            .await;
+        match sent {
+            Ok(delivery) => match delivery.await {
+                Ok(_) => break,
+                Err(error) => assert!(Instant::now() < deadline, "{error}"),
+            },
+            Err(error) => assert!(Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut consumer = Consumer::connect(ConsumerConfig::new(&bootstrap))
+        .await
+        .expect("a consumer");
+    let tp = tributary_broker::TopicPartition::new("orders", 0);
+    consumer
+        .assign(vec![tp.clone()])
+        .await
+        .expect("an assignment");
+    consumer.seek(&tp, Offset::Beginning).await.expect("a seek");
+    let records = loop {
+        let records = consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .expect("a poll");
+        if !records.is_empty() {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "nothing to read");
+    };
+    assert_eq!(records[0].value.as_deref(), Some(&b"hello"[..]));
+
+    stop.send(()).expect("the broker is running");
+    tokio::time::timeout(Duration::from_secs(30), broker)
+        .await
+        .expect("the broker stops")
+        .expect("the broker task")
+        .expect("a clean stop");
+    serving.abort();
+    ctx.controllers.stop_all();
 }

@@ -81,3 +81,108 @@ impl StoreFactory for RealStores {
 }
 
 tributary_store_suite::metadata_store_suite!(real_time: RealStores::new());
+
+/// Object size limits: a Topic may have 100,000 partitions (the CRD's maximum), whose
+/// records must fit in its status (etcd refuses objects above 1.5 MiB), and topics made
+/// outside Kubernetes with 20,000 partitions between them must fit in the metadata
+/// ConfigMap (at most 1 MiB). Every record comes back as written in a new controller.
+#[tokio::test]
+async fn the_largest_topic_and_thousands_of_partitions_outside_kubernetes_fit_their_objects() {
+    use std::collections::BTreeMap;
+    use tributary_broker::controller::{Controller, ControllerConfig, Registration};
+    use tributary_broker::metadata::{BrokerInfo, NewTopic};
+
+    let (plane, client, cluster) = start().await;
+    let topic: Topic = serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Topic",
+        "metadata": {"name": "huge", "namespace": NAMESPACE},
+        "spec": {"cluster": "demo", "partitions": 100_000},
+    }))
+    .expect("a Topic");
+    let topics: Api<Topic> = Api::namespaced(client.clone(), NAMESPACE);
+    topics
+        .create(&PostParams::default(), &topic)
+        .await
+        .expect("a Topic object");
+    let start_controller = async || {
+        let store = KubeStore::new(client.clone(), &cluster).expect("a store");
+        Controller::start(0, store, ControllerConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("the controller starts: {e}\n{}", plane.logs()))
+    };
+    let controller = start_controller().await;
+    let mut sessions = Vec::new();
+    for id in 0..3 {
+        let broker = BrokerInfo {
+            id,
+            host: format!("demo-broker-{id}"),
+            port: 9095,
+            kafka_port: 9092,
+            rack: None,
+        };
+        let incarnation = format!("disk-{id}");
+        let registration = Registration {
+            broker,
+            incarnation,
+        };
+        let session = controller
+            .register_broker(registration.clone())
+            .await
+            .expect("a registration");
+        sessions.push((registration, session));
+    }
+    let create = async |name: &str, partitions: u32| {
+        let topic = NewTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: Some(3),
+            config: BTreeMap::new(),
+        };
+        controller
+            .create_topic(topic, false)
+            .await
+            .unwrap_or_else(|e| panic!("topic {name} of {partitions} partitions: {e}"))
+    };
+    create("huge", 100_000).await;
+    for i in 0..4 {
+        create(&format!("Made_Outside_{i}"), 5_000).await;
+    }
+    // Brokers come and go: leaders move, ISRs shrink and grow, epochs rise unevenly.
+    for round in 0..4 {
+        let (registration, session) = &mut sessions[round % 3];
+        controller
+            .end_session(registration.broker.id, *session)
+            .await
+            .expect("a session ends");
+        *session = controller
+            .register_broker(registration.clone())
+            .await
+            .expect("a registration");
+    }
+    let status = topics.get("huge").await.expect("the Topic").status;
+    let status = status.expect("a status");
+    assert_eq!(status.partition_count, Some(100_000));
+    let status_bytes = serde_json::to_vec(&status).expect("JSON").len();
+    let config_map =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), NAMESPACE)
+            .get("demo-controller-metadata")
+            .await
+            .expect("the metadata ConfigMap");
+    let data_bytes: usize = config_map
+        .data
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    eprintln!(
+        "status of 100,000 partitions: {status_bytes} bytes; ConfigMap data with 20,000: {data_bytes} bytes"
+    );
+    assert!(status_bytes < 1024 * 1024, "{status_bytes}");
+    assert!(data_bytes < 512 * 1024, "{data_bytes}");
+
+    let before = controller.snapshot();
+    drop(controller);
+    let after = start_controller().await.snapshot();
+    assert_eq!(after.topics, before.topics);
+}

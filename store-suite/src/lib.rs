@@ -41,6 +41,7 @@ macro_rules! metadata_store_suite {
                 bad_topics_are_refused_with_what_to_do,
                 validate_only_changes_nothing_and_deleted_topics_come_back_with_a_new_id,
                 replicas_are_placed_evenly_over_live_brokers,
+                racks_from_the_host_place_replicas_apart_unless_a_broker_names_its_own,
                 partitions_grow_evenly_and_never_shrink,
                 config_changes_are_checked_stored_and_published,
                 a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoch,
@@ -279,6 +280,46 @@ pub async fn replicas_are_placed_evenly_over_live_brokers(stores: &impl StoreFac
         );
         assert!(max - min <= 1, "{counts:?}");
     }
+}
+
+pub async fn racks_from_the_host_place_replicas_apart_unless_a_broker_names_its_own(
+    stores: &impl StoreFactory,
+) {
+    let (controller, _) = cluster(stores, 4).await;
+    let rack_of = |c: &Controller<_>, id: i32| c.snapshot().brokers[&id].rack.clone();
+    let racks = |pairs: &[(i32, &str)]| -> BTreeMap<i32, String> {
+        pairs.iter().map(|(id, r)| (*id, r.to_string())).collect()
+    };
+    controller
+        .set_racks(racks(&[(1, "a"), (2, "a"), (3, "b"), (4, "b")]))
+        .await
+        .unwrap();
+    assert_eq!(rack_of(&controller, 3).as_deref(), Some("b"));
+    // Placement uses them: every partition has a replica in each rack.
+    create(&controller, "t", 8, Some(2)).await;
+    for p in &controller.snapshot().topics["t"].partitions {
+        let in_racks: BTreeSet<_> = p
+            .replicas
+            .iter()
+            .map(|r| rack_of(&controller, *r))
+            .collect();
+        assert_eq!(in_racks.len(), 2, "{:?}", p.replicas);
+    }
+    // A restarted broker without a rack of its own gets the host's again; one that names
+    // its own keeps it; a broker the host knows nothing of has none.
+    controller.register_broker(registration(3)).await.unwrap();
+    assert_eq!(rack_of(&controller, 3).as_deref(), Some("b"));
+    let mut own = registration(4);
+    own.broker.rack = Some("own".into());
+    controller.register_broker(own).await.unwrap();
+    controller.register_broker(registration(5)).await.unwrap();
+    controller
+        .set_racks(racks(&[(1, "a"), (2, "c"), (3, "b"), (4, "b")]))
+        .await
+        .unwrap();
+    assert_eq!(rack_of(&controller, 2).as_deref(), Some("c"));
+    assert_eq!(rack_of(&controller, 4).as_deref(), Some("own"));
+    assert_eq!(rack_of(&controller, 5), None);
 }
 
 pub async fn a_closed_session_moves_leadership_to_an_in_sync_replica_with_a_new_epoch(

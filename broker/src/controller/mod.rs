@@ -156,6 +156,10 @@ struct State {
     gone_since: BTreeMap<i32, Instant>,
     /// Brokers that have registered with this controller since it started.
     registered: BTreeSet<i32>,
+    /// Racks the controller's host knows for brokers (see [`Controller::set_racks`]).
+    host_racks: BTreeMap<i32, String>,
+    /// Brokers that registered with a rack of their own, which the host's does not replace.
+    own_racks: BTreeSet<i32>,
     /// When leadership last went back to preferred leaders.
     last_preferred_election: Instant,
 }
@@ -361,6 +365,8 @@ impl<S: MetadataStore> Controller<S> {
             replica_sizes: BTreeMap::new(),
             gone_since: BTreeMap::new(),
             registered: BTreeSet::new(),
+            host_racks: BTreeMap::new(),
+            own_racks: BTreeSet::new(),
             last_preferred_election: Instant::now(),
         };
         Ok(Self {

@@ -1,7 +1,7 @@
 //! Broker sessions: registration (a broker back with an empty disk is out of sync
 //! everywhere), heartbeats, expiry and fencing, and controlled shutdown.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::time::Instant;
 
@@ -72,10 +72,14 @@ impl<S: MetadataStore> Controller<S> {
                 shutting_down: false,
             },
         );
-        state
-            .snapshot
-            .brokers
-            .insert(id, registration.broker.clone());
+        let mut broker = registration.broker.clone();
+        if broker.rack.is_some() {
+            state.own_racks.insert(id);
+        } else {
+            state.own_racks.remove(&id);
+            broker.rack = state.host_racks.get(&id).cloned();
+        }
+        state.snapshot.brokers.insert(id, broker);
         let eligible = state.eligible();
         let unclean = self.unclean_topics(&state);
         self.change_partitions(&mut state, |topic, _, p| {
@@ -89,6 +93,40 @@ impl<S: MetadataStore> Controller<S> {
         self.publish(&mut state);
         tracing::info!(broker = id, address = %registration.broker.address(), session = session_id, "broker registered");
         Ok(session_id)
+    }
+
+    /// Racks that the controller's host knows for brokers, which may start without knowing
+    /// their own (the operator reads them from the nodes the broker pods run on). A broker
+    /// that registers without a rack gets the one named here, now or when it registers;
+    /// one that named its own keeps it. Only new placements use racks: replicas already
+    /// placed stay until a rebalance.
+    pub async fn set_racks(&self, racks: BTreeMap<i32, String>) -> Result<(), ControllerError> {
+        let mut state = self.lock().await?;
+        if state.host_racks == racks {
+            return Ok(());
+        }
+        let mut changed = false;
+        let State {
+            snapshot,
+            own_racks,
+            ..
+        } = &mut *state;
+        for (id, broker) in snapshot.brokers.iter_mut() {
+            if own_racks.contains(id) {
+                continue;
+            }
+            let rack = racks.get(id).cloned();
+            if broker.rack != rack {
+                tracing::info!(broker = id, rack = ?rack, "broker rack from the controller's host");
+                broker.rack = rack;
+                changed = true;
+            }
+        }
+        state.host_racks = racks;
+        if changed {
+            self.publish(&mut state);
+        }
+        Ok(())
     }
 
     /// Keeps a session alive.

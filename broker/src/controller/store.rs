@@ -53,6 +53,15 @@ pub enum StoreError {
     #[error("metadata store {store} is unavailable: {reason}; the controller tries again")]
     Unavailable { store: String, reason: String },
     #[error(
+        "metadata store {object} would hold {bytes} bytes, more than the {limit} it can: {advice}"
+    )]
+    TooLarge {
+        object: String,
+        bytes: usize,
+        limit: usize,
+        advice: String,
+    },
+    #[error(
         "metadata store {0} is in use by another controller (it holds {0}.lock); \
          stop that one or give this one another directory"
     )]

@@ -123,6 +123,19 @@ it); scripts/check-chart fails when they differ.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+{{- end }}
+
+{{/*
+RBAC rules outside any namespace: the rack label of the nodes brokers run on.
+CLUSTER_WIDE in operator/src/api_access.rs.
+*/}}
+{{- define "tributary-operator.clusterWideRules" -}}
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get"]
 {{- end }}
 
 {{/*

@@ -35,7 +35,22 @@ async fn everything_the_operator_does(api: &FakeApi) {
     api.put(
         CLUSTER,
         json!({"apiVersion": "tributary.dev/v1alpha1", "kind": "Cluster",
-            "metadata": {"name": "demo", "namespace": "streams"}, "spec": {"replicas": 1}}),
+            "metadata": {"name": "demo", "namespace": "streams"},
+            "spec": {"replicas": 1, "rack": {"topologyKey": "topology.kubernetes.io/zone"}}}),
+    );
+    // A scheduled broker pod, whose node gives its rack.
+    api.put(
+        "/api/v1/namespaces/streams/pods/demo-broker-0",
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "demo-broker-0", "namespace": "streams",
+                "labels": {"app.kubernetes.io/name": "tributary", "app.kubernetes.io/instance": "demo",
+                    "app.kubernetes.io/component": "broker"}},
+            "spec": {"nodeName": "node-a", "containers": []}}),
+    );
+    api.put(
+        "/api/v1/nodes/node-a",
+        json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}),
     );
     let config = RunConfig {
         namespace: Some("streams".into()),
@@ -113,9 +128,7 @@ async fn everything_the_operator_does(api: &FakeApi) {
     object["spec"]["partitions"] = 2.into();
     api.put(TOPIC, object);
     reconcile().await;
-    let mut object = api.get(TOPIC).unwrap();
-    object["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
-    api.put(TOPIC, object);
+    api.delete(TOPIC);
     reconcile().await;
     assert!(controller.snapshot().topics.is_empty());
 }
@@ -127,6 +140,7 @@ async fn every_api_call_the_operator_makes_is_declared() {
     let all: Vec<Access> = WATCHED_NAMESPACES
         .iter()
         .chain(OWN_NAMESPACE)
+        .chain(CLUSTER_WIDE)
         .copied()
         .collect();
     let mut used = std::collections::BTreeSet::new();

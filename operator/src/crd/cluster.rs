@@ -26,6 +26,11 @@ pub fn default_image() -> String {
     namespaced,
     cel,
     status = "ClusterStatus",
+    // `kubectl scale clusters.tributary.dev NAME --replicas=N` sets spec.replicas.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.readyReplicas"
+    ),
     shortname = "tc",
     category = "tributary",
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
@@ -350,6 +355,20 @@ pub struct ClusterStatus {
     /// Partitions with fewer in-sync replicas than replicas.
     #[serde(default)]
     pub under_replicated_partitions: i32,
+    /// Where clients bootstrap from, one entry per listener (`kafka` for Kafka's clients and
+    /// tools, `grpc` for Tributary's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    /// `kafka` or `grpc`.
+    pub name: String,
+    /// host:port to bootstrap from (the cluster's client Service).
+    pub bootstrap_servers: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

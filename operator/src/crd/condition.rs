@@ -1,4 +1,4 @@
-//! Status conditions (Ready, Reconciling, Degraded, Rebalancing) as Kubernetes defines
+//! Status conditions (Ready, Reconciling, Degraded, Rebalancing, RackAware) as Kubernetes defines
 //! them: one entry per type, merged per type by server-side apply.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -8,6 +8,10 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const DEGRADED: &str = "Degraded";
 pub const REBALANCING: &str = "Rebalancing";
+/// Whether every scheduled broker has a rack (only when the Cluster asks for racks).
+pub const RACK_AWARE: &str = "RackAware";
+/// Present (True) while the pause annotation stops the operator changing the object.
+pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 
 /// A condition of `type_`: `status` "True" or "False", a CamelCase `reason` and a message
 /// for people.

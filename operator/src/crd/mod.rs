@@ -17,6 +17,22 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "tributary.dev";
 pub const VERSION: &str = "v1alpha1";
 
+/// `"true"` on a Cluster or Topic: the operator changes nothing of it (a Cluster's
+/// controller keeps running) until the annotation goes, and says so in the
+/// `ReconciliationPaused` condition.
+pub const PAUSE_ANNOTATION: &str = "tributary.dev/pause-reconciliation";
+/// On a Cluster: a new value (say, the time) rolls its brokers one at a time, each back in
+/// sync before the next goes.
+pub const RESTART_ANNOTATION: &str = "tributary.dev/restart";
+
+/// Whether `object` carries [`PAUSE_ANNOTATION`] set to `true`.
+pub fn is_paused(object: &impl kube::ResourceExt) -> bool {
+    object
+        .annotations()
+        .get(PAUSE_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 /// Every CRD the operator serves, with the file name it has in `crds/`.
 pub fn all() -> Vec<(String, CustomResourceDefinition)> {
     [Cluster::crd(), Topic::crd()]

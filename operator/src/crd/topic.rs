@@ -30,8 +30,17 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new(
     "has(self.replicationFactor) == has(oldSelf.replicationFactor) && (!has(self.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor)"
 ).message("replicationFactor cannot change after the topic is created: create a new topic with the replication factor you want and move the data"))]
+#[x_kube(validation = Rule::new("has(self.topicName) == has(oldSelf.topicName)").message("topicName cannot be added or removed after the topic is created: it names the topic in the cluster"))]
 #[serde(rename_all = "camelCase")]
 pub struct TopicSpec {
+    /// The topic's name in the cluster when it differs from this object's name, for names
+    /// Kubernetes does not allow (uppercase letters, `_`); Kafka's rules apply: letters,
+    /// digits, `.`, `_` and `-`, at most 249. Cannot change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("topicName cannot change: create a new Topic for the other name"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("a topic cannot be named '.' or '..'"))]
+    pub topic_name: Option<String>,
     /// The Cluster, in the same namespace, that holds the topic. Cannot change.
     #[x_kube(validation = Rule::new("self == oldSelf").message("cluster cannot change: create the topic in the other cluster instead"))]
     #[schemars(length(min = 1))]
@@ -74,10 +83,43 @@ pub struct TopicStatus {
     /// The configuration overrides in effect, as the controller recorded them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
-    /// Each partition's replicas, leader and in-sync replicas.
+    /// How many partitions the topic has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_count: Option<i32>,
+    /// Partitions without a leader (none of their in-sync replicas' brokers is up).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leaderless_partitions: i32,
+    /// Partitions with replicas out of sync.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub under_replicated_partitions: i32,
+    /// The first partitions (by id, at most 20) without a leader or with replicas out of
+    /// sync; `tributary topic describe` lists every partition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub unhealthy_partitions: Vec<PartitionStatus>,
+    /// The controller's record of every partition (replicas, leader, in-sync replicas,
+    /// epochs), compressed so that the largest topic fits in one object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<String>,
+    /// Every partition, as operators before `assignment` recorded them: read once, then
+    /// replaced by `assignment`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub partitions: Vec<PartitionStatus>,
+}
+
+impl Topic {
+    /// The topic's name in the cluster: `spec.topicName`, or the object's name.
+    pub fn topic_name(&self) -> String {
+        self.spec
+            .topic_name
+            .clone()
+            .unwrap_or_else(|| kube::ResourceExt::name_any(self))
+    }
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// One partition as the controller last recorded it.

@@ -247,10 +247,10 @@ async fn a_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() 
     crate::topic_reconciler::reconcile(Arc::new(topic), ctx.clone())
         .await
         .unwrap();
-    assert_eq!(
-        api.get(TOPIC).unwrap()["status"]["partitions"][0]["leader"],
-        0
-    );
+    let status = &api.get(TOPIC).unwrap()["status"];
+    let partitions =
+        crate::kube_store::assignment::decode(status["assignment"].as_str().unwrap()).unwrap();
+    assert_eq!(partitions[0].leader, 0);
 
     let producer = Producer::connect(ProducerConfig::new(&bootstrap))
         .await

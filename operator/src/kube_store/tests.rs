@@ -110,13 +110,14 @@ async fn a_topic_object_holds_its_record_and_everything_else_is_in_the_configmap
     let status = &api.get(&format!("{TOPICS}/orders")).unwrap()["status"];
     assert_eq!(status["topicId"], record.id.to_string());
     assert_eq!(status["config"], json!({"retention.ms": "60000"}));
-    let partitions = status["partitions"].as_array().unwrap();
-    assert_eq!(partitions.len(), 2);
-    for (i, p) in partitions.iter().enumerate() {
-        assert_eq!(p["id"], i);
-        assert_eq!(p["leader"], record.partitions[i].leader);
-        assert_eq!(p["isr"], json!(record.partitions[i].isr));
-    }
+    let assignment = status["assignment"].as_str().unwrap();
+    assert_eq!(assignment::decode(assignment).unwrap(), record.partitions);
+    assert_eq!(status["partitionCount"], 2);
+    assert!(status.get("partitions").is_none(), "{status}");
+    assert!(
+        status.get("unhealthyPartitions").is_none(),
+        "all in sync: {status}"
+    );
 
     let data = &api.get(METADATA).unwrap()["data"];
     let keys: Vec<&str> = data
@@ -134,6 +135,13 @@ async fn a_topic_object_holds_its_record_and_everything_else_is_in_the_configmap
             "topics.made-by-a-client"
         ]
     );
+    // A topic made outside Kubernetes keeps its partitions in the same compact form.
+    let made: Value =
+        serde_json::from_str(data["topics.made-by-a-client"].as_str().unwrap()).unwrap();
+    assert!(
+        made["assignment"].is_string() && made.get("partitions").is_none(),
+        "{made}"
+    );
     let epoch: Value = serde_json::from_str(data["controller"].as_str().unwrap()).unwrap();
     assert_eq!(epoch["epoch"], 1);
     let metadata = api.get(METADATA).unwrap();
@@ -148,6 +156,47 @@ async fn a_topic_object_holds_its_record_and_everything_else_is_in_the_configmap
     assert_eq!(snapshot.topics["orders"], record);
     assert!(snapshot.topics.contains_key("made-by-a-client"));
     assert_eq!(snapshot.controller_epoch, 2);
+}
+
+/// Operators before the compact `assignment` listed every partition in the status and in
+/// the ConfigMap: those records load, and the next write replaces them.
+#[tokio::test]
+async fn records_listed_partition_by_partition_load_and_are_rewritten_compactly() {
+    let api = FakeApi::new();
+    apply_topic(&api, "orders", "demo");
+    let path = format!("{TOPICS}/orders");
+    let id = "6f1c1a52-27c4-4c43-9f54-3a3e1f0b2d11";
+    let listed = json!([
+        {"id": 0, "replicas": [1, 2], "leader": 1, "isr": [1, 2], "leaderEpoch": 3, "partitionEpoch": 5},
+        {"id": 1, "replicas": [2, 1], "leader": 2, "isr": [2], "leaderEpoch": 1, "partitionEpoch": 2}
+    ]);
+    let mut object = api.get(&path).unwrap();
+    object["status"] = json!({"topicId": id, "controllerEpoch": 1, "partitions": listed});
+    api.put(&path, object);
+    let legacy = json!({"name": "made-by-a-client", "id": id, "config": {},
+        "partitions": [{"replicas": [1], "leader": 1, "isr": [1], "leader_epoch": 0, "partition_epoch": 0}]});
+    api.put(
+        METADATA,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "demo-controller-metadata", "namespace": "streams"},
+            "data": {"controller": json!({"epoch": 1}).to_string(),
+                "topics.made-by-a-client": legacy.to_string()}}),
+    );
+    let controller = controller(&api).await;
+    let snapshot = controller.snapshot();
+    let orders = &snapshot.topics["orders"];
+    assert_eq!(orders.partitions[1].isr, [2]);
+    assert_eq!(orders.partitions[0].partition_epoch, 5);
+    assert_eq!(snapshot.topics["made-by-a-client"].partitions.len(), 1);
+
+    controller.create_partitions("orders", 3).await.unwrap();
+    let status = &api.get(&path).unwrap()["status"];
+    assert!(status.get("partitions").is_none(), "{status}");
+    let partitions = assignment::decode(status["assignment"].as_str().unwrap()).unwrap();
+    assert_eq!(partitions.len(), 3);
+    assert_eq!(partitions[1].isr, [2]);
+    assert_eq!(status["underReplicatedPartitions"], 1);
+    assert_eq!(status["unhealthyPartitions"][0]["id"], 1);
 }
 
 #[tokio::test]
@@ -165,7 +214,7 @@ async fn a_status_write_that_loses_a_resource_version_race_is_retried_and_lands(
 
     let (grown, _) = controller.create_partitions("orders", 4).await.unwrap();
     let status = &api.get(&path).unwrap()["status"];
-    assert_eq!(status["partitions"].as_array().unwrap().len(), 4);
+    assert_eq!(status["partitionCount"], 4);
     assert_eq!(
         status["conditions"][0]["reason"], "Created",
         "the other writer's conditions are kept"
@@ -179,7 +228,10 @@ async fn a_record_changed_by_another_controller_is_not_overwritten() {
     let controller = controller_with_orders(&api).await;
     let path = format!("{TOPICS}/orders");
     let mut object = api.get(&path).unwrap();
-    object["status"]["partitions"][0]["leaderEpoch"] = 7.into();
+    let mut partitions =
+        assignment::decode(object["status"]["assignment"].as_str().unwrap()).unwrap();
+    partitions[0].leader_epoch = 7;
+    object["status"]["assignment"] = assignment::encode(&partitions).into();
     api.put(&path, object.clone());
 
     let err = controller.create_partitions("orders", 4).await.unwrap_err();
@@ -240,7 +292,7 @@ fn configmap_keys_round_trip_topic_names_with_dots() {
         "topics/__consumer_offsets",
         "topics/a.b.c",
     ] {
-        assert_eq!(store_key(&data_key(key)), key);
+        assert_eq!(store_key(&data_key_of(key)), key);
     }
 }
 

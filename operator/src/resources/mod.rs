@@ -43,6 +43,9 @@ pub struct Settings {
     pub controller_address: String,
 }
 
+/// Kubernetes labels each StatefulSet pod with its ordinal, which is the broker id.
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
 /// Names of a cluster's objects.
 pub struct Names {
     /// The StatefulSet, its ServiceAccount, ConfigMap and PodDisruptionBudget; pods are

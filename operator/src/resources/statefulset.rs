@@ -13,17 +13,18 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 
 use super::{
-    DATA_DIR, GRPC_PORT, HTTP_PORT, KAFKA_PORT, Names, SHUTDOWN_TIMEOUT_SECONDS, owned_meta,
-    selector,
+    DATA_DIR, GRPC_PORT, HTTP_PORT, KAFKA_PORT, Names, POD_INDEX_LABEL, SHUTDOWN_TIMEOUT_SECONDS,
+    owned_meta, selector,
 };
-use crate::crd::Cluster;
+use crate::crd::{Cluster, RESTART_ANNOTATION};
 
+/// How long a broker stays ready before a rolling restart moves on to the next.
+const MIN_READY_SECONDS: i32 = 10;
 /// The user id the broker runs as (the image's non-root user).
 const BROKER_UID: i64 = 65532;
-/// Kubernetes labels each StatefulSet pod with its ordinal, which is the broker id.
-const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
@@ -48,10 +49,11 @@ fn http_get(path: &str) -> HTTPGetAction {
 }
 
 /// Per-pod settings: the broker id is the pod's ordinal, the advertised address its DNS
-/// name, the rack its topology label.
+/// name. (Pods do not carry their node's labels: the operator gives the controller each
+/// broker's rack, see `crate::racks`.)
 fn pod_env(cluster: &Cluster) -> Vec<EnvVar> {
     let names = Names::of(cluster);
-    let mut env = vec![
+    vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
         field_env(
@@ -66,14 +68,7 @@ fn pod_env(cluster: &Cluster) -> Vec<EnvVar> {
             )),
             ..EnvVar::default()
         },
-    ];
-    if let Some(rack) = &cluster.spec.rack {
-        env.push(field_env(
-            "TRIBUTARY_RACK",
-            &format!("metadata.labels['{}']", rack.topology_key),
-        ));
-    }
-    env
+    ]
 }
 
 /// Brokers prefer different nodes (or racks): losing one takes one replica of a partition.
@@ -222,12 +217,19 @@ pub fn statefulset(cluster: &Cluster, config_hash: &str) -> StatefulSet {
     labels.extend(selector(cluster));
     let mut annotations = overrides.annotations.clone();
     annotations.insert("tributary.dev/config-hash".into(), config_hash.to_string());
+    // A new value of the Cluster's restart annotation changes the template: a rolling restart.
+    if let Some(restart) = cluster.annotations().get(RESTART_ANNOTATION) {
+        annotations.insert(RESTART_ANNOTATION.into(), restart.clone());
+    }
     StatefulSet {
         metadata: owned_meta(cluster, &names.statefulset),
         spec: Some(StatefulSetSpec {
             replicas: Some(cluster.spec.replicas),
             service_name: Some(names.headless.clone()),
             pod_management_policy: Some("Parallel".into()),
+            // A broker counts as available (for the roll's next step) only once it has been
+            // back in sync for this long, not at the first probe that says so.
+            min_ready_seconds: Some(MIN_READY_SECONDS),
             selector: LabelSelector {
                 match_labels: Some(selector(cluster)),
                 ..LabelSelector::default()
