@@ -943,3 +943,81 @@ async fn a_real_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_obje
     serving.abort();
     ctx.controllers.stop_all();
 }
+
+/// Defect 2 on the real server: a Topic the Cluster cannot hold makes the spec invalid,
+/// and an operator that restarts then (nothing hosted) still starts the cluster's
+/// controller, which its brokers and the other Topics' finalizers need, and leaves the
+/// brokers' objects as they are.
+#[tokio::test]
+async fn an_operator_restarted_with_an_invalid_topic_still_hosts_the_clusters_controller() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin, NAMESPACE).await;
+    make_namespace(&admin, "tributary-system").await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
+    clusters
+        .create(
+            &PostParams::default(),
+            &cluster(
+                "demo",
+                json!({"replicas": 2, "config": {"defaultReplicationFactor": 1}}),
+            ),
+        )
+        .await
+        .expect("a Cluster");
+    let reconciled = async |ctx: &std::sync::Arc<Context>| {
+        let stored = clusters.get("demo").await.expect("the Cluster");
+        reconcile(std::sync::Arc::new(stored), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the reconcile failed: {e}\n{}", plane.logs()));
+        let status = clusters.get("demo").await.expect("the Cluster").status;
+        let ready = status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .expect("a Ready condition");
+        ready.reason
+    };
+    let running = std::sync::Arc::new(Context::new(
+        operator.clone(),
+        settings(),
+        Controllers::default(),
+    ));
+    reconciled(&running).await;
+    Api::<Topic>::namespaced(admin.clone(), NAMESPACE)
+        .create(
+            &PostParams::default(),
+            &topic(
+                "orders",
+                json!({"cluster": "demo", "partitions": 3, "replicationFactor": 3}),
+            ),
+        )
+        .await
+        .expect("a Topic");
+    assert_eq!(reconciled(&running).await, "InvalidSpec");
+    running.controllers.stop_all();
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(admin.clone(), NAMESPACE);
+    let before = statefulsets
+        .get("demo-broker")
+        .await
+        .expect("the StatefulSet");
+    let restarted = std::sync::Arc::new(Context::new(operator, settings(), Controllers::default()));
+    assert_eq!(reconciled(&restarted).await, "InvalidSpec");
+    let key = clusters.get("demo").await.expect("the Cluster").key();
+    assert!(
+        restarted.controllers.get(&key).is_some(),
+        "the controller is hosted whatever state one Topic is in"
+    );
+    let after = statefulsets
+        .get("demo-broker")
+        .await
+        .expect("the StatefulSet");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the brokers are left as they are"
+    );
+    restarted.controllers.stop_all();
+}
