@@ -122,8 +122,12 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .ensure(&ctx.client, &cluster, config)
         .await?;
     let racks = racks::resolve(&ctx.client, &cluster, &namespace).await?;
-    if let Some(racks) = &racks {
-        controller.set_racks(racks.known.clone()).await?;
+    match &racks {
+        // Nodes could not be read: the brokers keep the racks they had.
+        Some(racks) if racks.unreadable.is_some() => {}
+        Some(racks) => controller.set_racks(racks.known.clone()).await?,
+        // Without spec.rack (or with it removed), no broker has a rack from its node.
+        None => controller.set_racks(Default::default()).await?,
     }
     let decision = decide_scale(&ctx, &cluster, &namespace, &controller).await?;
     let statefulset = apply_owned(&ctx, &cluster, &namespace, &decision).await?;

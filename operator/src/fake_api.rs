@@ -107,6 +107,7 @@ impl FakeApi {
                     parts.uri.path(),
                     parts.uri.query().unwrap_or_default(),
                     &body,
+                    true,
                 );
                 let response = Response::builder()
                     .status(code)
@@ -182,9 +183,8 @@ impl FakeApi {
     /// are removed, without it is gone.
     pub fn delete(&self, path: &str) {
         let delete = Method::DELETE;
-        let (code, answer) = self.handle(&delete, path, "", &[]);
+        let (code, answer) = self.handle(&delete, path, "", &[], false);
         assert!(code.is_success(), "DELETE {path}: {answer}");
-        self.state.lock().unwrap().calls.pop();
     }
 
     /// Requests under `prefix` answer 404 from now on, as for a CRD not installed.
@@ -202,13 +202,24 @@ impl FakeApi {
             .push_back(path.to_string());
     }
 
-    fn handle(&self, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
+    /// Answers one request; `log` records it in [`FakeApi::calls`] (a test's own requests
+    /// are not).
+    fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        body: &[u8],
+        log: bool,
+    ) -> (StatusCode, Value) {
         let mut state = self.state.lock().unwrap();
-        state.calls.push(Call {
-            method: method.to_string(),
-            path: path.to_string(),
-            created: false,
-        });
+        if log {
+            state.calls.push(Call {
+                method: method.to_string(),
+                path: path.to_string(),
+                created: false,
+            });
+        }
         if state.unserved.iter().any(|p| path.starts_with(p)) {
             return status(
                 StatusCode::NOT_FOUND,
@@ -288,7 +299,7 @@ impl FakeApi {
                         );
                     }
                     (None, false) => {
-                        if let Some(call) = state.calls.last_mut() {
+                        if let Some(call) = state.calls.last_mut().filter(|_| log) {
                             call.created = true;
                         }
                         json!({"metadata": {"uid": format!("uid-{revision}"), "generation": 0}})
@@ -436,7 +447,12 @@ impl LabelSelector {
         for (key, value) in url_pairs(query) {
             match key.as_str() {
                 "labelSelector" => {
-                    for term in value.split(',').filter(|t| !t.is_empty()) {
+                    if value.contains('(') {
+                        return Err(format!(
+                            "set-based labelSelector {value} is not supported by the fake API server"
+                        ));
+                    }
+                    for term in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                         requirements.push(Self::requirement(term));
                     }
                 }
@@ -452,12 +468,13 @@ impl LabelSelector {
     }
 
     fn requirement(term: &str) -> (String, Requirement) {
+        let trimmed = |s: &str| s.trim().to_string();
         if let Some((k, v)) = term.split_once("!=") {
-            (k.to_string(), Requirement::Differs(v.to_string()))
+            (trimmed(k), Requirement::Differs(trimmed(v)))
         } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            (k.to_string(), Requirement::Equals(v.to_string()))
+            (trimmed(k), Requirement::Equals(trimmed(v)))
         } else if let Some(k) = term.strip_prefix('!') {
-            (k.to_string(), Requirement::Absent)
+            (trimmed(k), Requirement::Absent)
         } else {
             (term.to_string(), Requirement::Exists)
         }

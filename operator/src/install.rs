@@ -40,7 +40,7 @@ fn labels() -> Value {
 
 /// The RBAC objects: the rules for the watched namespaces (a Role there, or a ClusterRole),
 /// for the operator's own namespace (Lease, leader label) and for Nodes (a ClusterRole
-/// `tributary-operator-nodes`, for racks), each with its binding.
+/// `tributary-operator-<namespace>-nodes`, for racks), each with its binding.
 pub fn rbac(install: &Install) -> Vec<Value> {
     let subject = json!([{"kind": "ServiceAccount", "name": NAME, "namespace": install.namespace}]);
     let role_ref = |kind: &str, name: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
@@ -64,7 +64,8 @@ pub fn rbac(install: &Install) -> Vec<Value> {
         ),
     };
     let own_name = format!("{NAME}-leader-election");
-    let nodes_name = format!("{NAME}-nodes");
+    // Cluster-scoped: named after the install's namespace, so installs do not collide.
+    let nodes_name = format!("{NAME}-{}-nodes", install.namespace);
     vec![
         watched,
         watched_binding,

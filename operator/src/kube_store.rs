@@ -206,6 +206,13 @@ fn record_in(topic: &Topic) -> Option<Result<Value, String>> {
             config: status.config.clone(),
             partitions,
         };
+        // Every topic has a partition: none means the API server dropped them, as one with
+        // an older Topic CRD (no status.assignment in its schema) does.
+        if record.partitions.is_empty() {
+            return Err(format!(
+                "status.topicId is {id} but no partitions are recorded (status.assignment is missing); if the Topic CRD is older than the operator, apply crds/ from the operator's release"
+            ));
+        }
         serde_json::to_value(record).map_err(|e| e.to_string())
     })();
     Some(record)
@@ -464,6 +471,19 @@ impl KubeStore {
                 .replace_status(&name, &PostParams::default(), &topic)
                 .await
             {
+                // An API server with an older Topic CRD drops fields its schema lacks
+                // without an error: the record would be gone. Refuse instead.
+                Ok(written)
+                    if written.status.as_ref().and_then(|s| s.assignment.as_ref())
+                        != topic.status.as_ref().and_then(|s| s.assignment.as_ref()) =>
+                {
+                    return Err(self
+                        .unavailable(
+                            &format!("writing Topic {name}"),
+                            "the API server did not keep status.assignment: the Topic CRD is older than this operator; apply crds/ from the operator's release (helm upgrade does not update CRDs)",
+                        )
+                        .into());
+                }
                 Ok(written) => return Ok(written),
                 Err(e) if is_status(&e, 409) => {}
                 // Deleted: whoever deleted it took the record with it.
@@ -506,7 +526,13 @@ impl KubeStore {
         let mut named: Vec<Topic> = topics
             .items
             .into_iter()
-            .filter(|t| t.spec.cluster == self.cluster && t.topic_name() == name)
+            // A Topic being deleted takes its record with it when it goes: never one for a
+            // new topic.
+            .filter(|t| {
+                t.spec.cluster == self.cluster
+                    && t.topic_name() == name
+                    && t.metadata.deletion_timestamp.is_none()
+            })
             .collect();
         if named.iter().any(|t| record_in(t).is_some()) {
             return Ok(TopicObject::Claimed);

@@ -22,8 +22,11 @@ pub struct Racks {
     pub known: BTreeMap<i32, String>,
     /// Brokers whose node has no such label (or an empty one), with the node.
     pub unlabelled: BTreeMap<i32, String>,
-    /// The operator may not read Nodes.
-    pub forbidden: bool,
+    /// Broker pods not scheduled to a node yet.
+    pub unscheduled: Vec<i32>,
+    /// Why Nodes could not be read (403, or the API server failing), if they could not:
+    /// the racks found are then incomplete, and the controller keeps the ones it has.
+    pub unreadable: Option<String>,
 }
 
 /// The racks of the cluster's brokers whose pods are scheduled; `None` when the cluster
@@ -48,20 +51,24 @@ pub async fn resolve(
     let mut racks = Racks::default();
     let mut node_labels: BTreeMap<String, Option<String>> = BTreeMap::new();
     for pod in &pods.items {
-        let (Some(id), Some(node)) = (
-            broker_id(pod),
-            pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-        ) else {
+        let Some(id) = broker_id(pod) else {
+            continue;
+        };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            racks.unscheduled.push(id);
             continue;
         };
         if !node_labels.contains_key(&node) {
             let label = match nodes_api.get_opt(&node).await {
                 Ok(found) => found.and_then(|n| n.labels().get(&rack.topology_key).cloned()),
-                Err(error) if is_status(&error, 403) => {
-                    racks.forbidden = true;
+                Err(error) => {
+                    racks.unreadable = Some(if is_status(&error, 403) {
+                        "the operator may not get Nodes: grant it get on nodes (the ClusterRole for nodes that its install makes) or remove spec.rack".to_string()
+                    } else {
+                        format!("reading Node {node} failed: {error}")
+                    });
                     return Ok(Some(racks));
                 }
-                Err(error) => return Err(error.into()),
             };
             node_labels.insert(node.clone(), label);
         }
@@ -96,12 +103,12 @@ pub fn condition(cluster: &Cluster, racks: &Racks) -> Condition {
         .rack
         .as_ref()
         .map_or("", |r| r.topology_key.as_str());
-    if racks.forbidden {
+    if let Some(why) = &racks.unreadable {
         return condition::condition(
             condition::RACK_AWARE,
             false,
             "NodesNotReadable",
-            "the operator may not get Nodes, so brokers have no rack: grant it get on nodes (its ClusterRole tributary-operator-nodes) or remove spec.rack",
+            format!("{why}; brokers keep the racks they had"),
             generation,
         );
     }
@@ -121,12 +128,21 @@ pub fn condition(cluster: &Cluster, racks: &Racks) -> Condition {
         );
     }
     let distinct: BTreeSet<&str> = racks.known.values().map(String::as_str).collect();
+    let pending = if racks.unscheduled.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<String> = racks.unscheduled.iter().map(i32::to_string).collect();
+        format!(
+            "; broker(s) {} not scheduled yet, their racks to follow",
+            ids.join(", ")
+        )
+    };
     condition::condition(
         condition::RACK_AWARE,
         true,
         "RacksFromNodes",
         format!(
-            "{} broker(s) in {} rack(s) ({}) from node label {key}",
+            "{} broker(s) in {} rack(s) ({}) from node label {key}{pending}",
             racks.known.len(),
             distinct.len(),
             distinct.into_iter().collect::<Vec<_>>().join(", ")

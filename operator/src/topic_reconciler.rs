@@ -42,7 +42,9 @@ pub async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, E
     let key = cluster_key(&namespace, &topic.spec.cluster);
     let controller = ctx.controllers.get(&key);
     if crd::is_paused(&*topic) {
-        write_conditions(&ctx, &topic, paused_conditions(&topic)).await?;
+        // The spec is not acted on while paused: observedGeneration stays where it was.
+        let observed = topic.status.as_ref().and_then(|s| s.observed_generation);
+        write_conditions(&ctx, &topic, paused_conditions(&topic), observed).await?;
         return Ok(Action::requeue(RESYNC));
     }
     if topic.metadata.deletion_timestamp.is_some() {
@@ -66,7 +68,8 @@ pub async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, E
                 ),
             ),
         };
-        write_conditions(&ctx, &topic, not_ready(&topic, reason, message)).await?;
+        let conditions = not_ready(&topic, reason, message);
+        write_conditions(&ctx, &topic, conditions, topic.metadata.generation).await?;
         return Ok(Action::requeue(RETRY));
     };
     add_finalizer(&ctx, &topic, &namespace).await?;
@@ -78,7 +81,7 @@ pub async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, E
     let waiting = conditions
         .iter()
         .any(|c| c.type_ == condition::READY && c.status == "False");
-    write_conditions(&ctx, &topic, conditions).await?;
+    write_conditions(&ctx, &topic, conditions, topic.metadata.generation).await?;
     Ok(Action::requeue(if waiting { RETRY } else { RESYNC }))
 }
 
@@ -151,6 +154,16 @@ async fn holds(ctx: &Context, topic: &Topic, record: &TopicRecord) -> Result<boo
     Ok(fresh.as_ref().is_some_and(shows))
 }
 
+/// The topic exists, and not as this Topic's.
+fn topic_exists(name: &str) -> Refusal {
+    Refusal {
+        reason: "TopicExists",
+        message: format!(
+            "a topic named '{name}' already exists in the cluster, made outside Kubernetes or by another Topic object; delete it (tributary topic delete {name}, or that Topic) to let this Topic create it, or choose another name"
+        ),
+    }
+}
+
 /// Creates the topic, or grows it and applies its configuration; returns it as it is now.
 async fn converge(
     ctx: &Context,
@@ -169,15 +182,14 @@ async fn converge(
         };
         let (record, _) = controller.create_topic(new, false).await?;
         tracing::info!(topic = %name, "topic created");
+        // Another Topic object naming the same topic may be the one that holds it.
+        if !holds(ctx, topic, &record).await? {
+            return Err(topic_exists(&name));
+        }
         return Ok(record);
     };
     if !holds(ctx, topic, &existing).await? {
-        return Err(Refusal {
-            reason: "TopicExists",
-            message: format!(
-                "a topic named '{name}' already exists in the cluster, made outside Kubernetes or by another Topic object; delete it (tributary topic delete {name}, or that Topic) to let this Topic create it, or choose another name"
-            ),
-        });
+        return Err(topic_exists(&name));
     }
     if let Some(rf) = topic.spec.replication_factor
         && rf as usize != existing.replication_factor()
@@ -264,11 +276,12 @@ async fn write_conditions(
     ctx: &Context,
     topic: &Topic,
     conditions: Vec<Condition>,
+    observed_generation: Option<i64>,
 ) -> Result<(), Error> {
     let old = topic.status.clone().unwrap_or_default().conditions;
     let conditions = condition::merge(&old, conditions);
     let status = TopicStatus {
-        observed_generation: topic.metadata.generation,
+        observed_generation,
         conditions: conditions.clone(),
         ..TopicStatus::default()
     };

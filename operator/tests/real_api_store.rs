@@ -186,3 +186,92 @@ async fn the_largest_topic_and_thousands_of_partitions_outside_kubernetes_fit_th
     let after = start_controller().await.snapshot();
     assert_eq!(after.topics, before.topics);
 }
+
+/// An API server whose Topic CRD is older than the operator (helm upgrade does not update
+/// CRDs) drops `status.assignment` without an error: the store refuses such a write and
+/// says what to do, instead of leaving a Topic whose partitions are gone.
+#[tokio::test]
+async fn an_outdated_topic_crd_is_refused_rather_than_losing_the_record() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use std::collections::BTreeMap;
+    use tributary_broker::controller::{Controller, ControllerConfig, Registration};
+    use tributary_broker::metadata::{BrokerInfo, NewTopic};
+
+    let (_plane, client, cluster) = start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crd = crds
+        .get("topics.tributary.dev")
+        .await
+        .expect("the Topic CRD");
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"))
+            .and_then(|s| s.properties.as_mut())
+            .expect("a status schema");
+        status.remove("assignment");
+    }
+    crds.replace("topics.tributary.dev", &PostParams::default(), &crd)
+        .await
+        .expect("the older CRD");
+    // The API server takes the changed schema up asynchronously: until a status written
+    // with an assignment comes back without one (on a Topic of another cluster).
+    let topics: Api<Topic> = Api::namespaced(client.clone(), NAMESPACE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut probe = topics.get("b").await.expect("Topic b");
+        probe.status = Some(tributary_operator::crd::TopicStatus {
+            assignment: Some("probe".into()),
+            ..Default::default()
+        });
+        let written = topics
+            .replace_status("b", &PostParams::default(), &probe)
+            .await
+            .expect("a status write");
+        if written.status.and_then(|s| s.assignment).is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the older CRD never took effect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let store = KubeStore::new(client.clone(), &cluster).expect("a store");
+    let controller = Controller::start(0, store, ControllerConfig::default())
+        .await
+        .expect("a controller");
+    let broker = BrokerInfo {
+        id: 0,
+        host: "demo-broker-0".into(),
+        port: 9095,
+        kafka_port: 9092,
+        rack: None,
+    };
+    controller
+        .register_broker(Registration {
+            broker,
+            incarnation: "disk-0".into(),
+        })
+        .await
+        .expect("a registration");
+    let topic = NewTopic {
+        name: "orders".into(),
+        partitions: 1,
+        replication_factor: Some(1),
+        config: BTreeMap::new(),
+    };
+    let error = controller
+        .create_topic(topic, false)
+        .await
+        .expect_err("the write is refused")
+        .to_string();
+    assert!(
+        error.contains("the Topic CRD is older than this operator"),
+        "{error}"
+    );
+}

@@ -379,3 +379,35 @@ async fn a_deleted_configmap_is_not_silently_made_again() {
     assert!(err.to_string().contains("another controller"), "{err}");
     assert!(api.get(METADATA).is_none());
 }
+
+/// A Topic object being deleted takes its status with it when it goes: a topic made again
+/// under its name meanwhile (a Kafka client auto-creating it) is kept in the ConfigMap.
+#[tokio::test]
+async fn a_topic_made_while_its_object_is_being_deleted_is_not_recorded_in_that_object() {
+    let api = FakeApi::new();
+    let path = format!("{TOPICS}/orders");
+    api.put(
+        &path,
+        json!({
+            "apiVersion": "tributary.dev/v1alpha1",
+            "kind": "Topic",
+            "metadata": {"name": "orders", "namespace": "streams",
+                "finalizers": ["tributary.dev/topic-data"]},
+            "spec": {"cluster": "demo", "partitions": 1},
+        }),
+    );
+    api.delete(&path);
+    let controller = controller(&api).await;
+    controller
+        .create_topic(new_topic("orders"), false)
+        .await
+        .unwrap();
+    assert!(
+        api.get(&path).unwrap()["status"]
+            .get("assignment")
+            .is_none(),
+        "the record is not in the object being deleted"
+    );
+    let data = &api.get(METADATA).unwrap()["data"];
+    assert!(data.get("topics.orders").is_some(), "{data}");
+}
