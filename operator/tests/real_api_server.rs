@@ -790,6 +790,26 @@ async fn a_topic_named_as_kubernetes_does_not_allow_lives_under_its_topic_name()
     assert_eq!(status.partition_count, Some(2));
     assert!(!controller.snapshot().topics.contains_key("orders-v2"));
 
+    // Grown and reconfigured through its spec.
+    topics
+        .patch(
+            "orders-v2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"partitions": 4, "config": {"retention.ms": "60000"}}})),
+        )
+        .await
+        .expect("a spec change");
+    let grown = reconciled("orders-v2").await.expect("the Topic");
+    let record = controller.snapshot().topics["Orders_V2"].clone();
+    assert_eq!(record.partitions.len(), 4);
+    assert_eq!(
+        record.config.get("retention.ms").map(String::as_str),
+        Some("60000")
+    );
+    let status = grown.status.expect("a status");
+    assert_eq!(status.partition_count, Some(4));
+    assert_eq!(status.observed_generation, grown.metadata.generation);
+
     create("orders-copy").await;
     let copy = reconciled("orders-copy").await.expect("the Topic");
     let ready = copy
@@ -1020,4 +1040,115 @@ async fn an_operator_restarted_with_an_invalid_topic_still_hosts_the_clusters_co
         "the brokers are left as they are"
     );
     restarted.controllers.stop_all();
+}
+
+/// A scale-down on the real server, as the operator's ServiceAccount: the brokers that go
+/// are cordoned and drained through the controller, and the StatefulSet shrinks only once
+/// they hold nothing.
+#[tokio::test]
+async fn a_scale_down_shrinks_the_statefulset_only_after_the_drain_finished() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use tributary_broker::controller::Registration;
+    use tributary_broker::metadata::{BrokerInfo, NewTopic};
+
+    let plane = ControlPlane::start().await;
+    let admin = plane.client();
+    install(&admin, NAMESPACE).await;
+    make_namespace(&admin, "tributary-system").await;
+    install_rbac(&admin, NAMESPACE, |_| {}).await;
+    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
+    let spec = json!({"replicas": 5, "config": {"defaultReplicationFactor": 1}});
+    clusters
+        .create(&PostParams::default(), &cluster("demo", spec))
+        .await
+        .expect("a Cluster");
+    let statefulsets: Api<StatefulSet> = Api::namespaced(admin.clone(), NAMESPACE);
+    let ctx = std::sync::Arc::new(Context::new(operator, settings(), Controllers::default()));
+    let reconciled = async || {
+        let stored = clusters.get("demo").await.expect("the Cluster");
+        reconcile(std::sync::Arc::new(stored), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the reconcile failed: {e}\n{}", plane.logs()));
+        let statefulset = statefulsets
+            .get("demo-broker")
+            .await
+            .expect("the StatefulSet");
+        statefulset.spec.and_then(|s| s.replicas)
+    };
+    assert_eq!(reconciled().await, Some(5));
+    let key = clusters.get("demo").await.expect("the Cluster").key();
+    let controller = ctx.controllers.get(&key).expect("a hosted controller");
+    for id in 0..5 {
+        let broker = BrokerInfo {
+            id,
+            host: format!("demo-broker-{id}"),
+            port: 9095,
+            kafka_port: 9092,
+            rack: None,
+        };
+        let incarnation = format!("disk-{id}");
+        controller
+            .register_broker(Registration {
+                broker,
+                incarnation,
+            })
+            .await
+            .expect("a registration");
+    }
+    let topic = NewTopic {
+        name: "events".into(),
+        partitions: 10,
+        replication_factor: Some(2),
+        config: Default::default(),
+    };
+    controller
+        .create_topic(topic, false)
+        .await
+        .expect("a topic");
+
+    clusters
+        .patch_scale(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("kubectl scale");
+    assert_eq!(reconciled().await, Some(5), "not before the drain");
+    assert_eq!(
+        controller.cordoned().await.expect("the cordoned brokers"),
+        [3, 4].into()
+    );
+    for _ in 0..100 {
+        let moves = controller.rebalance_status().await.expect("a status").moves;
+        if moves.is_empty() {
+            break;
+        }
+        tributary_store_suite::catch_up(&controller).await;
+        controller
+            .advance_reassignments()
+            .await
+            .expect("the moves advance");
+        let replicas = reconciled().await;
+        if !controller
+            .rebalance_status()
+            .await
+            .expect("a status")
+            .moves
+            .is_empty()
+        {
+            assert_eq!(replicas, Some(5), "the drain is not finished");
+        }
+    }
+    assert_eq!(reconciled().await, Some(3));
+    for p in controller
+        .snapshot()
+        .topics
+        .values()
+        .flat_map(|t| &t.partitions)
+    {
+        assert!(p.replicas.iter().all(|r| *r < 3), "{p:?}");
+    }
+    ctx.controllers.stop_all();
 }
