@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::brokers;
 use common::control_plane::{ControlPlane, install, make_namespace, repository_file};
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -287,18 +288,25 @@ async fn install_rbac(client: &Client, watched: &str, edit: impl Fn(&mut Value))
     }
 }
 
-/// The Cluster and Topic reconcilers run as the operator's ServiceAccount with exactly the
-/// RBAC rules the operator ships: a call they do not allow fails the test (as a `patch`
-/// without `create` did: a real API server checks `create` for an apply that creates its
-/// object).
-#[tokio::test]
-async fn the_reconcilers_work_as_the_operators_service_account_and_no_more() {
+/// A control plane with the CRDs and the operator's RBAC rules for NAMESPACE installed;
+/// an admin client, and a client as the operator's ServiceAccount.
+async fn with_the_operators_rbac() -> (ControlPlane, Client, Client) {
     let plane = ControlPlane::start().await;
     let admin = plane.client();
     install(&admin, NAMESPACE).await;
     make_namespace(&admin, "tributary-system").await;
     install_rbac(&admin, NAMESPACE, |_| {}).await;
     let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    (plane, admin, operator)
+}
+
+/// The Cluster and Topic reconcilers run as the operator's ServiceAccount with exactly the
+/// RBAC rules the operator ships: a call they do not allow fails the test (as a `patch`
+/// without `create` did: a real API server checks `create` for an apply that creates its
+/// object).
+#[tokio::test]
+async fn the_reconcilers_work_as_the_operators_service_account_and_no_more() {
+    let (plane, admin, operator) = with_the_operators_rbac().await;
 
     let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
     let stored = clusters
@@ -506,15 +514,8 @@ fn broker_pod(cluster: &Cluster, id: i32, node: &str) -> k8s_openapi::api::core:
 #[tokio::test]
 async fn racks_come_from_the_nodes_brokers_run_on_and_a_missing_label_is_a_warning() {
     use k8s_openapi::api::core::v1::{Node, Pod};
-    use tributary_broker::controller::Registration;
-    use tributary_broker::metadata::BrokerInfo;
 
-    let plane = ControlPlane::start().await;
-    let admin = plane.client();
-    install(&admin, NAMESPACE).await;
-    make_namespace(&admin, "tributary-system").await;
-    install_rbac(&admin, NAMESPACE, |_| {}).await;
-    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let (plane, admin, operator) = with_the_operators_rbac().await;
     let nodes: Api<Node> = Api::all(admin.clone());
     for (name, zone) in [
         ("node-a", Some("zone-a")),
@@ -569,23 +570,7 @@ async fn racks_come_from_the_nodes_brokers_run_on_and_a_missing_label_is_a_warni
         .controllers
         .get(&racked.key())
         .expect("a hosted controller");
-    for id in 0..3 {
-        let broker = BrokerInfo {
-            id,
-            host: format!("racked-broker-{id}"),
-            port: 9095,
-            kafka_port: 9092,
-            rack: None,
-        };
-        let incarnation = format!("disk-{id}");
-        controller
-            .register_broker(Registration {
-                broker,
-                incarnation,
-            })
-            .await
-            .expect("a registration");
-    }
+    brokers::register(&controller, 0..3).await;
     let rack = |id: i32| controller.snapshot().brokers[&id].rack.clone();
     assert_eq!(rack(0).as_deref(), Some("zone-a"));
     assert_eq!(rack(1).as_deref(), Some("zone-b"));
@@ -614,12 +599,7 @@ async fn a_cluster_scales_rolls_and_pauses_as_kubectl_asks() {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use tributary_operator::crd::{PAUSE_ANNOTATION, RESTART_ANNOTATION};
 
-    let plane = ControlPlane::start().await;
-    let admin = plane.client();
-    install(&admin, NAMESPACE).await;
-    make_namespace(&admin, "tributary-system").await;
-    install_rbac(&admin, NAMESPACE, |_| {}).await;
-    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let (plane, admin, operator) = with_the_operators_rbac().await;
     let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
     clusters
         .create(
@@ -727,15 +707,7 @@ async fn a_cluster_scales_rolls_and_pauses_as_kubectl_asks() {
 /// status, and a second object naming the same topic is refused.
 #[tokio::test]
 async fn a_topic_named_as_kubernetes_does_not_allow_lives_under_its_topic_name() {
-    use tributary_broker::controller::Registration;
-    use tributary_broker::metadata::BrokerInfo;
-
-    let plane = ControlPlane::start().await;
-    let admin = plane.client();
-    install(&admin, NAMESPACE).await;
-    make_namespace(&admin, "tributary-system").await;
-    install_rbac(&admin, NAMESPACE, |_| {}).await;
-    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let (plane, admin, operator) = with_the_operators_rbac().await;
     let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
     let stored = clusters
         .create(
@@ -752,20 +724,7 @@ async fn a_topic_named_as_kubernetes_does_not_allow_lives_under_its_topic_name()
         .controllers
         .get(&stored.key())
         .expect("a hosted controller");
-    let broker = BrokerInfo {
-        id: 0,
-        host: "demo-broker-0".into(),
-        port: 9095,
-        kafka_port: 9092,
-        rack: None,
-    };
-    controller
-        .register_broker(Registration {
-            broker,
-            incarnation: "disk-0".into(),
-        })
-        .await
-        .expect("a registration");
+    brokers::register(&controller, 0..1).await;
 
     let topics: Api<Topic> = Api::namespaced(admin.clone(), NAMESPACE);
     let reconciled = async |name: &str| {
@@ -846,12 +805,7 @@ async fn a_real_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_obje
     use tributary_operator::kube_store::assignment;
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    let plane = ControlPlane::start().await;
-    let admin = plane.client();
-    install(&admin, NAMESPACE).await;
-    make_namespace(&admin, "tributary-system").await;
-    install_rbac(&admin, NAMESPACE, |_| {}).await;
-    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let (plane, admin, operator) = with_the_operators_rbac().await;
     let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
     let stored = clusters
         .create(
@@ -972,12 +926,7 @@ async fn a_real_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_obje
 async fn an_operator_restarted_with_an_invalid_topic_still_hosts_the_clusters_controller() {
     use k8s_openapi::api::apps::v1::StatefulSet;
 
-    let plane = ControlPlane::start().await;
-    let admin = plane.client();
-    install(&admin, NAMESPACE).await;
-    make_namespace(&admin, "tributary-system").await;
-    install_rbac(&admin, NAMESPACE, |_| {}).await;
-    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let (plane, admin, operator) = with_the_operators_rbac().await;
     let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
     clusters
         .create(
@@ -1048,15 +997,9 @@ async fn an_operator_restarted_with_an_invalid_topic_still_hosts_the_clusters_co
 #[tokio::test]
 async fn a_scale_down_shrinks_the_statefulset_only_after_the_drain_finished() {
     use k8s_openapi::api::apps::v1::StatefulSet;
-    use tributary_broker::controller::Registration;
-    use tributary_broker::metadata::{BrokerInfo, NewTopic};
+    use tributary_broker::metadata::NewTopic;
 
-    let plane = ControlPlane::start().await;
-    let admin = plane.client();
-    install(&admin, NAMESPACE).await;
-    make_namespace(&admin, "tributary-system").await;
-    install_rbac(&admin, NAMESPACE, |_| {}).await;
-    let operator = plane.client_as_service_account("tributary-system", "tributary-operator");
+    let (plane, admin, operator) = with_the_operators_rbac().await;
     let clusters: Api<Cluster> = Api::namespaced(admin.clone(), NAMESPACE);
     let spec = json!({"replicas": 5, "config": {"defaultReplicationFactor": 1}});
     clusters
@@ -1079,23 +1022,7 @@ async fn a_scale_down_shrinks_the_statefulset_only_after_the_drain_finished() {
     assert_eq!(reconciled().await, Some(5));
     let key = clusters.get("demo").await.expect("the Cluster").key();
     let controller = ctx.controllers.get(&key).expect("a hosted controller");
-    for id in 0..5 {
-        let broker = BrokerInfo {
-            id,
-            host: format!("demo-broker-{id}"),
-            port: 9095,
-            kafka_port: 9092,
-            rack: None,
-        };
-        let incarnation = format!("disk-{id}");
-        controller
-            .register_broker(Registration {
-                broker,
-                incarnation,
-            })
-            .await
-            .expect("a registration");
-    }
+    brokers::register(&controller, 0..5).await;
     let topic = NewTopic {
         name: "events".into(),
         partitions: 10,

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::brokers;
 use common::control_plane::{ControlPlane, install};
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -89,8 +90,8 @@ tributary_store_suite::metadata_store_suite!(real_time: RealStores::new());
 #[tokio::test]
 async fn the_largest_topic_and_thousands_of_partitions_outside_kubernetes_fit_their_objects() {
     use std::collections::BTreeMap;
-    use tributary_broker::controller::{Controller, ControllerConfig, Registration};
-    use tributary_broker::metadata::{BrokerInfo, NewTopic};
+    use tributary_broker::controller::{Controller, ControllerConfig};
+    use tributary_broker::metadata::NewTopic;
 
     let (plane, client, cluster) = start().await;
     let topic: Topic = serde_json::from_value(json!({
@@ -112,26 +113,7 @@ async fn the_largest_topic_and_thousands_of_partitions_outside_kubernetes_fit_th
             .unwrap_or_else(|e| panic!("the controller starts: {e}\n{}", plane.logs()))
     };
     let controller = start_controller().await;
-    let mut sessions = Vec::new();
-    for id in 0..3 {
-        let broker = BrokerInfo {
-            id,
-            host: format!("demo-broker-{id}"),
-            port: 9095,
-            kafka_port: 9092,
-            rack: None,
-        };
-        let incarnation = format!("disk-{id}");
-        let registration = Registration {
-            broker,
-            incarnation,
-        };
-        let session = controller
-            .register_broker(registration.clone())
-            .await
-            .expect("a registration");
-        sessions.push((registration, session));
-    }
+    let mut sessions = brokers::register(&controller, 0..3).await;
     let create = async |name: &str, partitions: u32| {
         let topic = NewTopic {
             name: name.into(),
@@ -194,8 +176,8 @@ async fn the_largest_topic_and_thousands_of_partitions_outside_kubernetes_fit_th
 async fn an_outdated_topic_crd_is_refused_rather_than_losing_the_record() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use std::collections::BTreeMap;
-    use tributary_broker::controller::{Controller, ControllerConfig, Registration};
-    use tributary_broker::metadata::{BrokerInfo, NewTopic};
+    use tributary_broker::controller::{Controller, ControllerConfig};
+    use tributary_broker::metadata::NewTopic;
 
     let (_plane, client, cluster) = start().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -245,20 +227,7 @@ async fn an_outdated_topic_crd_is_refused_rather_than_losing_the_record() {
     let controller = Controller::start(0, store, ControllerConfig::default())
         .await
         .expect("a controller");
-    let broker = BrokerInfo {
-        id: 0,
-        host: "demo-broker-0".into(),
-        port: 9095,
-        kafka_port: 9092,
-        rack: None,
-    };
-    controller
-        .register_broker(Registration {
-            broker,
-            incarnation: "disk-0".into(),
-        })
-        .await
-        .expect("a registration");
+    brokers::register(&controller, 0..1).await;
     let topic = NewTopic {
         name: "orders".into(),
         partitions: 1,
