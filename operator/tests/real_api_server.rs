@@ -798,9 +798,7 @@ async fn a_topic_named_as_kubernetes_does_not_allow_lives_under_its_topic_name()
 async fn a_real_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() {
     use tokio::net::TcpListener;
     use tokio_stream::wrappers::TcpListenerStream;
-    use tributary_broker::client::{
-        Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
-    };
+    use tributary_broker::client::fixtures::write_and_read_back;
     use tributary_broker::server::{self, BrokerConfig, controller_server};
     use tributary_operator::kube_store::assignment;
 
@@ -870,42 +868,7 @@ async fn a_real_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_obje
         .expect("the controller's record");
     assert_eq!(assignment::decode(&encoded).expect("a record")[0].leader, 0);
 
-    let producer = Producer::connect(ProducerConfig::new(&bootstrap))
-        .await
-        .expect("a producer");
-    loop {
-        // The broker takes the partition when the controller's metadata reaches it.
-        let sent = producer
-            .send(ProducerRecord::new("orders").value("hello"))
-            .await;
-        match sent {
-            Ok(delivery) => match delivery.await {
-                Ok(_) => break,
-                Err(error) => assert!(Instant::now() < deadline, "{error}"),
-            },
-            Err(error) => assert!(Instant::now() < deadline, "{error}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut consumer = Consumer::connect(ConsumerConfig::new(&bootstrap))
-        .await
-        .expect("a consumer");
-    let tp = tributary_broker::TopicPartition::new("orders", 0);
-    consumer
-        .assign(vec![tp.clone()])
-        .await
-        .expect("an assignment");
-    consumer.seek(&tp, Offset::Beginning).await.expect("a seek");
-    let records = loop {
-        let records = consumer
-            .poll(Duration::from_millis(500))
-            .await
-            .expect("a poll");
-        if !records.is_empty() {
-            break records;
-        }
-        assert!(Instant::now() < deadline, "nothing to read");
-    };
+    let records = write_and_read_back(&bootstrap, "orders", "hello", deadline.into()).await;
     assert_eq!(records[0].value.as_deref(), Some(&b"hello"[..]));
 
     stop.send(()).expect("the broker is running");

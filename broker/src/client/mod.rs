@@ -31,6 +31,8 @@ mod cluster;
 mod consumer;
 mod controller_admin;
 mod error;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 mod group;
 mod membership;
 mod offsets;

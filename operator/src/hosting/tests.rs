@@ -188,9 +188,7 @@ fn broker_status_counts_replicas_and_leaders_and_names_missing_brokers() {
 async fn a_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() {
     use std::time::Duration;
 
-    use tributary_broker::client::{
-        Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
-    };
+    use tributary_broker::client::fixtures::write_and_read_back;
     use tributary_broker::server::{self, BrokerConfig};
 
     use crate::context::Context;
@@ -252,36 +250,7 @@ async fn a_broker_of_a_hosted_cluster_serves_a_topic_made_from_a_topic_object() 
         crate::kube_store::assignment::decode(status["assignment"].as_str().unwrap()).unwrap();
     assert_eq!(partitions[0].leader, 0);
 
-    let producer = Producer::connect(ProducerConfig::new(&bootstrap))
-        .await
-        .unwrap();
-    loop {
-        // The broker takes the partition when the controller's metadata reaches it.
-        let sent = producer
-            .send(ProducerRecord::new("orders").value("hello"))
-            .await;
-        match sent {
-            Ok(delivery) => match delivery.await {
-                Ok(_) => break,
-                Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
-            },
-            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut consumer = Consumer::connect(ConsumerConfig::new(&bootstrap))
-        .await
-        .unwrap();
-    let tp = tributary_broker::TopicPartition::new("orders", 0);
-    consumer.assign(vec![tp.clone()]).await.unwrap();
-    consumer.seek(&tp, Offset::Beginning).await.unwrap();
-    let records = loop {
-        let records = consumer.poll(Duration::from_millis(500)).await.unwrap();
-        if !records.is_empty() {
-            break records;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "nothing to read");
-    };
+    let records = write_and_read_back(&bootstrap, "orders", "hello", deadline).await;
     assert_eq!(records[0].value.as_deref(), Some(&b"hello"[..]));
 
     stop.send(()).unwrap();
