@@ -677,6 +677,67 @@ fn auto_creation_can_be_turned_off() {
     assert!(!out.contains("not-made"), "{out}");
 }
 
+/// Before the cluster metadata reaches a broker it knows no topic and no broker; Kafka
+/// requests wait for it instead of hearing that every topic is unknown.
+#[test]
+fn kafka_requests_wait_until_the_broker_has_the_cluster_metadata() {
+    let dir = common::open_tempdir();
+    let controller_address = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        free.local_addr().unwrap().to_string()
+    };
+    let broker = Broker::start_listening(
+        &dir.path().join("broker"),
+        &["--controller", &controller_address],
+    );
+    let mut stream = connect(&broker.kafka);
+    stream
+        .write_all(&request(
+            ApiKey::Metadata,
+            12,
+            5,
+            &MetadataRequest::default(),
+        ))
+        .unwrap();
+    // No controller yet: no answer (a broker without metadata would answer at once).
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = stream.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the broker answered before it had the cluster metadata: {early:?}"
+    );
+
+    let mut controller = Command::new(common::CONTROLLER)
+        .args(["--listen", &controller_address, "--data-dir"])
+        .arg(dir.path().join("controller"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the controller");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (id, mut body) = response(&mut stream, 1);
+        (
+            id,
+            MetadataResponse::decode(&mut body, 12).expect("a Metadata response"),
+        )
+    }));
+    let _ = controller.kill();
+    let _ = controller.wait();
+    let (id, metadata) = answered.unwrap_or_else(|_| {
+        panic!(
+            "no answer once the controller ran; broker stderr:\n{}",
+            broker.stderr()
+        )
+    });
+    assert_eq!(id, 5);
+    assert_eq!(metadata.brokers.len(), 1, "{metadata:?}");
+}
+
 /// A request frame: header v1 or v2 (as `api` at `version` uses) and `body`.
 fn request<B: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &B) -> Vec<u8> {
     let header = RequestHeader::default()

@@ -282,20 +282,29 @@ pub async fn run(
     let producer_ids = Arc::new(ProducerIds::new(link.clone(), config.broker_id));
     let offsets_topic = OffsetsTopic::new(link.clone());
     let kafka_stop = CancellationToken::new();
-    let kafka_task = tokio::spawn(kafka::serve(
-        kafka,
-        Arc::new(KafkaService {
-            replicas: replicas.clone(),
-            link: link.clone(),
-            metrics: metrics.clone(),
-            producer_ids: producer_ids.clone(),
-            groups: groups.clone(),
-            offsets_topic: offsets_topic.clone(),
-            topic_defaults: config.topic_config.clone(),
-            settings: config.kafka.clone(),
-        }),
-        kafka_stop.clone(),
-    ));
+    let kafka_service = Arc::new(KafkaService {
+        replicas: replicas.clone(),
+        link: link.clone(),
+        metrics: metrics.clone(),
+        producer_ids: producer_ids.clone(),
+        groups: groups.clone(),
+        offsets_topic: offsets_topic.clone(),
+        topic_defaults: config.topic_config.clone(),
+        settings: config.kafka.clone(),
+    });
+    let kafka_task = tokio::spawn({
+        let (replicas, stop, own_id) = (replicas.clone(), kafka_stop.clone(), config.broker_id);
+        async move {
+            // As Kafka's brokers do, take Kafka requests only once the cluster metadata has
+            // arrived: before it every topic would be answered as unknown (and auto-created
+            // again). Connections wait in the listener's backlog until then.
+            tokio::select! {
+                _ = replicas.wait_for_metadata(Duration::MAX, |m| m.brokers.contains_key(&own_id)) => {}
+                () = stop.cancelled() => return,
+            }
+            kafka::serve(kafka, kafka_service, stop).await
+        }
+    });
 
     let grpc_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()

@@ -84,6 +84,11 @@ impl Broker {
         broker
     }
 
+    /// Starts a broker and returns once it listens, without waiting until it is ready.
+    pub fn start_listening(data_dir: &Path, args: &[&str]) -> Self {
+        Self::spawn(data_dir, args.iter().map(|s| s.to_string()).collect())
+    }
+
     fn spawn(data_dir: &Path, args: Vec<String>) -> Self {
         let stderr = tempfile::Builder::new()
             .prefix("broker-stderr-")
