@@ -100,9 +100,13 @@ impl<const E: usize> IndexFile<E> {
             map,
             entries: 0,
         };
-        // Searched even when the length looks trimmed: the file may have been preallocated
-        // at a smaller size. The search touches a few pages (no readahead, see `map`).
-        index.entries = index.count_filled(filled);
+        // A file that was empty holds no entries. Any other is searched, even when its
+        // length looks trimmed: it may have been preallocated at a smaller size. The search
+        // touches a few pages (no readahead, see `map`); in a new sparse file each would
+        // become a page of zeros in memory, some 50 KiB per index.
+        if existing > 0 {
+            index.entries = index.count_filled(filled);
+        }
         Ok(index)
     }
 
