@@ -80,10 +80,10 @@ def table(header, rows):
 
 def report(figures, order, kafka_name, machine):
     rounds = max((len(v) for v in figures.values()), default=0)
+    runs = f"medians of {rounds} runs with their ranges" if rounds > 1 else "one run each"
     out = [
         f"{kafka_name} and Tributary on one {machine} machine, one after the other, with the same"
-        f" clients and load; 1 KiB records; medians of {rounds} runs with their ranges; the"
-        " ratio is Tributary's median over Kafka's.",
+        f" clients and load; 1 KiB records; {runs}; the ratio is Tributary's median over Kafka's.",
         "",
     ]
     name = lambda key: f"{LABELS.get(key[0], key[0])}, {CLIENTS.get(key[1], key[1])}"  # noqa: E731
