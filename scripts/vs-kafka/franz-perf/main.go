@@ -119,13 +119,14 @@ func create(seeds []string, topic string, partitions, rf int, settings []string)
 	if err != nil {
 		fail("create topic %s: %v", topic, err)
 	}
-	ready(ctx, client, adm, topic, partitions, -1)
+	ready(ctx, client, topic, partitions, -1)
 	print(map[string]any{"topic": topic, "partitions": partitions, "ms": time.Since(start).Milliseconds()})
 }
 
 // ready polls until every partition of the topic has a leader (and broker, unless it is -1,
 // in its ISR) and the leaders answer ListOffsets for all of them.
-func ready(ctx context.Context, client *kgo.Client, adm *kadm.Client, topic string, partitions int, broker int32) {
+func ready(ctx context.Context, client *kgo.Client, topic string, partitions int, broker int32) {
+	adm := kadm.NewClient(client)
 	for {
 		if err := ctx.Err(); err != nil {
 			fail("topic %s not ready: %v", topic, err)
@@ -179,11 +180,11 @@ func waitReady(seeds []string, topic string, partitions int, broker int32) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	client, adm := admin(seeds)
+	client, _ := admin(seeds)
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	ready(ctx, client, adm, topic, partitions, broker)
+	ready(ctx, client, topic, partitions, broker)
 	print(map[string]any{"topic": topic, "ms": time.Since(start).Milliseconds()})
 }
 
