@@ -1,5 +1,5 @@
-// The kube-apiserver binary, built for the operator's tests against a real API server:
-// the same body as k8s.io/kubernetes/cmd/kube-apiserver/apiserver.go.
+// The kube-apiserver binary, built for the tests against a real control plane: the same
+// body as k8s.io/kubernetes/cmd/kube-apiserver/apiserver.go.
 package main
 
 import (
