@@ -15,12 +15,15 @@
 //!   is read back once and in order.
 //! - [`example_cluster`]: the `demo` Cluster and its topics, made ready in a test namespace.
 //! - [`dockerfile`]: a Dockerfile's stages and instructions, for the static image checks.
+//! - [`local`]: a local cluster whose pods run as processes (`e2e/local.sh`), where
+//!   there is no Docker.
 
 pub mod access;
 pub mod cli;
 pub mod diagnostics;
 pub mod dockerfile;
 pub mod example_cluster;
+pub mod local;
 pub mod manifest;
 pub mod namespace;
 pub mod operator;

@@ -3,8 +3,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
+use tributary_broker::metadata::PartitionRecord;
 use tributary_operator::crd::condition::{DEGRADED, READY, REBALANCING, RECONCILING};
 use tributary_operator::crd::{BrokerStatus, Cluster, Topic};
+use tributary_operator::kube_store::assignment;
 
 use crate::wait::Check;
 
@@ -108,6 +110,27 @@ pub fn brokers(brokers: &[BrokerStatus]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Every partition of the topic as the controller recorded it (from `status.assignment`,
+/// the compact form; `status.partitions` of older operators too), in partition order.
+pub fn partitions(topic: &Topic) -> anyhow::Result<Vec<PartitionRecord>> {
+    let status = topic.status.clone().unwrap_or_default();
+    match &status.assignment {
+        Some(value) => assignment::decode(value)
+            .map_err(|e| anyhow::anyhow!("the Topic {}: status.assignment: {e}", topic.name_any())),
+        None => Ok(status
+            .partitions
+            .iter()
+            .map(|p| PartitionRecord {
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: 0,
+            })
+            .collect()),
+    }
 }
 
 /// The topic has the partitions its spec asks for, each with a leader and all its

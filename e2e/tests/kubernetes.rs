@@ -57,12 +57,7 @@ async fn the_example_cluster_becomes_ready_and_serves_produce_and_consume() -> a
     );
     let topic = first_topic(&example)?;
     let spec = example.topic(&topic).await?.spec;
-    let partitions = example
-        .topic(&topic)
-        .await?
-        .status
-        .unwrap_or_default()
-        .partitions;
+    let partitions = tributary_e2e::status::partitions(&example.topic(&topic).await?)?;
     ensure!(
         partitions.len() == spec.partitions as usize
             && partitions
@@ -102,13 +97,8 @@ async fn killing_a_partition_leader_while_producing_with_acks_all_loses_no_ackno
     };
     let example = ExampleCluster::start(client, "kill-leader").await?;
     let topic = first_topic(&example)?;
-    let before = example.topic(&topic).await?.status.unwrap_or_default();
-    let partition0 = before
-        .partitions
-        .iter()
-        .find(|p| p.id == 0)
-        .context("partition 0 has no status")?
-        .clone();
+    let before = tributary_e2e::status::partitions(&example.topic(&topic).await?)?;
+    let partition0 = before.first().context("partition 0 has no status")?.clone();
     let victim = partition0.leader;
     let victim_pod = example.pod(victim);
     let victim_uid = example.pods.get(&victim_pod).await?.metadata.uid;
@@ -178,12 +168,8 @@ async fn killing_a_partition_leader_while_producing_with_acks_all_loses_no_ackno
         .wait_settled("the killed broker to rejoin", RECOVERY_TIMEOUT)
         .await?;
     let now = example.wait_topic_ready(&topic).await?;
-    let epoch = now
-        .status
-        .unwrap_or_default()
-        .partitions
-        .iter()
-        .find(|p| p.id == 0)
+    let epoch = tributary_e2e::status::partitions(&now)?
+        .first()
         .map_or(-1, |p| p.leader_epoch);
     ensure!(
         epoch > partition0.leader_epoch,

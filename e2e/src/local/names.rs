@@ -1,0 +1,153 @@
+//! Cluster DNS names for the pods, through each pod's own `/etc/hosts` (bind-mounted by
+//! the sandbox), rewritten in place when Services or their endpoints change: glibc reads
+//! the file at every lookup, so no DNS server and nothing of the machine's resolver
+//! configuration is needed. A headless Service's name lists its endpoints, and each
+//! endpoint with a hostname gets `<hostname>.<service>.<namespace>.svc`; a ClusterIP
+//! Service's name is one of its ready endpoints' addresses, since no proxy serves
+//! cluster IPs here (so a Service's port must equal its target port, as Tributary's do).
+//! Short forms (`<service>.<namespace>`, and `<service>` within its namespace) are listed
+//! as the search path would make them.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+const DOMAIN: &str = "cluster.local";
+
+/// Name → addresses, per namespace, from the watched Services and EndpointSlices.
+#[derive(Default)]
+pub struct Names {
+    /// (namespace, name below the namespace, e.g. `svc` or `host.svc`) → addresses.
+    entries: BTreeMap<(String, String), Vec<String>>,
+    /// The API server's address, for `kubernetes.default`.
+    api_host: String,
+}
+
+impl Names {
+    pub fn new(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], api_host: &str) -> Self {
+        let mut entries: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let headless: BTreeMap<(String, String), bool> = services
+            .iter()
+            .map(|s| {
+                let ip = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.cluster_ip.clone())
+                    .unwrap_or_default();
+                (
+                    (s.namespace().unwrap_or_default(), s.name_any()),
+                    ip == "None",
+                )
+            })
+            .collect();
+        for slice in slices {
+            let namespace = slice.namespace().unwrap_or_default();
+            let Some(service) = slice.labels().get("kubernetes.io/service-name") else {
+                continue;
+            };
+            let Some(is_headless) = headless.get(&(namespace.clone(), service.clone())) else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                let Some(address) = endpoint.addresses.first() else {
+                    continue;
+                };
+                if let Some(host) = &endpoint.hostname
+                    && *is_headless
+                {
+                    entries
+                        .entry((namespace.clone(), format!("{host}.{service}")))
+                        .or_default()
+                        .push(address.clone());
+                }
+                if ready {
+                    entries
+                        .entry((namespace.clone(), service.clone()))
+                        .or_default()
+                        .push(address.clone());
+                }
+            }
+        }
+        for addresses in entries.values_mut() {
+            addresses.sort();
+            addresses.dedup();
+        }
+        // A ClusterIP Service is one address; which one does not matter.
+        for ((namespace, name), addresses) in entries.iter_mut() {
+            if headless.get(&(namespace.clone(), name.clone())) == Some(&false) {
+                addresses.truncate(1);
+            }
+        }
+        Self {
+            entries,
+            api_host: api_host.to_string(),
+        }
+    }
+
+    /// The hosts file of a pod in `namespace`.
+    pub fn hosts(&self, namespace: &str, pod: &Pod, ip: Option<&str>) -> String {
+        let mut out =
+            String::from("# Written by the e2e node agent: this pod's view of cluster DNS.\n");
+        out += "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+        let spec = pod.spec.clone().unwrap_or_default();
+        let hostname = spec.hostname.clone().unwrap_or_else(|| pod.name_any());
+        if let Some(ip) = ip {
+            match &spec.subdomain {
+                Some(sub) => {
+                    out += &format!("{ip}\t{hostname}.{sub}.{namespace}.svc.{DOMAIN}\t{hostname}\n")
+                }
+                None => out += &format!("{ip}\t{hostname}\n"),
+            }
+        }
+        let api = (String::from("default"), String::from("kubernetes"));
+        let mut lines = vec![(api, vec![self.api_host.clone()])];
+        lines.extend(self.entries.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for ((ns, name), addresses) in lines {
+            let mut names = vec![
+                format!("{name}.{ns}.svc.{DOMAIN}"),
+                format!("{name}.{ns}.svc"),
+            ];
+            if !name.contains('.') {
+                names.push(format!("{name}.{ns}"));
+                if ns == namespace {
+                    names.push(name.clone());
+                }
+            }
+            for address in addresses {
+                out += &format!("{address}\t{}\n", names.join(" "));
+            }
+        }
+        out
+    }
+
+    /// Rewrites a pod's hosts file in place (the bind mount keeps the inode) when it
+    /// changed.
+    pub fn write_hosts(&self, path: &Path, namespace: &str, pod: &Pod) -> anyhow::Result<()> {
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let text = self.hosts(namespace, pod, ip.as_deref());
+        if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+            return Ok(());
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.set_len(text.len() as u64)?;
+        Ok(())
+    }
+}
