@@ -30,17 +30,7 @@ pub async fn expect_installed(client: &Client) -> anyhow::Result<()> {
             bail!("the CRD {name} is not installed: {HOW_TO_INSTALL}");
         }
     }
-    let deployments: Api<Deployment> = Api::all(client.clone());
-    let found = deployments
-        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
-        .await
-        .context("listing the operator's Deployments")?
-        .items;
-    let Some(operator) = found.first() else {
-        bail!(
-            "no tributary-operator Deployment (labels {OPERATOR_SELECTOR}) in any namespace: {HOW_TO_INSTALL}"
-        );
-    };
+    let operator = &deployment(client).await?;
     let where_ = format!(
         "Deployment {}/{}",
         operator.namespace().unwrap_or_default(),
@@ -64,6 +54,44 @@ pub async fn expect_installed(client: &Client) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The operator's Deployment, found by its labels in any namespace.
+async fn deployment(client: &Client) -> anyhow::Result<Deployment> {
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let found = deployments
+        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+        .await
+        .context("listing the operator's Deployments")?
+        .items;
+    found.into_iter().next().with_context(|| {
+        format!("no tributary-operator Deployment (labels {OPERATOR_SELECTOR}) in any namespace: {HOW_TO_INSTALL}")
+    })
+}
+
+/// The namespace and name of the Lease the operator's replicas elect their leader with
+/// (`--lease-name`, default `tributary-operator`, in the operator's namespace); its
+/// holder is the leader pod's name.
+pub async fn leader_lease(client: &Client) -> anyhow::Result<(String, String)> {
+    let operator = deployment(client).await?;
+    let args = operator
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.args.iter().flatten())
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let name = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--lease-name="))
+        .unwrap_or("tributary-operator")
+        .to_string();
+    Ok((operator.namespace().unwrap_or_default(), name))
 }
 
 /// The one namespace the operator watches (its TRIBUTARY_WATCH_NAMESPACE), if it does.

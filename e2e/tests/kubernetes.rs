@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use kube::Api;
 use kube::ResourceExt;
 use kube::api::DeleteParams;
 use tributary_e2e::access::cluster_or_skip;
@@ -389,4 +390,292 @@ fn replica_metrics_are_told_apart_from_topic_counters() {
     assert!(!holds_replica(metrics, "orders"));
     let holding = "tributary_log_end_offset{partition=\"2\",topic=\"orders\"} 7\n";
     assert!(holds_replica(holding, "orders"));
+}
+
+/// Writes `lines` to `producer`, 100 every 200 ms, until `done` says stop (checked between
+/// chunks) or the lines run out; returns how many were written.
+async fn feed<F, Fut>(
+    producer: &mut tributary_e2e::cli::Running,
+    lines: &[String],
+    mut done: F,
+) -> anyhow::Result<usize>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let mut written = 0;
+    for chunk in lines.chunks(100) {
+        if done().await? {
+            break;
+        }
+        producer.write(&records::input(chunk)).await?;
+        written += chunk.len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(written)
+}
+
+/// The pod's uid, if it is ready.
+async fn ready_uid(example: &ExampleCluster, pod: &str) -> anyhow::Result<Option<String>> {
+    let Some(pod) = example.pods.get_opt(pod).await? else {
+        return Ok(None);
+    };
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    Ok(ready.then(|| pod.metadata.uid.clone()).flatten())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_from_a_config_change_under_acks_all_load_fails_no_send()
+-> anyhow::Result<()> {
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client, "roll").await?;
+    let topic = first_topic(&example)?;
+    let mut old = Vec::new();
+    for id in 0..3 {
+        old.push(example.pods.get(&example.pod(id)).await?.metadata.uid);
+    }
+    // The StatefulSet rolls from the highest ordinal down: the first producer runs in
+    // broker 0's pod while 2 and 1 roll, the second in the new pod of broker 2 while 0 rolls.
+    let rolled = |ids: Vec<i32>| {
+        let (example, old) = (&example, &old);
+        move || {
+            let ids = ids.clone();
+            async move {
+                for id in ids {
+                    let uid = ready_uid(example, &example.pod(id)).await?;
+                    if uid.is_none() || uid == old[id as usize] {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    };
+    let lines = records::keyed_lines("roll", 60_000);
+    let mut producer = example
+        .cli
+        .start(&example.pod(0), &produce_args(&topic))
+        .await?;
+    let first = feed(&mut producer, &lines[..1_000], || async { Ok(false) }).await?;
+    // A changed value of the brokers' configuration: a new ConfigMap hash in the pod
+    // template, so a rolling restart.
+    let patch = serde_json::json!({"spec": {"config": {"retentionMs": 604_800_001}}});
+    example
+        .clusters
+        .patch(
+            &example.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    println!("changed retentionMs: the brokers roll");
+    let written = first + feed(&mut producer, &lines[first..30_000], rolled(vec![2, 1])).await?;
+    let output = producer.finish(COMMAND_TIMEOUT).await?.expect_success()?;
+    let mut acked = records::acknowledged(&output.stdout, &output.stderr, written)?;
+    ensure!(
+        acked.len() == written,
+        "{} of {written} records sent during the roll of brokers 2 and 1 were acknowledged: {}",
+        acked.len(),
+        output.stderr.trim()
+    );
+    ensure!(
+        written < 30_000,
+        "brokers 2 and 1 did not roll while 29,000 records went"
+    );
+    println!("{written} records acknowledged while brokers 2 and 1 rolled");
+
+    let mut producer = example
+        .cli
+        .start(&example.pod(2), &produce_args(&topic))
+        .await?;
+    let rest = &lines[written..];
+    let more = feed(&mut producer, rest, rolled(vec![2, 1, 0])).await?;
+    let output = producer.finish(COMMAND_TIMEOUT).await?.expect_success()?;
+    let second = records::acknowledged(&output.stdout, &output.stderr, more)?;
+    ensure!(
+        second.len() == more,
+        "{} of {more} records sent during the roll of broker 0 were acknowledged: {}",
+        second.len(),
+        output.stderr.trim()
+    );
+    println!("{more} records acknowledged while broker 0 rolled");
+    acked.extend(second.into_iter().map(|mut a| {
+        a.line += written;
+        a
+    }));
+    example
+        .wait_settled("the rolled cluster", RECOVERY_TIMEOUT)
+        .await?;
+    example.wait_topic_ready(&topic).await?;
+    let all = &lines[..written + more];
+    let read = example.consume_all(1, &topic, Some(all.len())).await?;
+    check_read_back(all, &acked, &read).map_err(anyhow::Error::msg)?;
+    example.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_a_whole_node_while_producing_with_acks_all_loses_no_acknowledged_record()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client.clone(), "lose-node").await?;
+    let topic = first_topic(&example)?;
+    let partitions = tributary_e2e::status::partitions(&example.topic(&topic).await?)?;
+    let victim = partitions
+        .first()
+        .context("partition 0 has no status")?
+        .leader;
+    let victim_pod = example.pods.get(&example.pod(victim)).await?;
+    let node = victim_pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .context("the leader's pod is not bound to a node")?;
+    let producer_broker = (0..3).find(|id| *id != victim).context("three brokers")?;
+    let producer_pod = example.pods.get(&example.pod(producer_broker)).await?;
+    ensure!(
+        producer_pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            != Some(node.as_str()),
+        "brokers {victim} and {producer_broker} share the node {node}: the anti-affinity did not spread them"
+    );
+    println!(
+        "partition 0 is led by broker {victim} on {node}; producing from broker {producer_broker}'s pod"
+    );
+
+    let lines = records::keyed_lines("node", 3000);
+    let mut producer = example
+        .cli
+        .start(&example.pod(producer_broker), &produce_args(&topic))
+        .await?;
+    let first = feed(&mut producer, &lines[..1000], || async { Ok(false) }).await?;
+    // The node is gone (as a cloud deletes a failed machine's Node): its object and then
+    // every pod bound to it, at once.
+    println!("deleting the node {node} and its pods");
+    Api::<Node>::all(client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting the node {node}"))?;
+    let all_pods: Api<Pod> = Api::all(client.clone());
+    let on_node = all_pods
+        .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?;
+    for pod in on_node {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        pods.delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+            .await
+            .with_context(|| format!("deleting the pod {} of the lost node", pod.name_any()))?;
+    }
+    let written = first + feed(&mut producer, &lines[first..], || async { Ok(false) }).await?;
+    let output = producer.finish(COMMAND_TIMEOUT).await?;
+    let acked = records::acknowledged(&output.stdout, &output.stderr, written)?;
+    println!(
+        "{} of {written} records acknowledged (producer exit code {:?})",
+        acked.len(),
+        output.code
+    );
+    ensure!(
+        acked.iter().any(|a| a.line >= first),
+        "no record sent after the node was lost was acknowledged: {}",
+        output.stderr.trim()
+    );
+    example
+        .wait_pod_replaced(
+            &example.pod(victim),
+            victim_pod.metadata.uid.clone(),
+            RECOVERY_TIMEOUT,
+        )
+        .await?;
+    example
+        .wait_settled(
+            "the lost node's broker to come back elsewhere",
+            RECOVERY_TIMEOUT,
+        )
+        .await?;
+    example.wait_topic_ready(&topic).await?;
+    let read = example.consume_all(producer_broker, &topic, None).await?;
+    check_read_back(&lines, &acked, &read).map_err(anyhow::Error::msg)?;
+    example.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_operator_leader_mid_rebalance_still_ends_balanced_with_the_data()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Pod;
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client.clone(), "operator-kill").await?;
+    let topic = first_topic(&example)?;
+    let lines = records::keyed_lines("operator", 1000);
+    let acked = example.produce_all(0, &topic, &lines).await?;
+    let (namespace, lease_name) = tributary_e2e::operator::leader_lease(&client).await?;
+    let lease = Api::<Lease>::namespaced(client.clone(), &namespace)
+        .get(&lease_name)
+        .await?;
+    let leader = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .context("the operator's Lease has no holder")?;
+    example.set_replicas(5).await?;
+    // Mid-rebalance: the new brokers are up and replicas are moving.
+    wait::until(
+        "the rebalance onto brokers 3 and 4 to start",
+        SCALE_TIMEOUT,
+        || async {
+            let cluster = example.cluster().await?;
+            let moving = cluster
+                .status
+                .unwrap_or_default()
+                .brokers
+                .iter()
+                .any(|b| b.id >= 3 && b.replicas > 0);
+            Ok(if moving {
+                Check::Done(())
+            } else {
+                Check::Waiting("no replica on brokers 3 or 4 yet".into())
+            })
+        },
+    )
+    .await?;
+    println!("killing the operator's leader pod {leader} mid-rebalance");
+    Api::<Pod>::namespaced(client.clone(), &namespace)
+        .delete(&leader, &DeleteParams::default().grace_period(0))
+        .await
+        .with_context(|| format!("deleting the operator pod {leader}"))?;
+    let grown = example
+        .wait_balanced("the rebalance under a new operator leader", SCALE_TIMEOUT)
+        .await?;
+    let holder = Api::<Lease>::namespaced(client.clone(), &namespace)
+        .get(&lease_name)
+        .await?
+        .spec
+        .and_then(|s| s.holder_identity);
+    ensure!(
+        holder.as_deref() != Some(leader.as_str()),
+        "the Lease is still held by the killed pod {leader}"
+    );
+    println!(
+        "balanced under {}: {}",
+        holder.unwrap_or_default(),
+        tributary_e2e::status::brokers(&grown.status.unwrap_or_default().brokers)
+    );
+    example.wait_topic_ready(&topic).await?;
+    let read = example.consume_all(0, &topic, Some(lines.len())).await?;
+    check_read_back(&lines, &acked, &read).map_err(anyhow::Error::msg)?;
+    example.passed();
+    Ok(())
 }

@@ -182,8 +182,31 @@ async fn up(
             eprintln!("node agent: {error:#}");
         }
     }
+    remove_volumes(&client).await;
     drop(plane);
     Ok(())
+}
+
+/// The folders of the volumes still provisioned (the provisioner removes a volume's folder
+/// only when its claim is deleted, and the cluster goes away with claims left).
+async fn remove_volumes(client: &Client) {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let Ok(volumes) = Api::<PersistentVolume>::all(client.clone())
+        .list(&Default::default())
+        .await
+    else {
+        return;
+    };
+    for volume in volumes {
+        let path = volume
+            .spec
+            .and_then(|s| s.host_path)
+            .map(|h| PathBuf::from(h.path));
+        // Only what the test provisioner made.
+        if let Some(path) = path.filter(|p| p.starts_with("/tmp/hostpath_pv/")) {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 async fn wait_nodes_ready(client: &Client, nodes: u8) -> anyhow::Result<()> {

@@ -112,11 +112,18 @@ impl Registration {
         Ok(())
     }
 
-    /// Renews the Lease and re-reports the status until the task is dropped; a Node that
-    /// was deleted (a test taking the node away) is not registered again.
+    /// Renews the Lease and re-reports the status until the task is dropped. A Node that
+    /// was deleted (a test taking the node away) registers again at the next beat, as a
+    /// kubelet does when its machine comes back.
     pub async fn heartbeat(&self, client: &Client) {
         let mut beats = 0u32;
         loop {
+            if let Ok(None) = Api::<Node>::all(client.clone()).get_opt(&self.name).await {
+                tracing::info!(node = %self.name, "the Node was deleted: registering it again");
+                if let Err(error) = self.register(client).await {
+                    tracing::warn!(node = %self.name, "{error:#}");
+                }
+            }
             if let Err(error) = self.renew(client).await {
                 tracing::warn!(node = %self.name, "{error:#}");
             }
