@@ -39,7 +39,7 @@ EOF_USAGE
 if [[ ${1:-} == __inside ]]; then
   shift
   test_args=("$@")
-  state=$E2E_LOCAL_STATE bin=$E2E_LOCAL_BIN debug=$E2E_LOCAL_DEBUG logs=$E2E_LOCAL_LOGS keep=$E2E_LOCAL_KEEP
+  kcat=$E2E_LOCAL_KCAT state=$E2E_LOCAL_STATE bin=$E2E_LOCAL_BIN debug=$E2E_LOCAL_DEBUG logs=$E2E_LOCAL_LOGS keep=$E2E_LOCAL_KEEP
   ip link set lo up
   # Every address of the pods' network is local on the loopback device.
   ip addr add 10.244.0.1/16 dev lo
@@ -48,6 +48,7 @@ if [[ ${1:-} == __inside ]]; then
   "$debug/tributary-e2e-local" up --dir "$state" --bin "$bin" --nodes 3 \
     --image "ghcr.io/tributary-dev/tributary=$debug/tributary-broker" \
     --image "ghcr.io/tributary-dev/tributary-operator=$debug/tributary-operator,run" \
+    --image "docker.io/edenhill/kcat=$kcat" \
     --bind-shim "$debug/libtributary_e2e_bind_shim.so" \
     --ready-file "$state/ready" >"$state/cluster.log" 2>&1 &
   cluster=$!
@@ -163,5 +164,17 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux >/dev/null
   }
 fi
+# The Kafka-client test's image (docker.io/edenhill/kcat) runs as the machine's kcat,
+# which scripts/install-kafka-clients installs.
+kcat=$(command -v kcat || true)
+if [[ -z $kcat ]]; then
+  scripts/install-kafka-clients >/dev/null
+  kcat=$(command -v kcat || true)
+fi
+if [[ -z $kcat ]]; then
+  echo "error: kcat is missing (the Kafka-client e2e test runs it as a pod): sudo apt-get install kcat" >&2
+  exit 1
+fi
+export E2E_LOCAL_KCAT=$kcat
 export E2E_LOCAL_STATE=$state E2E_LOCAL_BIN=$bin E2E_LOCAL_DEBUG=$debug E2E_LOCAL_LOGS=$logs E2E_LOCAL_KEEP=$keep
 exec unshare --net -- bash "$root/e2e/local.sh" __inside ${test_args[@]+"${test_args[@]}"}

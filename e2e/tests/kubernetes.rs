@@ -679,3 +679,132 @@ async fn killing_the_operator_leader_mid_rebalance_still_ends_balanced_with_the_
     example.passed();
     Ok(())
 }
+
+/// The Kafka client image of the Kafka-client test; `e2e/local.sh` maps it to the
+/// machine's kcat.
+const KCAT_IMAGE: &str = "docker.io/edenhill/kcat:1.7.1";
+
+/// Runs kcat with `args` as a pod (with `input` mounted at /tmp/input) until it ends; returns
+/// its exit code and log.
+async fn run_kcat(
+    example: &ExampleCluster,
+    name: &str,
+    args: &[String],
+    input: Option<&str>,
+) -> anyhow::Result<(i32, String)> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    let ns = example.namespace.name().to_string();
+    let mut pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "kcat", "image": KCAT_IMAGE, "args": args}],
+        },
+    });
+    if let Some(text) = input {
+        let map: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{name}-input"), "namespace": ns},
+            "data": {"records.txt": text},
+        }))?;
+        Api::<ConfigMap>::namespaced(example.client.clone(), &ns)
+            .create(&Default::default(), &map)
+            .await?;
+        pod["spec"]["volumes"] =
+            serde_json::json!([{"name": "input", "configMap": {"name": format!("{name}-input")}}]);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            serde_json::json!([{"name": "input", "mountPath": "/tmp/input"}]);
+    }
+    let pod: Pod = serde_json::from_value(pod)?;
+    example.pods.create(&Default::default(), &pod).await?;
+    let code = wait::until(
+        &format!("the kcat pod {name} to finish"),
+        COMMAND_TIMEOUT,
+        || async {
+            let pod = example.pods.get(name).await?;
+            let status = pod.status.unwrap_or_default();
+            let terminated = status
+                .container_statuses
+                .unwrap_or_default()
+                .first()
+                .and_then(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
+            Ok(match (status.phase.as_deref(), terminated) {
+                (Some("Succeeded" | "Failed"), Some(code)) => Check::Done(code),
+                (phase, _) => Check::Waiting(format!("phase {phase:?}")),
+            })
+        },
+    )
+    .await?;
+    let log = example.pods.logs(name, &Default::default()).await?;
+    Ok((code, log))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_client_in_a_pod_produces_and_consumes_through_the_client_service()
+-> anyhow::Result<()> {
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client, "kafka-client").await?;
+    let topic = first_topic(&example)?;
+    let cluster = example.cluster().await?;
+    let names = tributary_operator::resources::Names::of(&cluster);
+    let bootstrap = format!("{}.{}.svc:9092", names.client, example.namespace.name());
+    let lines = records::keyed_lines("kcat", 500);
+    let produce: Vec<String> = [
+        "-b",
+        &bootstrap,
+        "-t",
+        &topic,
+        "-P",
+        "-K",
+        ":",
+        "-X",
+        "acks=all",
+        "-X",
+        "enable.idempotence=true",
+        "-l",
+        "/tmp/input/records.txt",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let text = String::from_utf8(records::input(&lines))?;
+    let (code, log) = run_kcat(&example, "kcat-produce", &produce, Some(&text)).await?;
+    ensure!(code == 0, "kcat -P exited with {code}: {log}");
+    let consume: Vec<String> = [
+        "-b",
+        &bootstrap,
+        "-t",
+        &topic,
+        "-C",
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        "%k:%s\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, log) = run_kcat(&example, "kcat-consume", &consume, None).await?;
+    ensure!(code == 0, "kcat -C exited with {code}: {log}");
+    let mut read: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    read.sort_unstable();
+    let mut sent: Vec<&str> = lines.iter().map(String::as_str).collect();
+    sent.sort_unstable();
+    ensure!(
+        read == sent,
+        "kcat read {} records back for the {} it produced (first read: {:?})",
+        read.len(),
+        sent.len(),
+        read.first()
+    );
+    println!(
+        "kcat produced {} records through {bootstrap} and read each back once",
+        sent.len()
+    );
+    example.passed();
+    Ok(())
+}

@@ -934,43 +934,4 @@ mod tests {
             assert!(check_cert_name(bad).is_err(), "{bad:?} was accepted");
         }
     }
-
-    /// Starts the whole control plane; needs the binaries of scripts/install-control-plane
-    /// (`TRIBUTARY_CONTROL_PLANE_BIN` names their directory) and takes a few seconds.
-    #[tokio::test]
-    #[ignore = "needs the control plane's binaries: TRIBUTARY_CONTROL_PLANE_BIN=<dir>"]
-    async fn starts_and_serves_verified_tls() {
-        let bin = PathBuf::from(
-            std::env::var_os("TRIBUTARY_CONTROL_PLANE_BIN")
-                .expect("TRIBUTARY_CONTROL_PLANE_BIN names the binaries' directory"),
-        );
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let plane = ControlPlane::start(ControlPlaneConfig {
-            dir: dir.path().to_owned(),
-            bin,
-        })
-        .await
-        .unwrap_or_else(|error| panic!("{error:#}"));
-        let client = plane.client().expect("a client");
-        let classes = Api::<StorageClass>::all(client.clone());
-        let class = classes.get(STORAGE_CLASS).await.expect("the StorageClass");
-        assert_eq!(class.provisioner, "kubernetes.io/host-path");
-
-        // The kubeconfig works as kube reads it.
-        let kubeconfig =
-            kube::config::Kubeconfig::read_from(plane.kubeconfig_path()).expect("the kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("a config");
-        let from_file = Client::try_from(config).expect("a client");
-        from_file
-            .apiserver_version()
-            .await
-            .expect("the version, over verified TLS");
-
-        let (cert, key) = plane
-            .issue_serving_cert("node-1", &["127.0.0.2".parse().expect("an IP")])
-            .expect("a serving certificate");
-        assert!(cert.is_file() && key.is_file());
-    }
 }

@@ -151,3 +151,105 @@ impl Names {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(namespace: &str, name: &str, cluster_ip: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterIP": cluster_ip},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn slice(namespace: &str, service: &str, endpoints: serde_json::Value) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("{service}-x"), "namespace": namespace,
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_hosts_file_names_services_and_stateful_pods_as_cluster_dns_would() {
+        let services = [
+            service("s", "demo-brokers", "None"),
+            service("s", "demo", "10.0.0.20"),
+            service("other", "api", "10.0.0.30"),
+        ];
+        let slices = [
+            slice(
+                "s",
+                "demo-brokers",
+                serde_json::json!([
+                    {"addresses": ["10.244.1.2"], "hostname": "demo-broker-0", "conditions": {"ready": true}},
+                    {"addresses": ["10.244.2.2"], "hostname": "demo-broker-1", "conditions": {"ready": false}},
+                ]),
+            ),
+            slice(
+                "s",
+                "demo",
+                serde_json::json!([
+                    {"addresses": ["10.244.2.2"], "conditions": {"ready": true}},
+                    {"addresses": ["10.244.1.2"], "conditions": {"ready": true}},
+                    {"addresses": ["10.244.3.2"], "conditions": {"ready": false}},
+                ]),
+            ),
+            slice(
+                "other",
+                "api",
+                serde_json::json!([{"addresses": ["10.244.3.3"]}]),
+            ),
+        ];
+        let names = Names::new(&services, &slices, "127.0.0.1");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-broker-0", "namespace": "s"},
+            "spec": {"containers": [], "hostname": "demo-broker-0", "subdomain": "demo-brokers"},
+        }))
+        .unwrap();
+        let hosts = names.hosts("s", &pod, Some("10.244.1.2"));
+        let line = |address: &str, name: &str| {
+            hosts.lines().any(|l| {
+                l.starts_with(&format!("{address}\t")) && l.split_whitespace().any(|n| n == name)
+            })
+        };
+        // The pod's own name, as the kubelet writes it.
+        assert!(
+            line(
+                "10.244.1.2",
+                "demo-broker-0.demo-brokers.s.svc.cluster.local"
+            ),
+            "{hosts}"
+        );
+        // Each stateful pod by name, ready or not; the headless name lists ready ones.
+        assert!(
+            line("10.244.2.2", "demo-broker-1.demo-brokers.s.svc"),
+            "{hosts}"
+        );
+        assert!(line("10.244.1.2", "demo-brokers.s.svc"), "{hosts}");
+        assert!(!line("10.244.2.2", "demo-brokers.s.svc"), "{hosts}");
+        // A ClusterIP Service is one ready endpoint; short names only in its namespace.
+        assert_eq!(
+            hosts
+                .lines()
+                .filter(|l| l.split_whitespace().any(|n| n == "demo.s.svc"))
+                .count(),
+            1
+        );
+        assert!(!line("10.244.3.2", "demo.s.svc"), "{hosts}");
+        assert!(line("10.244.3.3", "api.other"), "{hosts}");
+        assert!(!hosts.split_whitespace().any(|n| n == "api"), "{hosts}");
+        assert!(
+            line("127.0.0.1", "kubernetes.default.svc.cluster.local"),
+            "{hosts}"
+        );
+    }
+}

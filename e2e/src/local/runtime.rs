@@ -425,3 +425,79 @@ pub fn mounts(
     }
     Ok(mounts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_expand_as_the_kubelet_expands_them() {
+        let vars = BTreeMap::from([
+            ("POD_NAME".to_string(), "demo-broker-0".to_string()),
+            ("NS".to_string(), "streams".to_string()),
+        ]);
+        assert_eq!(
+            expand("$(POD_NAME).demo-brokers.$(NS).svc:9095", &vars),
+            "demo-broker-0.demo-brokers.streams.svc:9095"
+        );
+        // Unknown names and a lone `$` stay as written; `$$` is a `$`.
+        assert_eq!(expand("$(MISSING) $ $$(NS)", &vars), "$(MISSING) $ $(NS)");
+        assert_eq!(expand("$(unclosed", &vars), "$(unclosed");
+    }
+
+    #[test]
+    fn images_map_to_programs_and_say_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = dir.path().join("tributary-broker");
+        std::fs::write(&entry, "").unwrap();
+        std::fs::write(dir.path().join("tributary"), "").unwrap();
+        let mut images = Images::default();
+        images
+            .add(&format!("ghcr.io/x/tributary={},run", entry.display()))
+            .unwrap();
+        let container = |command: Option<Vec<&str>>, args: Option<Vec<&str>>| Container {
+            name: "c".into(),
+            image: Some("ghcr.io/x/tributary:1.2.3".into()),
+            command: command.map(|c| c.into_iter().map(String::from).collect()),
+            args: args.map(|a| a.into_iter().map(String::from).collect()),
+            ..Container::default()
+        };
+        let entry = entry.canonicalize().unwrap();
+        // No command: the entrypoint with the image's arguments, or the container's.
+        assert_eq!(
+            images.command(&container(None, None)).unwrap(),
+            (entry.clone(), vec!["run".to_string()])
+        );
+        assert_eq!(
+            images.command(&container(None, Some(vec!["x"]))).unwrap().1,
+            vec!["x"]
+        );
+        // A command names a program of the image, by name or by its path in the image.
+        let (program, args) = images
+            .command(&container(
+                Some(vec!["/usr/local/bin/tributary", "produce"]),
+                Some(vec!["t"]),
+            ))
+            .unwrap();
+        assert_eq!(program, entry.with_file_name("tributary"));
+        assert_eq!(args, vec!["produce", "t"]);
+        let missing = images
+            .command(&container(Some(vec!["sh"]), None))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("has no sh"), "{missing}");
+        let unknown = images
+            .program("docker.io/library/busybox", "sh")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("no program for the image"), "{unknown}");
+        assert!(images.add("no-equals-sign").is_err());
+        assert!(
+            images
+                .add("repo=/does/not/exist")
+                .unwrap_err()
+                .to_string()
+                .contains("build it first")
+        );
+    }
+}

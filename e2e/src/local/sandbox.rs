@@ -250,3 +250,22 @@ fn check(result: libc::c_int, what: &str) -> anyhow::Result<()> {
         Err(std::io::Error::last_os_error()).with_context(|| format!("{what} failed"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_path_that_would_need_an_overlay_over_root_is_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let error = make_mount_point(
+            Path::new("/tributary-e2e-no-such-dir/data"),
+            true,
+            scratch.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("an overlay over / would hide"), "{error}");
+        assert!(!Path::new("/tributary-e2e-no-such-dir").exists());
+    }
+}

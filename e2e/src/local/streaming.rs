@@ -374,3 +374,23 @@ async fn run_exec(
     sink.close().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_queries_decode_as_the_api_server_encodes_them() {
+        let query =
+            "command=tributary&command=produce&command=a%2Fb+c&input=1&output=1&error=1&bad=%zz";
+        let params = form(query);
+        let commands: Vec<&str> = params
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(commands, ["tributary", "produce", "a/b c"]);
+        assert!(params.contains(&("input".into(), "1".into())));
+        assert!(params.contains(&("bad".into(), "%zz".into())));
+    }
+}
