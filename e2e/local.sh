@@ -23,8 +23,10 @@ What it does:
   5. on failure, keeps the control plane's, the node agents' and every pod's logs in the
      logs directory; then stops every pod and the control plane (unless --keep).
 
-Needs: root (each pod gets a mount namespace of its own), Linux with overlayfs, Go,
-Python 3 with pip, cargo, openssl.
+Needs: root with the Rust toolchain on its PATH (each pod gets a mount namespace of its
+own, the cluster network and pid namespaces), Linux with overlayfs, Go, Python 3 with
+pip, openssl, kcat (installed by scripts/install-kafka-clients when missing), and a
+checkout that user 65532 (the broker pods' user) can read.
 
 Options:
   --keep          leave the cluster running after the tests (stop it with Ctrl-C); its
@@ -60,13 +62,13 @@ if [[ ${1:-} == __inside ]]; then
       mkdir -p "$logs/local"
       cp -r "$state/logs" "$logs/local/control-plane" 2>/dev/null || true
       cp "$state/cluster.log" "$logs/local/" 2>/dev/null || true
-      local pod
-      for pod in "$state"/nodes/*/pods/*/; do
-        [[ -d $pod/logs ]] && cp -r "$pod/logs" "$logs/local/pod-$(basename "$pod")" 2>/dev/null || true
+      local node
+      for node in "$state"/nodes/*/; do
+        [[ -d $node/logs ]] && cp -r "$node/logs" "$logs/local/pods-$(basename "$node")" 2>/dev/null || true
       done
     fi
     if ((keep)) && kill -0 "$cluster" 2>/dev/null; then
-      echo "==> the cluster keeps running in its own network namespace: nsenter --target $cluster --net env KUBECONFIG=$state/kubeconfig COMMAND; stop it with: kill $cluster"
+      echo "==> the cluster keeps running in namespaces of its own until this script is stopped (Ctrl-C); reach it with: nsenter --target \$(pgrep -f 'tributary-e2e-local up') --net env KUBECONFIG=$state/kubeconfig COMMAND"
     else
       kill -TERM "$cluster" 2>/dev/null || true
       wait "$cluster" 2>/dev/null || true
@@ -125,9 +127,19 @@ if [[ $(id -u) != 0 ]]; then
   echo "error: e2e/local.sh runs pods in mount namespaces of their own, which needs root; run it with sudo (or use e2e/kind.sh where Docker is available)" >&2
   exit 1
 fi
-cd "$root"
 mkdir -p "$logs"
 logs=$(cd "$logs" && pwd)
+cd "$root"
+# The brokers run as their image's user (65532) and execute the built binaries: every
+# directory above target/ must let others through.
+dir=$root
+while [[ $dir != / ]]; do
+  if ! (($(stat -c '%a' "$dir") % 10 & 1)); then
+    echo "error: $dir does not let other users through (mode $(stat -c '%a' "$dir")), and the broker pods run as user 65532: chmod o+x $dir, or check out the repository elsewhere" >&2
+    exit 1
+  fi
+  dir=$(dirname "$dir")
+done
 
 echo "==> control plane binaries"
 bin=$(scripts/install-control-plane | tail -n 1)
@@ -177,4 +189,7 @@ if [[ -z $kcat ]]; then
 fi
 export E2E_LOCAL_KCAT=$kcat
 export E2E_LOCAL_STATE=$state E2E_LOCAL_BIN=$bin E2E_LOCAL_DEBUG=$debug E2E_LOCAL_LOGS=$logs E2E_LOCAL_KEEP=$keep
-exec unshare --net -- bash "$root/e2e/local.sh" __inside ${test_args[@]+"${test_args[@]}"}
+# A pid namespace too (with its own /proc, so the agents' pids are what /proc shows): when
+# the script ends, however it ends, every process of the cluster ends with it.
+exec unshare --net --pid --fork --kill-child --mount --mount-proc -- \
+  bash "$root/e2e/local.sh" __inside ${test_args[@]+"${test_args[@]}"}

@@ -496,6 +496,10 @@ async fn a_rolling_restart_from_a_config_change_under_acks_all_load_fails_no_sen
         .await?;
     let rest = &lines[written..];
     let more = feed(&mut producer, rest, rolled(vec![2, 1, 0])).await?;
+    ensure!(
+        more < rest.len(),
+        "broker 0 did not roll while {more} records went"
+    );
     let output = producer.finish(COMMAND_TIMEOUT).await?.expect_success()?;
     let second = records::acknowledged(&output.stdout, &output.stderr, more)?;
     ensure!(
@@ -805,6 +809,137 @@ async fn a_kafka_client_in_a_pod_produces_and_consumes_through_the_client_servic
         "kcat produced {} records through {bootstrap} and read each back once",
         sent.len()
     );
+    example.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn altering_a_topic_manifest_grows_its_partitions_and_changes_its_config()
+-> anyhow::Result<()> {
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client.clone(), "alter-topic").await?;
+    let topic = first_topic(&example)?;
+    // The manifest edited and applied again, as `kubectl apply` would.
+    let mut manifest = tributary_e2e::manifest::documents(
+        &tributary_e2e::repo_root().join("examples/topics.yaml"),
+    )?
+    .into_iter()
+    .find(|o| o.name_any() == topic)
+    .context("examples/topics.yaml holds the topic")?;
+    manifest.metadata.namespace = Some(example.namespace.name().to_string());
+    manifest.data["spec"]["partitions"] = serde_json::json!(6);
+    manifest.data["spec"]["config"]["retention.ms"] = serde_json::json!("3600000");
+    let (resource, _) = kube::discovery::pinned_kind(
+        &client,
+        &kube::api::GroupVersionKind::gvk("tributary.dev", "v1alpha1", "Topic"),
+    )
+    .await?;
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        example.namespace.name(),
+        &resource,
+    )
+    .patch(
+        &topic,
+        &kube::api::PatchParams::apply(tributary_e2e::manifest::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&manifest),
+    )
+    .await
+    .context("applying the edited Topic")?;
+    let grown = example.wait_topic_ready(&topic).await?;
+    let status = grown.status.clone().unwrap_or_default();
+    ensure!(
+        status.partition_count == Some(6) && tributary_e2e::status::partitions(&grown)?.len() == 6,
+        "the Topic {topic} has {:?} partitions after asking for 6",
+        status.partition_count
+    );
+    ensure!(
+        status.config.get("retention.ms").map(String::as_str) == Some("3600000"),
+        "the controller records retention.ms as {:?}, not the applied 3600000",
+        status.config.get("retention.ms")
+    );
+    // The brokers know the new partitions: keyed records reach all six.
+    let lines = records::keyed_lines("grown", 600);
+    let acked = example.produce_all(0, &topic, &lines).await?;
+    let used: BTreeSet<i32> = acked.iter().map(|a| a.partition).collect();
+    ensure!(
+        used.len() == 6,
+        "the records reached only partitions {used:?} of 6"
+    );
+    for ack in &acked {
+        ensure!(
+            ack.partition == records::partition_of(&lines[ack.line], 6),
+            "{:?} went to partition {}, not where Kafka's partitioner puts it among 6",
+            lines[ack.line],
+            ack.partition
+        );
+    }
+    let read = example.consume_all(1, &topic, Some(lines.len())).await?;
+    check_read_back(&lines, &acked, &read).map_err(anyhow::Error::msg)?;
+    example.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racks_come_from_the_nodes_zones_when_the_cluster_asks_for_them() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let example = ExampleCluster::start(client.clone(), "racks").await?;
+    let key = "topology.kubernetes.io/zone";
+    let patch = serde_json::json!({"spec": {"rack": {"topologyKey": key}}});
+    example
+        .clusters
+        .patch(
+            &example.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    // The zones the brokers' nodes are in.
+    let mut zones = BTreeSet::new();
+    for id in 0..3 {
+        let pod = example.pods.get(&example.pod(id)).await?;
+        let node = pod
+            .spec
+            .and_then(|s| s.node_name)
+            .context("an unscheduled broker")?;
+        let node = Api::<Node>::all(client.clone()).get(&node).await?;
+        if let Some(zone) = node.labels().get(key) {
+            zones.insert(zone.clone());
+        }
+    }
+    ensure!(
+        !zones.is_empty(),
+        "no broker's node has the label {key}; label the nodes (kind: see e2e/kind-config.yaml)"
+    );
+    let cluster = wait::until("the Cluster to be rack-aware", RECOVERY_TIMEOUT, || async {
+        let cluster = example.cluster().await?;
+        let conditions = cluster.status.clone().unwrap_or_default().conditions;
+        let rack = conditions.iter().find(|c| c.type_ == "RackAware");
+        Ok(match rack {
+            Some(c)
+                if c.status == "True" && c.observed_generation == cluster.metadata.generation =>
+            {
+                Check::Done(c.message.clone())
+            }
+            other => Check::Waiting(format!("RackAware is {other:?}")),
+        })
+    })
+    .await?;
+    for zone in &zones {
+        ensure!(
+            cluster.contains(zone.as_str()),
+            "RackAware says {cluster:?}, which does not name the zone {zone}"
+        );
+    }
+    println!("rack-aware: {cluster}");
+    example
+        .wait_settled("the rack-aware cluster", RECOVERY_TIMEOUT)
+        .await?;
     example.passed();
     Ok(())
 }

@@ -108,6 +108,8 @@ fn a_read_only_volume_refuses_writes_and_a_missing_source_is_named() {
         dir.path(),
     );
     assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
     assert!(!volume.join("x").exists());
 
     let gone = vec![Mount {
@@ -127,11 +129,11 @@ fn a_read_only_volume_refuses_writes_and_a_missing_source_is_named() {
     );
 }
 
-/// The shim library, built beside this test's binary (target/<profile>/).
+/// The shim library: built as this test's dev-dependency beside its binary
+/// (target/<profile>/deps/), where it is always current.
 fn shim() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let profile = exe.parent()?.parent()?;
-    let shim = profile.join("libtributary_e2e_bind_shim.so");
+    let shim = exe.parent()?.join("libtributary_e2e_bind_shim.so");
     shim.is_file().then_some(shim)
 }
 

@@ -422,7 +422,7 @@ fn kind_sh_sets_only_values_the_chart_has_and_watches_all_namespaces() {
 }
 
 #[test]
-fn the_kind_cluster_has_one_control_plane_and_three_workers() {
+fn the_kind_cluster_has_one_control_plane_and_three_workers_in_three_zones() {
     let config: serde_yaml::Value = serde_yaml::from_str(&read("e2e/kind-config.yaml")).unwrap();
     let roles: Vec<&str> = config["nodes"]
         .as_sequence()
@@ -431,6 +431,14 @@ fn the_kind_cluster_has_one_control_plane_and_three_workers() {
         .map(|n| n["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, vec!["control-plane", "worker", "worker", "worker"]);
+    // The rack test needs each worker in a zone of its own.
+    let zones: std::collections::BTreeSet<&str> = config["nodes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["labels"]["topology.kubernetes.io/zone"].as_str())
+        .collect();
+    assert_eq!(zones.len(), 3, "the workers' zones: {zones:?}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use tributary_e2e::local::control_plane::{ControlPlane, ControlPlaneConfig};
 use tributary_e2e::local::pods::Settings;
 use tributary_e2e::local::runtime::{Environment, Images};
-use tributary_e2e::local::{NodeAgent, sandbox};
+use tributary_e2e::local::{NodeAgent, sandbox, volumes};
 
 #[derive(Parser)]
 #[command(
@@ -120,11 +120,20 @@ async fn up(
         .with_context(|| format!("the bind shim {}", bind_shim.display()))?;
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
-    let plane = ControlPlane::start(ControlPlaneConfig {
+    // From the start: a stop asked for while starting still stops what has started (the
+    // control plane's Drop and the agents' kill_all).
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let config = ControlPlaneConfig {
         dir: dir.clone(),
         bin,
-    })
-    .await?;
+    };
+    let plane = tokio::select! {
+        plane = ControlPlane::start(config) => plane?,
+        _ = terminate.recv() => bail!("stopped while the control plane started"),
+        _ = interrupt.recv() => bail!("interrupted while the control plane started"),
+    };
     let client = plane.client()?;
     let sandbox = std::env::current_exe()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -164,15 +173,28 @@ async fn up(
         let (client, stop) = (client.clone(), stop_rx.clone());
         agents.push(tokio::spawn(async move { agent.run(client, stop).await }));
     }
-    wait_nodes_ready(&client, nodes).await?;
+    let stopped = tokio::select! {
+        ready = wait_nodes_ready(&client, nodes) => {
+            ready?;
+            false
+        }
+        _ = terminate.recv() => true,
+        _ = interrupt.recv() => true,
+    };
+    if stopped {
+        let _ = stop_tx.send(true);
+        for agent in agents {
+            let _ = agent.await;
+        }
+        bail!("stopped while the nodes registered");
+    }
     let kubeconfig = plane.kubeconfig_path();
     if let Some(file) = &ready_file {
         std::fs::write(file, format!("{}\n", kubeconfig.display()))?;
     }
     eprintln!("local cluster ready: KUBECONFIG={}", kubeconfig.display());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     eprintln!("stopping the pods and the control plane");
@@ -203,7 +225,7 @@ async fn remove_volumes(client: &Client) {
             .and_then(|s| s.host_path)
             .map(|h| PathBuf::from(h.path));
         // Only what the test provisioner made.
-        if let Some(path) = path.filter(|p| p.starts_with("/tmp/hostpath_pv/")) {
+        if let Some(path) = path.filter(|p| p.starts_with(volumes::PROVISIONER_ROOT)) {
             let _ = std::fs::remove_dir_all(path);
         }
     }

@@ -144,7 +144,7 @@ impl NodeAgent {
                 _ = stop.changed() => break,
             }
         }
-        pods.kill_all();
+        pods.kill_all().await;
         beat.abort();
         server.abort();
         Ok(())

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -133,12 +134,27 @@ impl Names {
     }
 
     /// Rewrites a pod's hosts file in place (the bind mount keeps the inode) when it
-    /// changed.
-    pub fn write_hosts(&self, path: &Path, namespace: &str, pod: &Pod) -> anyhow::Result<()> {
-        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let text = self.hosts(namespace, pod, ip.as_deref());
-        if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+    /// changed. It never shrinks: a shorter text is padded with a comment to the old
+    /// length, so a lookup reading during the write never sees the tail of an old line.
+    pub fn write_hosts(
+        &self,
+        path: &Path,
+        namespace: &str,
+        pod: &Pod,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<()> {
+        let mut text = self.hosts(namespace, pod, Some(&ip.to_string()));
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        if old.trim_end_matches([' ', '#', '\n']) == text.trim_end_matches([' ', '#', '\n']) {
             return Ok(());
+        }
+        if text.len() < old.len() {
+            let pad = old.len() - text.len();
+            text.push('#');
+            text.push_str(&" ".repeat(pad.saturating_sub(2)));
+            if pad >= 2 {
+                text.push('\n');
+            }
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -147,7 +163,6 @@ impl Names {
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         file.write_all(text.as_bytes())?;
-        file.set_len(text.len() as u64)?;
         Ok(())
     }
 }

@@ -181,14 +181,18 @@ impl Pods {
         }
         let settings = self.settings.clone();
         let run = self.runs.get_mut(uid).expect("started above");
-        names.write_hosts(&run.hosts_file, &run.namespace, pod)?;
+        names.write_hosts(&run.hosts_file, &run.namespace, pod, run.ip)?;
         if let Some(deleted) = &pod.metadata.deletion_timestamp {
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64;
+            // A second deletion with a shorter grace period shortens the wait.
+            if let Some(deadline) = run.terminating.as_mut() {
+                *deadline = (*deadline).min(Instant::now() + Duration::from_secs(grace));
+            }
             if run.terminating.is_none() {
-                let grace = pod
-                    .metadata
-                    .deletion_grace_period_seconds
-                    .unwrap_or(30)
-                    .max(0) as u64;
                 tracing::info!(pod = %run.name, "stopping (deleted at {:?}, grace {grace} s)", deleted.0);
                 run.terminating = Some(Instant::now() + Duration::from_secs(grace));
                 for c in &mut run.containers {
@@ -232,9 +236,26 @@ impl Pods {
                 }
             }
             if running == 0 {
-                let run = self.runs.remove(uid).expect("present");
-                let status = status_of(&run, "Failed", &self.settings.machine.host_ip.to_string());
-                patch_status(&self.client, &run, status).await.ok();
+                let mut run = self.runs.remove(uid).expect("present");
+                for c in &mut run.containers {
+                    record_exit(c);
+                    c.next_start = None;
+                    c.waiting = None;
+                }
+                let all_zero = run
+                    .containers
+                    .iter()
+                    .all(|c| c.last_exit.as_ref().is_none_or(|(e, _)| e.code == 0));
+                let phase = if all_zero { "Succeeded" } else { "Failed" };
+                let terminal = matches!(
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+                if !terminal {
+                    let host_ip = self.settings.machine.host_ip.to_string();
+                    let status = status_of(&run, phase, &host_ip);
+                    patch_status(&self.client, &run, status).await.ok();
+                }
                 self.forget(run);
                 return self.delete_finally(pod).await;
             }
@@ -281,8 +302,15 @@ impl Pods {
         }
         let ip = self.allocate_ip();
         let dir = self.settings.dir.join("pods").join(&uid);
-        std::fs::create_dir_all(dir.join("logs"))
-            .with_context(|| format!("making {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("making {}", dir.display()))?;
+        // Logs outlive the pod (those of killed and rolled pods are the ones a failed test
+        // needs): beside the pods, in a folder named as the kubelet names its log folders.
+        let logs = self
+            .settings
+            .dir
+            .join("logs")
+            .join(format!("{namespace}_{}_{uid}", pod.name_any()));
+        std::fs::create_dir_all(&logs).with_context(|| format!("making {}", logs.display()))?;
         let volumes = PodVolumes {
             client: &self.client,
             pod,
@@ -293,7 +321,7 @@ impl Pods {
         .prepare()
         .await?;
         let hosts_file = dir.join("hosts");
-        names.write_hosts(&hosts_file, &namespace, pod)?;
+        names.write_hosts(&hosts_file, &namespace, pod, ip)?;
         let security = spec.security_context.clone().unwrap_or_default();
         let mut containers = Vec::new();
         for container in &spec.containers {
@@ -335,7 +363,7 @@ impl Pods {
                 args,
             };
             containers.push(ContainerRun {
-                log: dir.join("logs").join(format!("{}.log", container.name)),
+                log: logs.join(format!("{}.log", container.name)),
                 container: container.clone(),
                 template,
                 process: None,
@@ -419,9 +447,21 @@ impl Pods {
     }
 
     /// Every process of every pod, killed: the agent is stopping.
-    pub fn kill_all(&mut self) {
+    /// Waits (up to 10 s) until each has been reaped.
+    pub async fn kill_all(&mut self) {
         for run in self.runs.values() {
             self.stop_now(run);
+        }
+        let running = |runs: &HashMap<String, PodRun>| {
+            runs.values().any(|r| {
+                r.containers
+                    .iter()
+                    .any(|c| c.process.as_ref().is_some_and(|p| p.exited().is_none()))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running(&self.runs) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -459,7 +499,7 @@ impl Pods {
                 })
             })
             .collect();
-        let status = json!({"status": {
+        let status = json!({"metadata": {"uid": pod.metadata.uid}, "status": {
             "phase": "Pending",
             "hostIP": self.settings.machine.host_ip.to_string(),
             "containerStatuses": containers,
@@ -483,6 +523,18 @@ fn stop_probes(c: &mut ContainerRun) {
     c.ready.store(false, Ordering::SeqCst);
 }
 
+/// Moves an ended run into `last_exit`; returns how it ended.
+fn record_exit(c: &mut ContainerRun) -> Option<runtime::Exit> {
+    let process = c.process.as_ref()?;
+    let exit = process.exited()?;
+    let started = process.started.clone();
+    stop_probes(c);
+    tracing::info!(container = %c.container.name, "exited with {} (signal {:?})", exit.code, exit.signal);
+    c.last_exit = Some((exit.clone(), started));
+    c.process = None;
+    Some(exit)
+}
+
 /// Starts the container when it is not running and its back-off has passed; records how
 /// its last run ended.
 fn restart_if_due(
@@ -492,15 +544,10 @@ fn restart_if_due(
     c: &mut ContainerRun,
     policy: &str,
 ) {
-    if let Some(process) = &c.process {
-        match process.exited() {
+    if c.process.is_some() {
+        match record_exit(c) {
             None => return,
             Some(exit) => {
-                let started = process.started.clone();
-                stop_probes(c);
-                tracing::info!(container = %c.container.name, "exited with {} (signal {:?})", exit.code, exit.signal);
-                c.last_exit = Some((exit.clone(), started));
-                c.process = None;
                 let again = match policy {
                     "Never" => false,
                     "OnFailure" => exit.code != 0,
@@ -659,7 +706,10 @@ fn terminated(exit: &runtime::Exit, started: &Time, id: &str) -> Value {
     }})
 }
 
-async fn patch_status(client: &Client, run: &PodRun, status: Value) -> anyhow::Result<()> {
+async fn patch_status(client: &Client, run: &PodRun, mut status: Value) -> anyhow::Result<()> {
+    // The uid as a precondition: a pod of the same name made since (a StatefulSet's
+    // replacement) is refused the old pod's status.
+    status["metadata"] = json!({"uid": run.uid});
     Api::<Pod>::namespaced(client.clone(), &run.namespace)
         .patch_status(
             &run.name,

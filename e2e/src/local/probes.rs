@@ -120,11 +120,24 @@ pub fn start(
     if let Some(probe) = container.startup_probe.clone() {
         let (container, started) = (container.clone(), started.clone());
         tasks.push(tokio::spawn(async move {
+            let threshold = probe.failure_threshold.unwrap_or(3).max(1);
+            let mut failures = 0;
             run(&probe, &container, ip, false, |ok| {
                 if ok {
                     started.store(true, Ordering::SeqCst);
+                    return true;
                 }
-                ok
+                // Not started within failureThreshold periods: restarted, as the kubelet
+                // does.
+                failures += 1;
+                if let Some(pid) = pid
+                    && failures >= threshold
+                {
+                    tracing::warn!(container = %container.name, "startup probe failed {failures} times: restarting");
+                    super::runtime::signal_group(pid, rustix::process::Signal::KILL);
+                    return true;
+                }
+                false
             })
             .await;
         }));
@@ -146,6 +159,10 @@ pub fn start(
     if let (Some(probe), Some(pid)) = (container.liveness_probe.clone(), pid) {
         let (container, started) = (container.clone(), started.clone());
         tasks.push(tokio::spawn(async move {
+            // Liveness starts counting once the startup probe (if any) has passed.
+            while !started.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
             run(&probe, &container, ip, true, |alive| {
                 if alive || !started.load(Ordering::SeqCst) {
                     return false;

@@ -375,11 +375,10 @@ impl Process {
         self.exit.lock().expect("exit lock").clone()
     }
 
-    /// Signals the container's whole process group.
+    /// Signals the container's whole process group (also after its first process has
+    /// ended: what it started may still run; a group that is gone is no error).
     pub fn signal(&self, signal: rustix::process::Signal) {
-        if self.exited().is_none() {
-            signal_group(self.pid, signal);
-        }
+        signal_group(self.pid, signal);
     }
 }
 

@@ -59,12 +59,6 @@ pub fn run(spec: &SandboxSpec) -> anyhow::Error {
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }
-    if let Some(gid) = spec.gid {
-        command.gid(gid);
-    }
-    if let Some(uid) = spec.uid {
-        command.uid(uid);
-    }
     let error = command.exec();
     anyhow::Error::new(error).context(format!("cannot run {}", spec.program.display()))
 }
@@ -114,6 +108,8 @@ fn prepare(spec: &SandboxSpec) -> anyhow::Result<()> {
             }
         }
     }
+    // Groups, group, then user, by hand: `Command::uid` would clear the supplementary
+    // groups (the fsGroup) again.
     if spec.uid.is_some() || !spec.groups.is_empty() {
         let groups: Vec<libc::gid_t> = spec.groups.clone();
         // SAFETY: a valid array of `groups.len()` group ids.
@@ -121,6 +117,14 @@ fn prepare(spec: &SandboxSpec) -> anyhow::Result<()> {
             unsafe { libc::setgroups(groups.len(), groups.as_ptr()) },
             "setgroups",
         )?;
+    }
+    if let Some(gid) = spec.gid {
+        // SAFETY: a plain syscall on a single-threaded process.
+        check(unsafe { libc::setgid(gid) }, "setgid")?;
+    }
+    if let Some(uid) = spec.uid {
+        // SAFETY: a plain syscall on a single-threaded process.
+        check(unsafe { libc::setuid(uid) }, "setuid")?;
     }
     Ok(())
 }

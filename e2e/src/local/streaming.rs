@@ -270,9 +270,12 @@ async fn run_exec(
     let spec_file = tempfile::NamedTempFile::new()?;
     std::fs::write(spec_file.path(), serde_json::to_vec(spec)?)?;
     let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    // In the container's process group: stopping the container stops what runs in it.
+    let group = spec.enter.map_or(0, |pid| pid as i32);
     let mut child = tokio::process::Command::new(sandbox)
         .arg("sandbox")
         .arg(spec_file.path())
+        .process_group(group)
         .stdin(piped(stdin))
         .stdout(piped(stdout))
         .stderr(piped(stderr))

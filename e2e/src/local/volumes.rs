@@ -19,6 +19,9 @@ use kube::{Api, Client, ResourceExt};
 
 use super::runtime::field;
 
+/// Where kube-controller-manager's test hostPath provisioner makes volumes.
+pub const PROVISIONER_ROOT: &str = "/tmp/hostpath_pv";
+
 /// Why a pod cannot start yet (its claim is not bound): tried again later.
 #[derive(Debug)]
 pub struct NotYet(pub String);
@@ -54,7 +57,10 @@ impl PodVolumes<'_> {
                 .volume(&volume)
                 .await
                 .with_context(|| format!("the volume {}", volume.name))?;
-            if let Some(gid) = fs_group {
+            // As the kubelet: never a hostPath volume, which is the machine's own folder.
+            if let Some(gid) = fs_group
+                && volume.host_path.is_none()
+            {
                 own(&path, gid)?;
             }
             volumes.insert(volume.name.clone(), path);
@@ -144,6 +150,14 @@ impl PodVolumes<'_> {
                 format!("the volume {volume} is neither a hostPath nor a local volume")
             })?;
         let path = PathBuf::from(path);
+        // Only the test provisioner's folders (kube-controller-manager
+        // --enable-hostpath-provisioner): nothing else of the machine is made or changed.
+        if !path.starts_with(PROVISIONER_ROOT) {
+            bail!(
+                "the volume {volume} is at {}, outside {PROVISIONER_ROOT}, the test provisioner's folder: this node agent serves only volumes it provisioned",
+                path.display()
+            );
+        }
         std::fs::create_dir_all(&path).with_context(|| format!("making {}", path.display()))?;
         Ok(path)
     }
