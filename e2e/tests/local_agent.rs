@@ -163,3 +163,50 @@ fn the_bind_shim_moves_a_bind_to_every_address_onto_the_pods_own() {
     // 0.0.0.0 became the pod's address; a given address stays as it was.
     assert_eq!(lines, ["127.0.0.9", "127.0.0.1"]);
 }
+
+#[test]
+fn a_program_in_a_folder_a_volume_hides_still_runs() {
+    if !root_or_skip() {
+        return;
+    }
+    // The repository checked out under /tmp, and a pod with an emptyDir at /tmp: the
+    // program's folder is hidden inside the sandbox.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy("/bin/cat", bin.join("cat")).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "still here").unwrap();
+    let seen = PathBuf::from("/run").join(format!("tributary-e2e-data-{}", std::process::id()));
+    let mounts = vec![
+        Mount {
+            source: empty,
+            target: bin.clone(),
+            read_only: false,
+        },
+        Mount {
+            source: data,
+            target: seen.clone(),
+            read_only: true,
+        },
+    ];
+    let cat = bin.join("cat");
+    let output = run_sandbox(
+        &spec(
+            cat.to_str().unwrap(),
+            &[seen.join("file").to_str().unwrap()],
+            mounts,
+            &dir.path().join("scratch"),
+        ),
+        dir.path(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "still here");
+}

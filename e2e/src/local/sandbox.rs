@@ -48,19 +48,56 @@ pub struct Mount {
 }
 
 /// Makes the sandbox and replaces this process with the command; returns only on error.
+///
+/// The program and the preloaded library are opened before anything is mounted and run
+/// through `/proc/self/fd`: a volume (an emptyDir at `/tmp`, say) may hide the folder
+/// they live in on this machine.
 pub fn run(spec: &SandboxSpec) -> anyhow::Error {
-    match prepare(spec) {
-        Ok(()) => {}
+    let result = (|| {
+        let program = open_path(&spec.program)
+            .with_context(|| format!("the program {}", spec.program.display()))?;
+        let mut env = spec.env.clone();
+        let mut preloads = Vec::new();
+        for (_, value) in env.iter_mut().filter(|(k, _)| k == "LD_PRELOAD") {
+            let library = inherited(Path::new(value.as_str()))
+                .with_context(|| format!("the preloaded library {value}"))?;
+            *value = format!("/proc/self/fd/{}", library.as_raw_fd());
+            preloads.push(library);
+        }
+        prepare(spec)?;
+        Ok::<_, anyhow::Error>((program, env, preloads))
+    })();
+    let (program, env, _preloads) = match result {
+        Ok(opened) => opened,
         Err(error) => return error,
+    };
+    let mut command = Command::new(format!("/proc/self/fd/{}", program.as_raw_fd()));
+    if let Some(name) = spec.program.file_name() {
+        command.arg0(name);
     }
-    let mut command = Command::new(&spec.program);
     command.args(&spec.args).env_clear();
-    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }
     let error = command.exec();
     anyhow::Error::new(error).context(format!("cannot run {}", spec.program.display()))
+}
+
+/// `path` opened for exec only (closed on exec, as an ELF program needs it no longer).
+fn open_path(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+}
+
+/// `path` opened so that the command inherits it (the dynamic loader opens the preloaded
+/// library after the exec).
+fn inherited(path: &Path) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::open(path)?;
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty())?;
+    Ok(file)
 }
 
 #[allow(unsafe_code)]
