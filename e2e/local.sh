@@ -130,6 +130,13 @@ fi
 mkdir -p "$logs"
 logs=$(cd "$logs" && pwd)
 cd "$root"
+mkdir -p target
+# One run per checkout: a second would delete the first one's state under its feet.
+exec 9>target/e2e-local.lock
+if ! flock -n 9; then
+  echo "error: another e2e/local.sh is running in this checkout (target/e2e-local.lock); wait for it or stop it" >&2
+  exit 1
+fi
 # The brokers run as their image's user (65532) and execute the built binaries: every
 # directory above target/ must let others through.
 dir=$root
