@@ -51,7 +51,7 @@ if [[ ${1:-} == __inside ]]; then
     --image "ghcr.io/tributary-dev/tributary=$debug/tributary-broker" \
     --image "ghcr.io/tributary-dev/tributary-operator=$debug/tributary-operator,run" \
     --image "docker.io/edenhill/kcat=$kcat" \
-    --bind-shim "$debug/libtributary_e2e_bind_shim.so" \
+    --bind-shim "$debug/deps/libtributary_e2e_bind_shim.so" \
     --ready-file "$state/ready" >"$state/cluster.log" 2>&1 &
   cluster=$!
 
@@ -160,8 +160,10 @@ if ! PYTHONPATH="$python_dir" python3 -c "import helm_python, sys; sys.exit(helm
 fi
 
 echo "==> building the binaries"
-cargo build --locked -p tributary-broker -p tributary-operator -p tributary-e2e-bind-shim \
-  -p tributary-e2e --bins --lib
+# The workspace's test build, which the test command has just made (binaries included; the
+# bind shim as the e2e tests' dependency): building the packages alone would resolve
+# their features without the dev-dependencies and compile much of it again.
+cargo build --locked --workspace --tests
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 debug=$root/target/debug
 

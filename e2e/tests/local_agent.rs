@@ -210,3 +210,42 @@ fn a_program_in_a_folder_a_volume_hides_still_runs() {
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "still here");
 }
+
+#[test]
+fn a_new_mount_point_is_made_even_inside_the_folder_that_holds_the_pods_directory() {
+    if !root_or_skip() {
+        return;
+    }
+    // A checkout under /tmp (the pod's directory, so the sandbox's scratch, is in /tmp)
+    // and a volume at a new folder in /tmp.
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("records.txt"), "k:v\n").unwrap();
+    let target = dir.path().join(format!("input-{}", std::process::id()));
+    let mounts = vec![Mount {
+        source: volume,
+        target: target.clone(),
+        read_only: true,
+    }];
+    let output = run_sandbox(
+        &spec(
+            "/bin/cat",
+            &[target.join("records.txt").to_str().unwrap()],
+            mounts,
+            &dir.path().join("scratch"),
+        ),
+        dir.path(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "k:v\n");
+    assert!(
+        !target.exists(),
+        "the sandbox made {} on the machine",
+        target.display()
+    );
+}

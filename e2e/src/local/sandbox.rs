@@ -4,8 +4,8 @@
 //! volumes are bind-mounted at their mount paths and the pod's hosts file over
 //! `/etc/hosts`; nothing changes for the rest of the machine. A mount path whose parent
 //! directories do not exist (say `/var/run/secrets/kubernetes.io/serviceaccount`) is made
-//! in an overlay over its deepest existing ancestor, whose upper layer is the pod's own
-//! directory, so the machine's directories stay untouched. An `exec` into a running
+//! in an overlay over its deepest existing ancestor, whose upper layer is a small tmpfs of
+//! the sandbox's own, so the machine's directories stay untouched. An `exec` into a running
 //! container enters that container's mount namespace instead.
 
 use std::ffi::CString;
@@ -221,15 +221,19 @@ fn make_mount_point(target: &Path, is_dir: bool, scratch: &Path) -> anyhow::Resu
             target.display()
         );
     }
-    if scratch.starts_with(&ancestor) {
-        bail!(
-            "cannot make the mount path {}: its existing parent {} holds the pod's own \
-             directory {}",
-            target.display(),
-            ancestor.display(),
-            scratch.display()
-        );
-    }
+    // The overlay's upper and work layers on a tmpfs of this sandbox's own, mounted at
+    // `scratch`: they hold only the new mount points, go with the mount namespace, and
+    // cannot overlap the overlaid folder even when `scratch` is inside it (a checkout under
+    // /tmp, a volume at /tmp/input).
+    std::fs::create_dir_all(scratch)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        scratch,
+        Some("tmpfs"),
+        0,
+        Some("size=1m,mode=0755"),
+    )
+    .with_context(|| format!("a tmpfs at {}", scratch.display()))?;
     let (upper, work) = (scratch.join("upper"), scratch.join("work"));
     std::fs::create_dir_all(&upper)?;
     std::fs::create_dir_all(&work)?;
