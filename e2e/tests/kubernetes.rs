@@ -457,7 +457,7 @@ async fn a_rolling_restart_from_a_config_change_under_acks_all_load_fails_no_sen
             }
         }
     };
-    let lines = records::keyed_lines("roll", 60_000);
+    let lines = records::keyed_lines("roll", 120_000);
     let mut producer = example
         .cli
         .start(&example.pod(0), &produce_args(&topic))
@@ -475,7 +475,7 @@ async fn a_rolling_restart_from_a_config_change_under_acks_all_load_fails_no_sen
         )
         .await?;
     println!("changed retentionMs: the brokers roll");
-    let written = first + feed(&mut producer, &lines[first..30_000], rolled(vec![2, 1])).await?;
+    let written = first + feed(&mut producer, &lines[first..80_000], rolled(vec![2, 1])).await?;
     let output = producer.finish(COMMAND_TIMEOUT).await?.expect_success()?;
     let mut acked = records::acknowledged(&output.stdout, &output.stderr, written)?;
     ensure!(
@@ -485,8 +485,8 @@ async fn a_rolling_restart_from_a_config_change_under_acks_all_load_fails_no_sen
         output.stderr.trim()
     );
     ensure!(
-        written < 30_000,
-        "brokers 2 and 1 did not roll while 29,000 records went"
+        written < 80_000,
+        "brokers 2 and 1 did not roll while 79,000 records went (160 s)"
     );
     println!("{written} records acknowledged while brokers 2 and 1 rolled");
 

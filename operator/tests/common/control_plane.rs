@@ -44,12 +44,26 @@ fn bin_dir() -> PathBuf {
     })
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, below the kernel's ephemeral range: a port that
+/// binding port 0 hands out is in that range, where the outgoing connections of the many
+/// tests running beside this one may take it before etcd or the API server binds it
+/// (seen: `bind: address already in use`). Below it, only another test picking a port the
+/// same way could, and each picks at random from some thousands.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_start.saturating_sub(1).max(2048);
+    let low = high.saturating_sub(12_000).max(1024);
+    for _ in 0..10_000 {
+        let random = u128::from_le_bytes(*uuid::Uuid::new_v4().as_bytes());
+        let port = low + (random % u128::from(high - low)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high}");
 }
 
 fn run(command: &mut Command) {
