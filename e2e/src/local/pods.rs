@@ -420,7 +420,7 @@ impl Pods {
                     template: c.template.clone(),
                     image: c.container.image.clone().unwrap_or_default(),
                     log: c.log.clone(),
-                    previous_log: c.log.with_extension("previous.log"),
+                    previous_log: previous_log(&c.log),
                 },
             );
         }
@@ -523,6 +523,11 @@ fn stop_probes(c: &mut ContainerRun) {
     c.ready.store(false, Ordering::SeqCst);
 }
 
+/// Where a container's log goes when it starts again (`kubectl logs --previous`).
+fn previous_log(log: &std::path::Path) -> PathBuf {
+    log.with_extension("previous.log")
+}
+
 /// Moves an ended run into `last_exit`; returns how it ended.
 fn record_exit(c: &mut ContainerRun) -> Option<runtime::Exit> {
     let process = c.process.as_ref()?;
@@ -572,7 +577,7 @@ fn restart_if_due(
         return;
     }
     if c.log.exists() {
-        let _ = std::fs::rename(&c.log, c.log.with_extension("previous.log"));
+        let _ = std::fs::rename(&c.log, previous_log(&c.log));
     }
     let spec_file = dir.join(format!("{}.sandbox.json", c.container.name));
     match Process::start(&settings.sandbox, &c.template, &spec_file, &c.log) {
