@@ -952,3 +952,50 @@ async fn racks_come_from_the_nodes_zones_when_the_cluster_asks_for_them() -> any
     example.passed();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashing_container_is_restarted_with_its_last_exit_recorded() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let Some(client) = cluster_or_skip().await else {
+        return Ok(());
+    };
+    let mut namespace = tributary_e2e::namespace::TestNamespace::create(&client, "crash").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace.name());
+    // kcat without a mode exits 1 at once: the kubelet (or the node agent) restarts it.
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "crasher"},
+        "spec": {
+            "restartPolicy": "Always",
+            "containers": [{"name": "kcat", "image": KCAT_IMAGE, "args": ["-b", "nowhere:9092"]}],
+        },
+    }))?;
+    pods.create(&Default::default(), &pod).await?;
+    let (restarts, code) = wait::until(
+        "the crashing container to be restarted twice",
+        COMMAND_TIMEOUT,
+        || async {
+            let status = pods.get("crasher").await?.status.unwrap_or_default();
+            let container = status
+                .container_statuses
+                .unwrap_or_default()
+                .into_iter()
+                .next();
+            let restarts = container.as_ref().map_or(0, |c| c.restart_count);
+            let code = container
+                .and_then(|c| c.last_state?.terminated)
+                .map(|t| t.exit_code);
+            Ok(match code {
+                Some(code) if restarts >= 2 => Check::Done((restarts, code)),
+                _ => Check::Waiting(format!("{restarts} restarts, last exit {code:?}")),
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        code != 0,
+        "the last run of a crashing container ended with 0"
+    );
+    println!("restarted {restarts} times, last exit code {code}");
+    namespace.passed();
+    Ok(())
+}
